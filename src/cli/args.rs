@@ -1,0 +1,336 @@
+//! Flags of every subcommand, named and defaulted as in the reference scripts (SPEC §1).
+//! Groups shared by several subcommands are flattened; where the reference's defaults
+//! differ between scripts (train vs incremental), [`super::command`] overrides them.
+
+use crate::data::synth::Style;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// `-g/--gpu`.
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// GPU ids as in the reference (`-g 0`); the first one is used. `-g cpu` or no id: CPU.
+    /// Without CUDA agd falls back to the CPU.
+    #[arg(short = 'g', long = "gpu", num_args = 0.., default_values_t = ["0".to_string()])]
+    pub gpu: Vec<String>,
+}
+
+/// Where data is and how images are shaped.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Folder holding one folder per dataset (`<data-root>/<dataset>/…`).
+    #[arg(long, value_name = "PATH", default_value = "data")]
+    pub data_root: PathBuf,
+    /// Input height.
+    #[arg(long, default_value_t = 256)]
+    pub height: usize,
+    /// Input width.
+    #[arg(long, default_value_t = 128)]
+    pub width: usize,
+}
+
+/// Random erasing of the training transform.
+#[derive(Args, Clone, Debug)]
+pub struct AugmentArgs {
+    /// Random-erasing probability.
+    #[arg(long, default_value_t = 0.5)]
+    pub re: f64,
+    /// Largest erased area fraction.
+    #[arg(long, default_value_t = 0.4)]
+    pub re_area: f64,
+    /// Accepted for the reference's scripts; images are always preloaded.
+    #[arg(long, hide = true)]
+    pub preload: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    Avg,
+    Max,
+}
+
+/// ResNet depth: 50 (Bottleneck) or 34 (BasicBlock).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    #[value(name = "34")]
+    R34,
+    #[value(name = "50")]
+    R50,
+}
+
+impl Depth {
+    /// Width of the backbone's global feature, which the embedding must equal.
+    pub fn feature_width(self) -> i64 {
+        match self {
+            Depth::R34 => 512,
+            Depth::R50 => 2048,
+        }
+    }
+}
+
+/// The ReID model's shape (SPEC §3).
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Global pooling of layer4.
+    #[arg(long, value_enum, default_value_t = Pooling::Avg)]
+    pub last_pooling: Pooling,
+    /// Stride of layer4.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=2))]
+    pub last_stride: i64,
+    /// ResNet depth.
+    #[arg(long, value_enum, default_value_t = Depth::R50)]
+    pub depth: Depth,
+    /// Embedding width; must equal the backbone's feature width (2048 for 50, 512 for 34).
+    #[arg(long, default_value_t = 2048)]
+    pub embedding: i64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Optimizer {
+    #[value(name = "SGD", alias = "sgd")]
+    Sgd,
+    #[value(name = "Adam", alias = "adam")]
+    Adam,
+}
+
+/// The training loop shared by `train`, `incremental` and `incremental-x`. Defaults are
+/// `train`'s; the incremental subcommands override theirs.
+#[derive(Args, Clone, Debug)]
+pub struct LoopArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Seed of every random stream; without it a seed is drawn and logged.
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    /// Dataset name (a folder under --data-root).
+    #[arg(long, default_value = "msmt17")]
+    pub dataset: String,
+    /// Batch size (P identities × 4 images).
+    #[arg(short = 'b', long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Checkpoint (file or logs folder) to continue from.
+    #[arg(long, value_name = "PATH")]
+    pub resume: Option<PathBuf>,
+    /// Number of epochs.
+    #[arg(long, default_value_t = 90)]
+    pub epochs: usize,
+    /// Epochs at which the learning rate is multiplied by 0.1.
+    #[arg(long, num_args = 0.., default_values_t = [61])]
+    pub epochs_decay: Vec<usize>,
+    /// Where checkpoints and logs go.
+    #[arg(long, value_name = "PATH", default_value = "logs")]
+    pub logs_dir: PathBuf,
+    /// Keep a numbered checkpoint every this many epochs.
+    #[arg(long, default_value_t = 1000)]
+    pub save_freq: usize,
+    #[arg(long, value_enum, default_value_t = Optimizer::Sgd)]
+    pub optimizer: Optimizer,
+    /// Warm-up epochs.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub learning_rate: f64,
+    /// Evaluate every this many epochs (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub evaluate: usize,
+    /// Independently augmented views of each sample.
+    #[arg(long, default_value_t = 1)]
+    pub peers: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub augment: AugmentArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `agd train`.
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub run: LoopArgs,
+}
+
+/// `agd incremental` and `agd incremental-x`.
+#[derive(Args, Clone, Debug)]
+pub struct IncrementalArgs {
+    #[command(flatten)]
+    pub run: LoopArgs,
+    /// The task-1 checkpoint (file or logs folder).
+    #[arg(long, value_name = "PATH", default_value = "logs/msmt17")]
+    pub previous: PathBuf,
+    /// Folder of dreamed images (`<pid>_<anything>.jpg`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "data/generations_r50_msmt17"
+    )]
+    pub inversion_dir: PathBuf,
+    /// Dreamed images per old identity.
+    #[arg(long, default_value_t = 40)]
+    pub exemplars: usize,
+    /// Distillation config (YAML, see configs/).
+    #[arg(long, value_name = "PATH")]
+    pub algo_config: Option<PathBuf>,
+    /// Also evaluate on the old task's dataset when its data is available.
+    #[arg(long)]
+    pub old_dataset: Option<String>,
+}
+
+/// `agd invert` (SPEC §7).
+#[derive(Args, Clone, Debug)]
+pub struct InvertArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    /// Images optimised together.
+    #[arg(long, default_value_t = 64)]
+    pub bs: usize,
+    /// Where dreamed images go.
+    #[arg(long, value_name = "PATH", default_value = "generations")]
+    pub generation_dir: PathBuf,
+    /// Images per identity.
+    #[arg(long, default_value_t = 10)]
+    pub shots: usize,
+    /// Most batches to generate.
+    #[arg(long, default_value_t = 320)]
+    pub iters: usize,
+    /// A generation folder to complete (counts what is there).
+    #[arg(long, value_name = "PATH")]
+    pub resume: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Depth::R50)]
+    pub depth: Depth,
+    #[arg(long, default_value_t = 2048)]
+    pub embedding: i64,
+    /// The task-1 checkpoint (file or logs folder).
+    #[arg(long, value_name = "PATH", default_value = "logs/msmt17")]
+    pub teacher: PathBuf,
+    /// BN statistics loss coefficient.
+    #[arg(long, default_value_t = 0.01)]
+    pub r_feature: f64,
+    /// Extra weight of the first BN layer's statistics.
+    #[arg(long, default_value_t = 10.0)]
+    pub first_bn_multiplier: f64,
+    /// Total-variation L1 coefficient.
+    #[arg(long, default_value_t = 0.0)]
+    pub tv_l1: f64,
+    /// Total-variation L2 coefficient.
+    #[arg(long, default_value_t = 0.0001)]
+    pub tv_l2: f64,
+    /// Image L2 coefficient.
+    #[arg(long, default_value_t = 0.00001)]
+    pub l2: f64,
+    /// Adam learning rate on the images.
+    #[arg(long, default_value_t = 0.2)]
+    pub lr: f64,
+    /// Weight of the cross-entropy on the targets.
+    #[arg(long, default_value_t = 1.0)]
+    pub main_loss_multiplier: f64,
+    /// Iterations on 2×2-pooled images (hard-coded 2000 in the reference).
+    #[arg(long, default_value_t = 2000)]
+    pub low_res_iters: usize,
+    /// Iterations at full size (hard-coded 1000 in the reference).
+    #[arg(long, default_value_t = 1000)]
+    pub full_res_iters: usize,
+    #[arg(long, default_value_t = 256)]
+    pub height: usize,
+    #[arg(long, default_value_t = 128)]
+    pub width: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFeature {
+    Embedding,
+    Global,
+}
+
+/// `agd evaluate` (SPEC §8).
+#[derive(Args, Clone, Debug)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Datasets to evaluate; `a+b` evaluates both query sets against the union gallery.
+    #[arg(long, num_args = 1.., default_values_t = ["market".to_string(), "duke".to_string(), "msmt17".to_string()])]
+    pub dataset: Vec<String>,
+    #[arg(short = 'b', long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Checkpoint file, or a logs folder (its checkpoint), or with --recursive a tree.
+    #[arg(short = 'c', long, value_name = "PATH", default_value = "logs")]
+    pub ckpt: PathBuf,
+    /// k-reciprocal re-ranking.
+    #[arg(short = 'r', long)]
+    pub re_ranking: bool,
+    /// Append results to eval.txt beside each checkpoint.
+    #[arg(short = 'o', long)]
+    pub output: bool,
+    /// Evaluate every checkpoint under --ckpt.
+    #[arg(long)]
+    pub recursive: bool,
+    #[arg(long, value_enum, default_value_t = OutputFeature::Embedding)]
+    pub output_feature: OutputFeature,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `agd synth`: a Market-style dataset of rendered people.
+#[derive(Args, Clone, Debug)]
+pub struct SynthArgs {
+    /// Folder that receives `<dataset>/`.
+    #[arg(long, value_name = "PATH", default_value = "data")]
+    pub data_root: PathBuf,
+    /// Name of the dataset folder.
+    #[arg(long, default_value = "synth")]
+    pub dataset: String,
+    /// Training identities.
+    #[arg(long, default_value_t = 100)]
+    pub ids: usize,
+    /// Query/gallery identities (disjoint from training ones); default: --ids.
+    #[arg(long)]
+    pub test_ids: Option<usize>,
+    /// Images per identity.
+    #[arg(long, default_value_t = 12)]
+    pub images_per_id: usize,
+    /// Cameras.
+    #[arg(long, default_value_t = 6)]
+    pub cameras: usize,
+    /// Gallery images of nobody in particular (pid 0).
+    #[arg(long, default_value_t = 100)]
+    pub distractors: usize,
+    /// Junk gallery images (pid -1, ignored by evaluation).
+    #[arg(long, default_value_t = 50)]
+    pub junk: usize,
+    #[arg(long, default_value_t = 128)]
+    pub height: u32,
+    #[arg(long, default_value_t = 64)]
+    pub width: u32,
+    #[arg(short = 's', long, default_value_t = 0)]
+    pub seed: u64,
+    /// Visual world: two styles make two different tasks.
+    #[arg(long, value_enum, default_value_t = Style::Street)]
+    pub style: Style,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agd demo`: the pipeline, as far as it exists, on synthetic data.
+#[derive(Args, Clone, Debug)]
+pub struct DemoArgs {
+    /// Run folder (data, logs, results).
+    #[arg(long, value_name = "PATH", default_value = "logs/demo")]
+    pub out: PathBuf,
+    /// Small sizes for CI (a few seconds per stage).
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(short = 's', long, default_value_t = 1)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}

@@ -1,0 +1,289 @@
+//! Batches assembled ahead of the model. A producer thread per stream builds batches (the
+//! samples of a batch in parallel with rayon) and hands them over a bounded channel, so the
+//! model never waits for data and memory stays bounded by the prefetch depth.
+//!
+//! Every random draw comes from a stream keyed by (seed, loader, epoch, batch, position,
+//! view) — see [`super::rng`] — so batches do not depend on thread timing, and a run
+//! resumed at epoch e sees exactly the batches an uninterrupted run sees.
+
+use super::rng::{stream, tag};
+use super::sampler::{order_by_camera, IdentitySampler};
+use super::transforms::{test_into, TrainTransform};
+use super::{ImageStore, Record};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use tch::Tensor;
+
+/// Samples per identity in a P×K batch (the reference's `num_instances`).
+pub const INSTANCES: usize = 4;
+
+/// What a training loader needs besides its data.
+#[derive(Clone, Copy, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub instances: usize,
+    pub transform: TrainTransform,
+    /// Independently augmented views of every sample (`--peers`; 1 for plain training).
+    pub peers: usize,
+    pub seed: u64,
+    /// Batches built ahead of the consumer.
+    pub prefetch: usize,
+}
+
+/// One training batch: `peers` views of the same samples, same order.
+pub struct Batch {
+    /// One B×3×H×W float tensor per view.
+    pub views: Vec<Tensor>,
+    /// B labels (int64).
+    pub pids: Tensor,
+    /// B cameras (int64).
+    pub cameras: Tensor,
+    /// The samples' indices in the loader's record list.
+    pub indices: Vec<usize>,
+}
+
+/// Runs `make` for every job on a producer thread, at most `prefetch` results ahead.
+fn spawn_stream<J, T>(
+    prefetch: usize,
+    jobs: impl Iterator<Item = J> + Send + 'static,
+    make: impl Fn(J) -> T + Send + 'static,
+) -> Receiver<T>
+where
+    T: Send + 'static,
+{
+    let (tx, rx) = sync_channel(prefetch.max(1));
+    std::thread::spawn(move || {
+        for job in jobs {
+            // The consumer hung up (end of epoch, error, Ctrl-C): stop quietly.
+            if tx.send(make(job)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A bounded iterator over a producer thread's results.
+pub struct Stream<T> {
+    rx: Receiver<T>,
+    remaining: usize,
+}
+
+impl<T> Iterator for Stream<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        self.rx.recv().ok()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<T> ExactSizeIterator for Stream<T> {}
+
+/// P×K training batches with the training transform, `peers` views each.
+#[derive(Clone)]
+pub struct TrainLoader {
+    records: Arc<Vec<Record>>,
+    store: Arc<ImageStore>,
+    sampler: IdentitySampler,
+    cfg: LoaderConfig,
+    /// Distinguishes this loader's random streams from another loader's.
+    stream_id: u64,
+}
+
+impl TrainLoader {
+    pub fn new(
+        records: Arc<Vec<Record>>,
+        store: Arc<ImageStore>,
+        cfg: LoaderConfig,
+        stream_id: u64,
+    ) -> Result<Self> {
+        if records.len() != store.len() {
+            bail!(
+                "{} records but {} decoded images",
+                records.len(),
+                store.len()
+            );
+        }
+        if cfg.peers == 0 {
+            bail!("--peers 0: at least one view per sample is needed");
+        }
+        let sampler =
+            IdentitySampler::new(&records, cfg.batch_size, cfg.instances, cfg.seed, stream_id)?;
+        Ok(Self {
+            records,
+            store,
+            sampler,
+            cfg,
+            stream_id,
+        })
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
+    /// Index batches of an epoch (0-based), ordered by camera within each batch.
+    pub fn plan(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let mut batches = self.sampler.epoch(epoch);
+        for b in &mut batches {
+            order_by_camera(b, &self.records);
+        }
+        batches
+    }
+
+    /// Number of batches in an epoch.
+    pub fn batches_in_epoch(&self, epoch: u64) -> usize {
+        self.sampler.epoch(epoch).len()
+    }
+
+    /// Builds batch `batch` of `epoch` from its indices: samples in parallel.
+    pub fn build(&self, epoch: u64, batch: u64, indices: Vec<usize>) -> Batch {
+        let (h, w) = (self.store.height, self.store.width);
+        let size = 3 * h * w;
+        let n = indices.len();
+        let views = (0..self.cfg.peers)
+            .map(|view| {
+                let mut data = vec![0f32; n * size];
+                data.par_chunks_mut(size)
+                    .zip(indices.par_iter())
+                    .enumerate()
+                    .for_each(|(pos, (out, &i))| {
+                        let mut rng = stream(
+                            self.cfg.seed,
+                            &[
+                                tag::AUGMENT,
+                                self.stream_id,
+                                epoch,
+                                batch,
+                                pos as u64,
+                                view as u64,
+                            ],
+                        );
+                        self.cfg
+                            .transform
+                            .apply_into(&mut rng, self.store.image(i), h, w, out);
+                    });
+                Tensor::from_slice(&data).view([n as i64, 3, h as i64, w as i64])
+            })
+            .collect();
+        let pids: Vec<i64> = indices.iter().map(|&i| self.records[i].pid).collect();
+        let cams: Vec<i64> = indices.iter().map(|&i| self.records[i].camera).collect();
+        Batch {
+            views,
+            pids: Tensor::from_slice(&pids),
+            cameras: Tensor::from_slice(&cams),
+            indices,
+        }
+    }
+
+    /// The batches of `epoch`, built in the background.
+    pub fn epoch(&self, epoch: u64) -> Stream<Batch> {
+        let plan = self.plan(epoch);
+        let remaining = plan.len();
+        let this = self.clone();
+        let rx = spawn_stream(
+            self.cfg.prefetch,
+            plan.into_iter().enumerate(),
+            move |(b, idx)| this.build(epoch, b as u64, idx),
+        );
+        Stream { rx, remaining }
+    }
+
+    /// An endless stream that restarts (a new sampler pass) whenever it runs out, starting
+    /// `skip` batches in. Pass `c` of the data uses the random streams of epoch `c`.
+    pub fn cycled(&self, skip: u64) -> Stream<Batch> {
+        let this = self.clone();
+        let planner = self.clone();
+        let jobs = (0u64..)
+            .flat_map(move |cycle| {
+                planner
+                    .plan(cycle)
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(b, idx)| (cycle, b as u64, idx))
+            })
+            .skip(skip as usize);
+        let rx = spawn_stream(self.cfg.prefetch, jobs, move |(cycle, b, idx)| {
+            this.build(cycle, b, idx)
+        });
+        Stream {
+            rx,
+            remaining: usize::MAX,
+        }
+    }
+}
+
+/// New-task batches paired with dreamed batches (SPEC §2, "Pairing"): each new batch with
+/// the next dreamed batch; the dreamed loader restarts when exhausted, across epochs.
+#[derive(Clone)]
+pub struct PairedLoader {
+    pub new: TrainLoader,
+    pub dreamed: TrainLoader,
+}
+
+impl PairedLoader {
+    /// Dreamed batches consumed before `epoch` starts: one per new batch of every earlier
+    /// epoch. Recomputed from the samplers, so resuming needs no saved loader state.
+    pub fn dreamed_offset(&self, epoch: u64) -> u64 {
+        (0..epoch)
+            .map(|e| self.new.batches_in_epoch(e) as u64)
+            .sum()
+    }
+
+    /// The (new, dreamed) batch pairs of `epoch`.
+    pub fn epoch(&self, epoch: u64) -> impl ExactSizeIterator<Item = (Batch, Batch)> {
+        let dreamed = self.dreamed.cycled(self.dreamed_offset(epoch));
+        self.new.epoch(epoch).zip(dreamed)
+    }
+}
+
+/// Test-transform batches over a whole split, in order (for feature extraction).
+pub struct TestLoader {
+    store: Arc<ImageStore>,
+    pub batch_size: usize,
+    pub prefetch: usize,
+}
+
+impl TestLoader {
+    pub fn new(store: Arc<ImageStore>, batch_size: usize) -> Self {
+        Self {
+            store,
+            batch_size: batch_size.max(1),
+            prefetch: 4,
+        }
+    }
+
+    /// B×3×H×W tensors covering every image once, in record order.
+    pub fn batches(&self) -> Stream<Tensor> {
+        let (n, bs) = (self.store.len(), self.batch_size);
+        let store = self.store.clone();
+        let jobs = (0..n)
+            .step_by(bs)
+            .map(move |start| start..(start + bs).min(n));
+        let rx = spawn_stream(self.prefetch, jobs, move |range| {
+            let (h, w) = (store.height, store.width);
+            let size = 3 * h * w;
+            let mut data = vec![0f32; range.len() * size];
+            data.par_chunks_mut(size)
+                .zip(range.clone().into_par_iter())
+                .for_each(|(out, i)| test_into(store.image(i), h, w, out));
+            Tensor::from_slice(&data).view([range.len() as i64, 3, h as i64, w as i64])
+        });
+        Stream {
+            rx,
+            remaining: n.div_ceil(bs),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! agd: Augmented Geometric Distillation (Lu et al., CVPR 2022) for data-free incremental
+//! person re-identification, on libtorch through tch. See SPEC.md for what each part
+//! computes; the layout follows the pipeline: `data` → (model, losses, training,
+//! inversion, evaluation) → `cli`.
+
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod io;
+pub mod logging;
+pub mod progress;
+pub mod report;
