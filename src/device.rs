@@ -16,13 +16,7 @@ pub fn select(gpu: &[String]) -> Result<Device> {
     }
     let ids = gpu
         .iter()
-        .map(|g| {
-            g.split(',')
-                .map(str::trim)
-                .map(str::parse::<usize>)
-                .collect::<Vec<_>>()
-        })
-        .flatten()
+        .flat_map(|g| g.split(',').map(|id| id.trim().parse::<usize>()))
         .collect::<Result<Vec<usize>, _>>();
     let Ok(ids) = ids else {
         bail!(

@@ -23,6 +23,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes).map_err(Into::into))
 }
 
+/// Like [`write_atomic`] but without the fsync: still all-or-nothing when the process
+/// crashes or is killed (the rename is atomic), not across a power loss. For bulk output
+/// that can be regenerated, such as thousands of synthetic images, where one disk sync
+/// per file would cost more than producing the file.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_sibling(path);
+    let result = std::fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot move {} into place", path.display()))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Atomically writes whatever `fill` writes into the file.
 pub fn write_atomic_with(
     path: &Path,

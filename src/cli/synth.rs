@@ -49,6 +49,16 @@ pub fn summary_table(name: &str, s: &SynthSummary) -> comfy_table::Table {
     )
 }
 
+/// Encodes an image as PNG and writes it atomically.
+pub fn write_png(path: &std::path::Path, img: &image::RgbImage) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    crate::io::write_atomic(path, &bytes)
+}
+
 pub fn run(args: &SynthArgs) -> Result<()> {
     let cfg = args.config();
     cfg.validate()?;
@@ -56,18 +66,21 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let start = Instant::now();
     let summary = synth::generate(&dir, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
+    let preview = dir.join("preview.png");
+    write_png(&preview, &synth::preview(&cfg, 8, 8))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!("{}", summary_table(&args.dataset, &summary));
         let total = summary.train_images + summary.query_images + summary.gallery_images;
         println!(
-            "wrote {total} images ({}x{}, {} cameras, style {:?}) to {} in {seconds:.2} s",
+            "wrote {total} images ({}x{}, {} cameras, style {:?}) to {} in {seconds:.2} s; preview: {}",
             cfg.height,
             cfg.width,
             summary.cameras,
             cfg.style,
-            dir.display()
+            dir.display(),
+            preview.display()
         );
     }
     Ok(())

@@ -32,7 +32,7 @@ impl IdentitySampler {
         seed: u64,
         stream_id: u64,
     ) -> Result<Self> {
-        if instances == 0 || batch_size == 0 || batch_size % instances != 0 {
+        if instances == 0 || batch_size == 0 || !batch_size.is_multiple_of(instances) {
             bail!(
                 "--batch-size {batch_size}: must be a positive multiple of {instances} (the samples per identity in a P×K batch)"
             );

@@ -17,6 +17,7 @@ pub use render::render;
 pub use style::{Accessory, Hair, Identity, Lower, Pattern};
 
 use anyhow::{bail, Context, Result};
+use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -218,6 +219,7 @@ fn file_name(cfg: &SynthConfig, kind: u64, pid: i64, camera: usize, index: usize
 /// (one query per camera an identity appears in, the rest in the gallery), distractors,
 /// junk. With only 2 or 3 images per identity a query per camera would leave some query
 /// without a gallery match in another camera, so those identities get a single query.
+/// `cfg` must pass [`SynthConfig::validate`].
 pub fn plan(cfg: &SynthConfig) -> Vec<PlannedImage> {
     let mut out = Vec::new();
     let total_ids = cfg.ids + cfg.test_ids;
@@ -270,7 +272,8 @@ const JPEG_QUALITY: u8 = 90;
 pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     cfg.validate()?;
     crate::io::create_dir(dir)?;
-    for split in [Split::Train, Split::Query, Split::Gallery] {
+    const SPLITS: [Split; 3] = [Split::Train, Split::Query, Split::Gallery];
+    for split in SPLITS {
         let sub = dir.join(split.folder());
         if sub.exists() {
             let mut entries = std::fs::read_dir(&sub)
@@ -282,7 +285,9 @@ pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
                 );
             }
         }
-        crate::io::create_dir(&sub)?;
+    }
+    for split in SPLITS {
+        crate::io::create_dir(&dir.join(split.folder()))?;
     }
     let images = plan(cfg);
     let bar = crate::progress::bar(images.len() as u64, "synth");
@@ -292,7 +297,9 @@ pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY)
             .encode_image(&img)
             .with_context(|| format!("cannot encode {}", item.file_name))?;
-        crate::io::write_atomic(&dir.join(item.split.folder()).join(&item.file_name), &bytes)?;
+        let path = dir.join(item.split.folder()).join(&item.file_name);
+        // Regenerable in seconds: atomic against kills, no per-file disk sync.
+        crate::io::write_atomic_unsynced(&path, &bytes)?;
         bar.inc(1);
         Ok(())
     })?;
@@ -308,4 +315,35 @@ pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         junk: cfg.junk,
         cameras: cfg.cameras,
     })
+}
+
+/// A contact sheet of the first `ids` training identities, one row each, their first
+/// `per_id` images left to right: what a person looks at to see what the model must learn
+/// (same person across cameras, different people side by side).
+pub fn preview(cfg: &SynthConfig, ids: usize, per_id: usize) -> RgbImage {
+    let (h, w) = (cfg.height, cfg.width);
+    let rows = ids.min(cfg.ids).max(1);
+    let cols = per_id.min(cfg.images_per_id).max(1);
+    let mut sheet = RgbImage::from_pixel(
+        cols as u32 * (w + 2),
+        rows as u32 * (h + 2),
+        image::Rgb([255, 255, 255]),
+    );
+    let images = plan(cfg);
+    for r in 0..rows {
+        let pid = r as i64 + 1;
+        let own = images
+            .iter()
+            .filter(|i| i.split == Split::Train && i.pid == pid);
+        for (c, item) in own.take(cols).enumerate() {
+            let img = render(cfg, item.pid, item.camera, item.index);
+            image::imageops::replace(
+                &mut sheet,
+                &img,
+                (c as u32 * (w + 2) + 1).into(),
+                (r as u32 * (h + 2) + 1).into(),
+            );
+        }
+    }
+    sheet
 }

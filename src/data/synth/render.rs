@@ -155,53 +155,26 @@ fn body_light(u: f32, slope: f32) -> f32 {
     0.8 + 0.2 * (std::f32::consts::PI * u).sin() + slope * (u - 0.5)
 }
 
+/// Colour of the upper garment at (`u` across, `v` down) of the torso.
 fn upper_color(who: &Identity, facing: Facing, u: f32, v: f32) -> Rgb {
-    let (a, b) = (who.upper, who.upper2);
-    match who.pattern {
-        Pattern::Solid => a,
-        Pattern::HStripes(n) => {
-            if (v * n as f32) as u32 % 2 == 0 {
-                a
-            } else {
-                b
-            }
-        }
-        Pattern::VStripes(n) => {
-            if (u * n as f32) as u32 % 2 == 0 {
-                a
-            } else {
-                b
-            }
-        }
+    let second = match who.pattern {
+        Pattern::Solid => false,
+        Pattern::HStripes(n) => !((v * n as f32) as u32).is_multiple_of(2),
+        Pattern::VStripes(n) => !((u * n as f32) as u32).is_multiple_of(2),
         Pattern::Checks(n) => {
             let n = n as f32;
-            if ((u * n) as u32 + (v * n * 1.5) as u32) % 2 == 0 {
-                a
-            } else {
-                b
-            }
+            !((u * n) as u32 + (v * n * 1.5) as u32).is_multiple_of(2)
         }
-        Pattern::TwoTone(split) => {
-            if v < split {
-                a
-            } else {
-                b
-            }
-        }
-        Pattern::Jacket(inner) => {
-            if facing == Facing::Front && (u - 0.5).abs() < inner * 0.5 {
-                b
-            } else {
-                a
-            }
-        }
+        Pattern::TwoTone(split) => v >= split,
+        Pattern::Jacket(inner) => facing == Facing::Front && (u - 0.5).abs() < inner * 0.5,
         Pattern::Logo => {
-            if facing == Facing::Front && (u - 0.5).abs() < 0.17 && (0.18..0.45).contains(&v) {
-                b
-            } else {
-                a
-            }
+            facing == Facing::Front && (u - 0.5).abs() < 0.17 && (0.18..0.45).contains(&v)
         }
+    };
+    if second {
+        who.upper2
+    } else {
+        who.upper
     }
 }
 

@@ -476,9 +476,9 @@ impl Scene {
             Style::Street => Look {
                 gain: r.gen_range(1.0..1.22),
                 cast: [
-                    r.gen_range(1.02..1.12),
-                    r.gen_range(0.98..1.04),
-                    r.gen_range(0.82..0.95),
+                    r.gen_range(1.0..1.08),
+                    r.gen_range(0.98..1.03),
+                    r.gen_range(0.86..0.97),
                 ],
                 contrast: r.gen_range(1.05..1.3),
                 saturation: r.gen_range(1.0..1.25),
