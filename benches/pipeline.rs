@@ -5,9 +5,8 @@
 //!
 //! Sizes can be reduced for a quick look: `AGD_BENCH_STEPS` (model steps, default 3).
 
-use agd::data::loader::INSTANCES;
 use agd::data::synth::{self, Style, SynthConfig};
-use agd::data::{Erasing, ImageStore, LoaderConfig, ReidDataset, TrainLoader, TrainTransform};
+use agd::data::{ImageStore, LoaderConfig, ReidDataset, TrainLoader, TrainTransform};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::nn::{self, ModuleT, OptimizerConfig};
@@ -63,19 +62,7 @@ fn main() -> anyhow::Result<()> {
     let loader = TrainLoader::new(
         Arc::new(d.train.clone()),
         store,
-        LoaderConfig {
-            batch_size: 64,
-            instances: INSTANCES,
-            transform: TrainTransform {
-                erasing: Erasing {
-                    probability: 0.5,
-                    max_area: 0.4,
-                },
-            },
-            peers: 1,
-            seed: 0,
-            prefetch: 4,
-        },
+        LoaderConfig::new(64, 1, TrainTransform::default(), 0),
         0,
     )?;
     let start = Instant::now();

@@ -4,9 +4,7 @@
 
 use super::args::DemoArgs;
 use crate::data::synth::{self, Style, SynthConfig};
-use crate::data::{
-    loader::INSTANCES, Erasing, ImageStore, LoaderConfig, ReidDataset, TrainLoader, TrainTransform,
-};
+use crate::data::{ImageStore, LoaderConfig, ReidDataset, TrainLoader, TrainTransform};
 use crate::logging::Logger;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -97,19 +95,7 @@ fn load_task(
     let dataset = ReidDataset::load(data_root, name)?;
     let (h, w) = (128, 64);
     let store = Arc::new(ImageStore::load(&dataset.train, h, w, name)?);
-    let cfg = LoaderConfig {
-        batch_size: sizes.batch_size,
-        instances: INSTANCES,
-        transform: TrainTransform {
-            erasing: Erasing {
-                probability: 0.5,
-                max_area: 0.4,
-            },
-        },
-        peers: 1,
-        seed,
-        prefetch: 4,
-    };
+    let cfg = LoaderConfig::new(sizes.batch_size, 1, TrainTransform::default(), seed);
     let loader = TrainLoader::new(Arc::new(dataset.train.clone()), store, cfg, 0)?;
     let start = Instant::now();
     let mut images = 0usize;

@@ -23,26 +23,9 @@ pub enum Command {
     /// Dream images of every old identity back out of a trained model (DeepInversion).
     Invert(InvertArgs),
     /// Learn a new task while distilling the old model's geometry on dreamed images (GD, simGD).
-    #[command(
-        mut_arg("dataset", |a| a.default_value("market")),
-        mut_arg("batch_size", |a| a.default_value("64")),
-        mut_arg("epochs", |a| a.default_value("80")),
-        mut_arg("epochs_decay", |a| a.default_values(["41"])),
-        mut_arg("save_freq", |a| a.default_value("100")),
-        mut_arg("warmup", |a| a.default_value("0")),
-    )]
     Incremental(IncrementalArgs),
     /// `incremental` with augmented distillation across `--peers` views (AGD).
-    #[command(
-        name = "incremental-x",
-        mut_arg("dataset", |a| a.default_value("market")),
-        mut_arg("batch_size", |a| a.default_value("64")),
-        mut_arg("epochs", |a| a.default_value("80")),
-        mut_arg("epochs_decay", |a| a.default_values(["41"])),
-        mut_arg("save_freq", |a| a.default_value("100")),
-        mut_arg("warmup", |a| a.default_value("0")),
-        mut_arg("peers", |a| a.default_value("2")),
-    )]
+    #[command(name = "incremental-x")]
     IncrementalX(IncrementalArgs),
     /// mAP and CMC of checkpoints on one or more datasets, optionally re-ranked.
     Evaluate(EvaluateArgs),
@@ -61,9 +44,25 @@ fn with_underscore_aliases(cmd: clap::Command) -> clap::Command {
     })
 }
 
-/// The full command, aliases included.
+/// The reference's `main_incremental*.py` defaults, where they differ from `main.py`'s
+/// (the training loop's flags are shared, with `train`'s defaults).
+fn with_incremental_defaults(cmd: clap::Command) -> clap::Command {
+    cmd.mut_arg("dataset", |a| a.default_value("market"))
+        .mut_arg("batch_size", |a| a.default_value("64"))
+        .mut_arg("epochs", |a| a.default_value("80"))
+        .mut_arg("epochs_decay", |a| a.default_values(["41"]))
+        .mut_arg("save_freq", |a| a.default_value("100"))
+        .mut_arg("warmup", |a| a.default_value("0"))
+}
+
+/// The full command: per-script defaults and underscore aliases included.
 pub fn command() -> clap::Command {
-    Cli::command().mut_subcommands(with_underscore_aliases)
+    Cli::command()
+        .mut_subcommand("incremental", with_incremental_defaults)
+        .mut_subcommand("incremental-x", |c| {
+            with_incremental_defaults(c).mut_arg("peers", |a| a.default_value("2"))
+        })
+        .mut_subcommands(with_underscore_aliases)
 }
 
 /// Parses the process arguments (exits with clap's message on bad flags).

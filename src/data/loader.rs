@@ -32,6 +32,21 @@ pub struct LoaderConfig {
     pub prefetch: usize,
 }
 
+impl LoaderConfig {
+    /// P×K batches of `batch_size` with K = [`INSTANCES`], `peers` views, and the default
+    /// prefetch depth.
+    pub fn new(batch_size: usize, peers: usize, transform: TrainTransform, seed: u64) -> Self {
+        Self {
+            batch_size,
+            instances: INSTANCES,
+            transform,
+            peers,
+            seed,
+            prefetch: 4,
+        }
+    }
+}
+
 /// One training batch: `peers` views of the same samples, same order.
 pub struct Batch {
     /// One B×3×H×W float tensor per view.

@@ -23,6 +23,16 @@ pub struct Erasing {
     pub max_area: f64,
 }
 
+impl Default for Erasing {
+    /// The reference's defaults (`--re 0.5`, `--re-area 0.4`).
+    fn default() -> Self {
+        Self {
+            probability: 0.5,
+            max_area: 0.4,
+        }
+    }
+}
+
 impl Erasing {
     pub const MIN_AREA: f64 = 0.02;
     pub const MIN_ASPECT: f64 = 0.3;
@@ -58,7 +68,7 @@ impl Erasing {
 }
 
 /// The random part of the training transform.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TrainTransform {
     pub erasing: Erasing,
 }
