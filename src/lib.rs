@@ -6,7 +6,11 @@
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod io;
 pub mod logging;
+pub mod loss;
+pub mod model;
 pub mod progress;
 pub mod report;
+pub mod train;

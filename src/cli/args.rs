@@ -3,6 +3,7 @@
 //! differ between scripts (train vs incremental), [`super::command`] overrides them.
 
 use crate::data::synth::Style;
+pub use crate::model::{Depth, Pooling};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
@@ -41,31 +42,6 @@ pub struct AugmentArgs {
     /// Accepted for the reference's scripts; images are always preloaded.
     #[arg(long, hide = true)]
     pub preload: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pooling {
-    Avg,
-    Max,
-}
-
-/// ResNet depth: 50 (Bottleneck) or 34 (BasicBlock).
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Depth {
-    #[value(name = "34")]
-    R34,
-    #[value(name = "50")]
-    R50,
-}
-
-impl Depth {
-    /// Width of the backbone's global feature, which the embedding must equal.
-    pub fn feature_width(self) -> i64 {
-        match self {
-            Depth::R34 => 512,
-            Depth::R50 => 2048,
-        }
-    }
 }
 
 /// The ReID model's shape (SPEC §3).

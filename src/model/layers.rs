@@ -1,0 +1,111 @@
+//! The two layers the ResNet needs beyond what libtorch computes directly: a bias-free
+//! convolution and a BatchNorm that can report the statistics of its *input* (DeepInversion
+//! matches them to the running statistics, SPEC §7).
+
+use super::params::Scope;
+use tch::Kind;
+use tch::Tensor;
+
+/// Bias-free 2-D convolution, Kaiming-normal (fan_out, relu) initialised as torchvision.
+pub struct Conv2d {
+    weight: Tensor,
+    stride: i64,
+    padding: i64,
+}
+
+impl Conv2d {
+    pub fn new(s: &mut Scope, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> Self {
+        let std = (2.0 / (cout * k * k) as f64).sqrt();
+        let weight = s.trainable("weight", Scope::normal(&[cout, cin, k, k], std));
+        Self {
+            weight,
+            stride,
+            padding,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(
+            &self.weight,
+            None::<Tensor>,
+            [self.stride],
+            [self.padding],
+            [1],
+            1,
+        )
+    }
+}
+
+/// Statistics of one BatchNorm layer's input on a batch, with its running statistics.
+pub struct BnStat {
+    pub mean: Tensor,
+    /// Biased variance, as BatchNorm normalises with.
+    pub var: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+}
+
+/// BatchNorm over channels of N×C(×H×W) input (momentum 0.1, eps 1e-5, as PyTorch).
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
+}
+
+impl BatchNorm {
+    pub const MOMENTUM: f64 = 0.1;
+    pub const EPS: f64 = 1e-5;
+
+    /// Weight 1, bias 0; `train_bias` false keeps the bias fixed (the ReID head).
+    pub fn new(s: &mut Scope, channels: i64, train_bias: bool) -> Self {
+        let ones = || Tensor::ones([channels], (Kind::Float, tch::Device::Cpu));
+        let zeros = || Tensor::zeros([channels], (Kind::Float, tch::Device::Cpu));
+        let weight = s.trainable("weight", ones());
+        let bias = if train_bias {
+            s.trainable("bias", zeros())
+        } else {
+            s.frozen("bias", zeros())
+        };
+        Self {
+            weight,
+            bias,
+            running_mean: s.buffer("running_mean", zeros()),
+            running_var: s.buffer("running_var", ones()),
+            num_batches_tracked: s.buffer(
+                "num_batches_tracked",
+                Tensor::zeros([], (Kind::Int64, tch::Device::Cpu)),
+            ),
+        }
+    }
+
+    /// Normalises `x`; in training mode with batch statistics (updating the running ones).
+    /// When `stats` is given, the input's mean and biased variance are appended to it.
+    pub fn forward(&self, x: &Tensor, train: bool, stats: Option<&mut Vec<BnStat>>) -> Tensor {
+        if let Some(stats) = stats {
+            let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+            stats.push(BnStat {
+                mean: x.mean_dim(&dims[..], false, Kind::Float),
+                var: x.var_dim(&dims[..], false, false),
+                running_mean: self.running_mean.shallow_clone(),
+                running_var: self.running_var.shallow_clone(),
+            });
+        }
+        if train {
+            tch::no_grad(|| {
+                let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+            });
+        }
+        x.batch_norm(
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            Self::MOMENTUM,
+            Self::EPS,
+            true,
+        )
+    }
+}

@@ -1,0 +1,171 @@
+//! The ReID model (SPEC §3): ResNet backbone, BN head, classifier, and their checkpoints.
+//!
+//! One forward serves training, evaluation and inversion: it returns `embedding`, `global`,
+//! the four `maps` and the logits, and can also report every BatchNorm's input statistics.
+
+pub mod backbone;
+pub mod layers;
+pub mod params;
+pub mod pth;
+
+pub use backbone::Depth;
+pub use layers::BnStat;
+pub use params::{Group, Params, Role};
+
+use anyhow::{bail, Result};
+use backbone::Base;
+use layers::BatchNorm;
+use params::Scope;
+use tch::{Device, Kind, Tensor};
+
+/// Global pooling of layer4.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    Avg,
+    Max,
+}
+
+/// The model's shape: everything a checkpoint must agree with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub depth: Depth,
+    pub last_stride: i64,
+    pub pooling: Pooling,
+    pub embedding: i64,
+    pub classes: i64,
+}
+
+impl ModelConfig {
+    /// The embedding is the BN-normalised global feature, so it must have its width.
+    pub fn validate(&self) -> Result<()> {
+        let width = self.depth.feature_width();
+        if self.embedding != width {
+            bail!(
+                "--embedding {}: ResNet-{} produces {width}-d features; the embedding must be {width}",
+                self.embedding,
+                self.depth.number()
+            );
+        }
+        if !(1..=2).contains(&self.last_stride) {
+            bail!("--last-stride {}: must be 1 or 2", self.last_stride);
+        }
+        if self.classes < 1 {
+            bail!(
+                "a classifier needs at least one class (got {})",
+                self.classes
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one forward pass returns.
+pub struct Output {
+    /// BN-normalised global feature (evaluation and distillation use it).
+    pub embedding: Tensor,
+    /// Pooled layer4 feature (the triplet loss uses it).
+    pub global: Tensor,
+    /// Outputs of layer1..layer4.
+    pub maps: Vec<Tensor>,
+    /// embedding · Wᵀ.
+    pub logits: Tensor,
+}
+
+/// Backbone (`backbone.base.*`, `backbone.bn.*`) and classifier (`classifier.W`).
+pub struct ReidModel {
+    pub config: ModelConfig,
+    pub params: Params,
+    base: Base,
+    head: BatchNorm,
+    classifier: Tensor,
+}
+
+impl ReidModel {
+    /// A freshly initialised model (Kaiming convolutions, BN 1/0, classifier N(0, 0.001)).
+    pub fn new(config: ModelConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let mut params = Params::new(device);
+        let base = Base::new(
+            &mut Scope::root(&mut params, "backbone.base", Group::Base),
+            config.depth,
+            config.last_stride,
+        );
+        let head = BatchNorm::new(
+            &mut Scope::root(&mut params, "backbone.bn", Group::Head),
+            config.embedding,
+            false,
+        );
+        let classifier = Scope::root(&mut params, "classifier", Group::Classifier).trainable(
+            "W",
+            Scope::normal(&[config.classes, config.embedding], 0.001),
+        );
+        Ok(Self {
+            config,
+            params,
+            base,
+            head,
+            classifier,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.params.device
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, mut stats: Option<&mut Vec<BnStat>>) -> Output {
+        let maps = self.base.forward(x, train, &mut stats);
+        let last = &maps[3];
+        let global = match self.config.pooling {
+            Pooling::Avg => last.adaptive_avg_pool2d([1, 1]),
+            Pooling::Max => last.adaptive_max_pool2d([1, 1]).0,
+        }
+        .flatten(1, -1);
+        let embedding = self.head.forward(&global, train, stats);
+        let logits = embedding.mm(&self.classifier.tr());
+        Output {
+            embedding,
+            global,
+            maps,
+            logits,
+        }
+    }
+
+    /// Forward in training (batch statistics) or evaluation mode.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Output {
+        self.forward_impl(x, train, None)
+    }
+
+    /// Forward that also returns every BatchNorm's input statistics, in module order
+    /// (the 2-D layers of the backbone, then the embedding BatchNorm1d).
+    pub fn forward_with_bn_stats(&self, x: &Tensor, train: bool) -> (Output, Vec<BnStat>) {
+        let mut stats = Vec::new();
+        let out = self.forward_impl(x, train, Some(&mut stats));
+        (out, stats)
+    }
+
+    /// Prepends `n` fresh classes (N(0, 0.001) rows): W' = [new; old], so new-task classes
+    /// are 0..n−1 and the old ones follow (SPEC §3).
+    pub fn expand_classifier(&mut self, n: i64) {
+        let fresh = Scope::normal(&[n, self.config.embedding], 0.001).to_device(self.device());
+        tch::no_grad(|| {
+            let expanded = Tensor::cat(&[fresh, self.classifier.detach()], 0);
+            self.classifier.set_data(&expanded);
+        });
+        self.config.classes += n;
+    }
+
+    /// The classifier weight (classes × embedding).
+    pub fn classifier(&self) -> &Tensor {
+        &self.classifier
+    }
+
+    /// Number of trainable scalars of the ResNet base (torchvision's count without `fc`).
+    pub fn base_parameter_count(&self) -> i64 {
+        self.params.count_trainable("backbone.base.")
+    }
+}
+
+/// Puts `t` in float32 on `device` (how every image tensor enters the model).
+pub fn to_input(t: &Tensor, device: Device) -> Tensor {
+    t.to_device(device).to_kind(Kind::Float)
+}

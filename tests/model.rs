@@ -1,0 +1,196 @@
+//! The ReID model of SPEC §3: torchvision's layout, shapes, classifier expansion, losses.
+
+use agd::model::{Depth, ModelConfig, Pooling, ReidModel, Role};
+use agd::train::schedule::learning_rate;
+use tch::{Device, Kind, Tensor};
+
+fn config(depth: Depth) -> ModelConfig {
+    ModelConfig {
+        depth,
+        last_stride: 2,
+        pooling: Pooling::Avg,
+        embedding: depth.feature_width(),
+        classes: 10,
+    }
+}
+
+#[test]
+fn parameter_names_and_counts_equal_torchvision() {
+    let m = ReidModel::new(config(Depth::R50), Device::Cpu).unwrap();
+    assert_eq!(
+        m.base_parameter_count(),
+        23_508_032,
+        "torchvision ResNet-50 without fc"
+    );
+    let base: Vec<&str> = m
+        .params
+        .entries()
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|n| n.starts_with("backbone.base."))
+        .collect();
+    assert_eq!(
+        base.len(),
+        318,
+        "torchvision's resnet50 state dict has 320 entries with fc"
+    );
+    for name in [
+        "backbone.base.conv1.weight",
+        "backbone.base.bn1.running_var",
+        "backbone.base.bn1.num_batches_tracked",
+        "backbone.base.layer1.0.conv3.weight",
+        "backbone.base.layer1.0.downsample.0.weight",
+        "backbone.base.layer1.0.downsample.1.running_mean",
+        "backbone.base.layer4.2.bn3.bias",
+    ] {
+        assert!(base.contains(&name), "{name} missing");
+    }
+    let p = |n: &str| m.params.get(n).unwrap().size();
+    assert_eq!(
+        p("backbone.base.layer2.0.conv2.weight"),
+        vec![128, 128, 3, 3]
+    );
+    assert_eq!(
+        p("backbone.base.layer4.0.downsample.0.weight"),
+        vec![2048, 1024, 1, 1]
+    );
+    assert_eq!(p("classifier.W"), vec![10, 2048]);
+    // The head's bias is frozen; its weight trains.
+    let role = |n: &str| {
+        m.params
+            .entries()
+            .iter()
+            .find(|e| e.name == n)
+            .unwrap()
+            .role
+    };
+    assert_eq!(role("backbone.bn.bias"), Role::Frozen);
+    assert!(matches!(role("backbone.bn.weight"), Role::Trainable(_)));
+
+    let m34 = ReidModel::new(config(Depth::R34), Device::Cpu).unwrap();
+    assert_eq!(
+        m34.base_parameter_count(),
+        21_284_672,
+        "torchvision ResNet-34 without fc"
+    );
+    let n34 = m34
+        .params
+        .entries()
+        .iter()
+        .filter(|e| e.name.starts_with("backbone.base."))
+        .count();
+    assert_eq!(n34, 216);
+}
+
+#[test]
+fn output_shapes_for_every_depth_stride_and_pooling() {
+    tch::manual_seed(0);
+    for depth in [Depth::R34, Depth::R50] {
+        for stride in [1, 2] {
+            for pooling in [Pooling::Avg, Pooling::Max] {
+                let cfg = ModelConfig {
+                    last_stride: stride,
+                    pooling,
+                    ..config(depth)
+                };
+                let m = ReidModel::new(cfg, Device::Cpu).unwrap();
+                let x = Tensor::randn([2, 3, 64, 32], (Kind::Float, Device::Cpu));
+                let out = tch::no_grad(|| m.forward(&x, false));
+                let w = depth.feature_width();
+                let e = if depth == Depth::R50 { 4 } else { 1 };
+                assert_eq!(out.maps[0].size(), vec![2, 64 * e, 16, 8]);
+                assert_eq!(out.maps[2].size(), vec![2, 256 * e, 4, 2]);
+                let last = if stride == 1 {
+                    vec![2, w, 4, 2]
+                } else {
+                    vec![2, w, 2, 1]
+                };
+                assert_eq!(out.maps[3].size(), last, "{depth:?} stride {stride}");
+                assert_eq!(out.global.size(), vec![2, w]);
+                assert_eq!(out.embedding.size(), vec![2, w]);
+                assert_eq!(out.logits.size(), vec![2, 10]);
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_must_match_the_backbone() {
+    let cfg = ModelConfig {
+        embedding: 256,
+        ..config(Depth::R50)
+    };
+    let err = ReidModel::new(cfg, Device::Cpu).err().unwrap().to_string();
+    assert!(
+        err.contains("--embedding 256") && err.contains("2048"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bn_statistics_cover_every_batchnorm_in_order() {
+    let m = ReidModel::new(config(Depth::R34), Device::Cpu).unwrap();
+    let x = Tensor::randn([4, 3, 64, 32], (Kind::Float, Device::Cpu));
+    let (_, stats) = tch::no_grad(|| m.forward_with_bn_stats(&x, false));
+    // 36 BatchNorm2d in ResNet-34 + the embedding BatchNorm1d.
+    assert_eq!(stats.len(), 37);
+    // The first BN sees conv1's output: its mean over N, H, W per channel.
+    assert_eq!(stats[0].mean.size(), vec![64]);
+    assert_eq!(stats.last().unwrap().var.size(), vec![512]);
+    let v = stats[0].var.min().double_value(&[]);
+    assert!(v >= 0.0);
+}
+
+#[test]
+fn classifier_expansion_prepends_new_classes() {
+    let mut m = ReidModel::new(config(Depth::R34), Device::Cpu).unwrap();
+    let old = m.classifier().detach().copy();
+    m.expand_classifier(5);
+    assert_eq!(m.config.classes, 15);
+    let w = m.classifier();
+    assert_eq!(w.size(), vec![15, 512]);
+    assert!(
+        w.narrow(0, 5, 10).equal(&old),
+        "old rows follow the new ones"
+    );
+    let fresh_std = f64::try_from(w.narrow(0, 0, 5).std(true)).unwrap();
+    assert!(
+        fresh_std > 1e-4 && fresh_std < 1e-2,
+        "new rows ~ N(0, 0.001): std {fresh_std}"
+    );
+    // The expanded weight is still a trainable parameter of the model.
+    assert!(m.params.get("classifier.W").unwrap().size() == vec![15, 512]);
+    assert!(m.params.get("classifier.W").unwrap().requires_grad());
+}
+
+#[test]
+fn learning_rate_of_every_epoch_for_the_reference_settings() {
+    // train: base 0.01, warmup 10, decay at 61, 90 epochs.
+    for e in 1..=90 {
+        let lr = learning_rate(0.01, e, 10, &[61]);
+        let want = if e < 10 {
+            0.01 * e as f64 / 10.0
+        } else if e < 61 {
+            0.01
+        } else {
+            0.001
+        };
+        assert!((lr - want).abs() < 1e-15, "epoch {e}: {lr} vs {want}");
+    }
+    // incremental: no warmup, decay at 41, 80 epochs.
+    for e in 1..=80 {
+        let want = if e < 41 { 0.01 } else { 0.001 };
+        assert!((learning_rate(0.01, e, 0, &[41]) - want).abs() < 1e-15);
+    }
+    assert!((learning_rate(0.01, 70, 0, &[30, 60]) - 0.0001).abs() < 1e-15);
+    assert!(agd::train::schedule::validate(10, &[5]).is_err());
+}
+
+#[test]
+fn base_loss_is_ce_plus_triplet() {
+    let logits = Tensor::from_slice(&[2.0f64, 0.0, 0.0, 2.0]).view([2, 2]);
+    let pids = Tensor::from_slice(&[0i64, 1]);
+    let ce = agd::loss::cross_entropy(&logits, &pids).double_value(&[]);
+    let want = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
+    assert!((ce - want).abs() < 1e-12);
+}
