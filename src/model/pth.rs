@@ -1,0 +1,1 @@
+//! Reader of torch.save files (zip + pickle), for the reference checkpoints and ImageNet weights.
