@@ -3,8 +3,10 @@
 //! differ between scripts (train vs incremental), [`super::command`] overrides them.
 
 use crate::data::synth::Style;
+pub use crate::eval::features::OutputFeature;
 pub use crate::model::{Depth, Pooling};
-use clap::{Args, ValueEnum};
+pub use crate::train::optimizer::OptimizerKind;
+use clap::Args;
 use std::path::PathBuf;
 
 /// `-g/--gpu`.
@@ -61,14 +63,6 @@ pub struct ModelArgs {
     pub embedding: i64,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Optimizer {
-    #[value(name = "SGD", alias = "sgd")]
-    Sgd,
-    #[value(name = "Adam", alias = "adam")]
-    Adam,
-}
-
 /// The training loop shared by `train`, `incremental` and `incremental-x`. Defaults are
 /// `train`'s; the incremental subcommands override theirs.
 #[derive(Args, Clone, Debug)]
@@ -99,8 +93,8 @@ pub struct LoopArgs {
     /// Keep a numbered checkpoint every this many epochs.
     #[arg(long, default_value_t = 1000)]
     pub save_freq: usize,
-    #[arg(long, value_enum, default_value_t = Optimizer::Sgd)]
-    pub optimizer: Optimizer,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    pub optimizer: OptimizerKind,
     /// Warm-up epochs.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
@@ -126,6 +120,10 @@ pub struct LoopArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub run: LoopArgs,
+    /// ImageNet weights for the ResNet (safetensors or torch .pth/.pt state dict with
+    /// torchvision names); default: a `resnet<depth>*` file in backbone_weights/, if any.
+    #[arg(long, value_name = "PATH")]
+    pub pretrained: Option<PathBuf>,
 }
 
 /// `agd incremental` and `agd incremental-x`.
@@ -214,12 +212,6 @@ pub struct InvertArgs {
     pub height: usize,
     #[arg(long, default_value_t = 128)]
     pub width: usize,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputFeature {
-    Embedding,
-    Global,
 }
 
 /// `agd evaluate` (SPEC §8).

@@ -3,6 +3,7 @@
 pub mod args;
 mod demo;
 mod synth;
+mod train;
 
 use anyhow::Result;
 use args::*;
@@ -96,11 +97,11 @@ fn not_yet(subcommand: &str, issue: u32, what: &str) -> Result<()> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(_) => not_yet("train", 3, "the ReID model and base training"),
+        Command::Train(args) => train::run(&args),
         Command::Invert(_) => not_yet("invert", 5, "DeepInversion"),
         Command::Incremental(_) => not_yet("incremental", 6, "geometric distillation"),
         Command::IncrementalX(_) => not_yet("incremental-x", 6, "augmented distillation"),
-        Command::Evaluate(_) => not_yet("evaluate", 3, "the model and its evaluation"),
+        Command::Evaluate(_) => not_yet("evaluate", 4, "checkpoint evaluation"),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => demo::run(&args),
     }

@@ -1,3 +1,68 @@
 //! Evaluation (SPEC §8): features, distances, mAP and CMC.
 
+pub mod features;
 pub mod metrics;
+
+use crate::data::{ImageStore, Record, ReidDataset};
+use crate::model::ReidModel;
+use anyhow::Result;
+use features::OutputFeature;
+use metrics::{Distance, Labels, Metrics};
+use std::sync::Arc;
+
+/// Query and gallery of one dataset, decoded once for repeated evaluation.
+pub struct TestSet {
+    pub name: String,
+    pub query: Vec<Record>,
+    pub gallery: Vec<Record>,
+    query_images: Arc<ImageStore>,
+    gallery_images: Arc<ImageStore>,
+}
+
+fn labels(records: &[Record]) -> (Vec<i64>, Vec<i64>) {
+    records.iter().map(|r| (r.pid, r.camera)).unzip()
+}
+
+impl TestSet {
+    pub fn load(dataset: &ReidDataset, height: usize, width: usize) -> Result<Self> {
+        Ok(Self {
+            name: dataset.name.clone(),
+            query_images: Arc::new(ImageStore::load(&dataset.query, height, width, "query")?),
+            gallery_images: Arc::new(ImageStore::load(
+                &dataset.gallery,
+                height,
+                width,
+                "gallery",
+            )?),
+            query: dataset.query.clone(),
+            gallery: dataset.gallery.clone(),
+        })
+    }
+
+    /// mAP and CMC of `model` on this set: cosine distance of the chosen features.
+    pub fn evaluate(
+        &self,
+        model: &ReidModel,
+        batch_size: usize,
+        feature: OutputFeature,
+    ) -> Result<Metrics> {
+        let q = features::extract(model, &self.query_images, batch_size, feature, "query");
+        let g = features::extract(model, &self.gallery_images, batch_size, feature, "gallery");
+        let dist = metrics::distances(&q, &g, Distance::Cosine);
+        let dist: Vec<f32> = Vec::try_from(dist.flatten(0, -1))?;
+        let (qp, qc) = labels(&self.query);
+        let (gp, gc) = labels(&self.gallery);
+        metrics::evaluate(
+            &dist,
+            Labels {
+                pids: &qp,
+                cams: &qc,
+            },
+            Labels {
+                pids: &gp,
+                cams: &gc,
+            },
+            20,
+        )
+    }
+}

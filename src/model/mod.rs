@@ -4,6 +4,7 @@
 //! the four `maps` and the logits, and can also report every BatchNorm's input statistics.
 
 pub mod backbone;
+pub mod checkpoint;
 pub mod layers;
 pub mod params;
 pub mod pth;

@@ -1,0 +1,406 @@
+//! Checkpoints: `<logs-dir>/checkpoint.safetensors`, tensors named as the reference's state
+//! dicts (`backbone.base.conv1.weight`, `backbone.bn.running_mean`, `classifier.W`), plus
+//! the optimiser state, with the model's shape, the finished epoch and the run's arguments
+//! as metadata. The reference's `checkpoint.pth.tar` is read too, without Python.
+
+use super::pth::TorchFile;
+use super::{Depth, ModelConfig, Pooling, ReidModel};
+use anyhow::{bail, Context, Result};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// File name of the latest checkpoint in a logs folder.
+pub const LATEST: &str = "checkpoint.safetensors";
+/// The reference's file name, accepted wherever a logs folder is given.
+pub const REFERENCE: &str = "checkpoint.pth.tar";
+
+/// A tensor's bytes in the form safetensors writes.
+struct Bytes {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &Bytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        other => bail!("cannot store a {other:?} tensor in safetensors"),
+    })
+}
+
+fn kind_of(dtype: Dtype) -> Result<Kind> {
+    Ok(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        other => bail!("unsupported safetensors dtype {other:?}"),
+    })
+}
+
+fn to_bytes(t: &Tensor) -> Result<Bytes> {
+    let t = t.detach().to_device(Device::Cpu).contiguous();
+    let dtype = dtype_of(t.kind())?;
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut data, numel);
+    Ok(Bytes {
+        dtype,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
+    })
+}
+
+fn from_view(view: &TensorView) -> Result<Tensor> {
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_data_size(
+        view.data(),
+        &shape,
+        kind_of(view.dtype())?,
+    )?)
+}
+
+/// Writes `tensors` and `metadata` to `path` atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let bytes = tensors
+        .iter()
+        .map(|(n, t)| to_bytes(t).map(|b| (n.clone(), b)))
+        .collect::<Result<Vec<_>>>()?;
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let data = safetensors::serialize(bytes.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
+        .with_context(|| format!("cannot serialise {}", path.display()))?;
+    crate::io::write_atomic(path, &data)
+}
+
+/// A loaded checkpoint, whichever format it came in.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+    /// Epochs finished when it was written.
+    pub epoch: usize,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The checkpoint a `--resume/--previous/--teacher/--ckpt` value names: a file, or a logs
+/// folder standing for its latest checkpoint (agd's, else the reference's).
+pub fn resolve(path: &Path, flag: &str) -> Result<PathBuf> {
+    if path.is_dir() {
+        for name in [LATEST, REFERENCE] {
+            let candidate = path.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        bail!(
+            "{flag} {}: folder holds no {LATEST} or {REFERENCE}",
+            path.display()
+        );
+    }
+    if !path.is_file() {
+        bail!(
+            "{flag} {}: no such checkpoint file or folder",
+            path.display()
+        );
+    }
+    Ok(path.to_path_buf())
+}
+
+impl Checkpoint {
+    /// Loads a checkpoint file (safetensors, or a torch.save file such as the reference's).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if bytes.starts_with(b"PK")
+            || path
+                .extension()
+                .is_some_and(|e| e == "tar" || e == "pth" || e == "pt")
+        {
+            return Self::from_torch(path);
+        }
+        let st = SafeTensors::deserialize(&bytes).with_context(|| {
+            format!("{}: not a safetensors or torch checkpoint", path.display())
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)?;
+        let metadata: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| from_view(&v).map(|t| (n, t)))
+            .collect::<Result<HashMap<_, _>>>()
+            .with_context(|| format!("{}: unreadable tensor", path.display()))?;
+        let epoch = metadata
+            .get("epoch")
+            .and_then(|e| e.parse().ok())
+            .with_context(|| format!("{}: no `epoch` in its metadata", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            epoch,
+            metadata,
+        })
+    }
+
+    /// The reference's `{backbone, classifier, epoch}`; its `epoch` is the next one to run.
+    fn from_torch(path: &Path) -> Result<Self> {
+        let file = TorchFile::load(path)?;
+        let epoch = file
+            .int("epoch")
+            .map(|e| (e - 1).max(0) as usize)
+            .unwrap_or(0);
+        let tensors = file
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            epoch,
+            metadata: BTreeMap::new(),
+        })
+    }
+
+    /// The model shape this checkpoint holds, as far as its tensors tell: classes and
+    /// embedding from `classifier.W`, depth from the tensor names.
+    pub fn classes(&self) -> Result<i64> {
+        let w = self.tensors.get("classifier.W").with_context(|| {
+            format!(
+                "{}: no classifier.W (not a ReID checkpoint)",
+                self.path.display()
+            )
+        })?;
+        Ok(w.size()[0])
+    }
+
+    pub fn depth(&self) -> Option<Depth> {
+        if let Some(d) = self.metadata.get("depth").and_then(|d| d.parse().ok()) {
+            return Depth::from_number(d);
+        }
+        let has_conv3 = self
+            .tensors
+            .contains_key("backbone.base.layer1.0.conv3.weight");
+        self.tensors
+            .contains_key("backbone.base.conv1.weight")
+            .then_some(if has_conv3 { Depth::R50 } else { Depth::R34 })
+    }
+}
+
+/// Model metadata written into every checkpoint.
+pub fn model_metadata(config: &ModelConfig) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("format".into(), "agd-reid".into()),
+        ("depth".into(), config.depth.number().to_string()),
+        ("classes".into(), config.classes.to_string()),
+        ("embedding".into(), config.embedding.to_string()),
+        ("last_stride".into(), config.last_stride.to_string()),
+        (
+            "last_pooling".into(),
+            match config.pooling {
+                Pooling::Avg => "avg",
+                Pooling::Max => "max",
+            }
+            .into(),
+        ),
+    ])
+}
+
+impl ReidModel {
+    /// Copies the checkpoint's model tensors into this model. Every tensor of the model
+    /// must be present with its shape, except BatchNorm counters; anything else is an
+    /// error naming the tensor and both shapes.
+    pub fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
+        if let Some(depth) = ck.depth() {
+            if depth != self.config.depth {
+                bail!(
+                    "{}: checkpoint is a ResNet-{}, the model a ResNet-{} (--depth)",
+                    ck.path.display(),
+                    depth.number(),
+                    self.config.depth.number()
+                );
+            }
+        }
+        let classes = ck.classes()?;
+        if classes != self.config.classes {
+            bail!(
+                "{}: checkpoint has {classes} classes, the model {}",
+                ck.path.display(),
+                self.config.classes
+            );
+        }
+        tch::no_grad(|| -> Result<()> {
+            for e in self.params.entries() {
+                let Some(src) = ck.tensors.get(&e.name) else {
+                    if e.name.ends_with("num_batches_tracked") {
+                        continue;
+                    }
+                    bail!("{}: missing tensor {}", ck.path.display(), e.name);
+                };
+                if src.size() != e.tensor.size() {
+                    let hint = if e.name == "backbone.bn.weight" {
+                        " (--embedding)"
+                    } else {
+                        ""
+                    };
+                    bail!(
+                        "{}: {} has shape {:?}, the model expects {:?}{hint}",
+                        ck.path.display(),
+                        e.name,
+                        src.size(),
+                        e.tensor.size()
+                    );
+                }
+                e.tensor
+                    .shallow_clone()
+                    .copy_(&src.to_kind(e.tensor.kind()));
+            }
+            Ok(())
+        })
+    }
+
+    /// The model's tensors with their checkpoint names, in module order.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.tensor.shallow_clone()))
+            .collect()
+    }
+}
+
+/// Tensors of a flat state dict file (safetensors or torch.save), by name.
+fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(b"PK") || !path.extension().is_some_and(|e| e == "safetensors") {
+        let file = TorchFile::load(path)?;
+        return Ok(file
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect());
+    }
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| from_view(&v).map(|t| (n, t)))
+        .collect()
+}
+
+/// The default ImageNet weights: a `resnet<depth>*` safetensors/.pth/.pt file in
+/// `backbone_weights/`.
+fn default_imagenet(depth: Depth) -> Option<PathBuf> {
+    let prefix = format!("resnet{}", depth.number());
+    let mut found: Vec<PathBuf> = std::fs::read_dir("backbone_weights")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            name.starts_with(&prefix)
+                && [".safetensors", ".pth", ".pt"]
+                    .iter()
+                    .any(|x| name.ends_with(x))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+impl ReidModel {
+    /// Loads ImageNet weights (torchvision names: `conv1.weight`, `layer1.0.bn1.bias`, …)
+    /// into the ResNet base where names and shapes match; `fc.*` is skipped. Without a path
+    /// and without a file in `backbone_weights/`, the model keeps its random
+    /// initialisation. Returns a line for the log saying which happened.
+    pub fn load_imagenet(&mut self, path: Option<&Path>) -> Result<String> {
+        let depth = self.config.depth;
+        let path = match path.map(Path::to_path_buf).or_else(|| default_imagenet(depth)) {
+            Some(p) => p,
+            None => {
+                return Ok(format!(
+                    "note: no ImageNet weights (backbone_weights/resnet{}*.safetensors|.pth|.pt, or --pretrained): starting from random initialisation",
+                    depth.number()
+                ))
+            }
+        };
+        let tensors =
+            read_state_dict(&path).with_context(|| format!("--pretrained {}", path.display()))?;
+        let mut loaded = 0;
+        tch::no_grad(|| -> Result<()> {
+            for (name, src) in &tensors {
+                let name = name.strip_prefix("module.").unwrap_or(name);
+                if name.starts_with("fc.") {
+                    continue;
+                }
+                let full = format!("backbone.base.{name}");
+                let Some(dst) = self.params.get(&full) else {
+                    continue;
+                };
+                if dst.size() != src.size() {
+                    bail!(
+                        "--pretrained {}: {name} has shape {:?}, ResNet-{} expects {:?}",
+                        path.display(),
+                        src.size(),
+                        depth.number(),
+                        dst.size()
+                    );
+                }
+                dst.shallow_clone().copy_(&src.to_kind(dst.kind()));
+                loaded += 1;
+            }
+            Ok(())
+        })?;
+        if loaded == 0 {
+            bail!(
+                "--pretrained {}: no tensor with torchvision ResNet names (conv1.weight, layer1.0.conv1.weight, …)",
+                path.display()
+            );
+        }
+        Ok(format!(
+            "ImageNet weights: {loaded} tensors from {}",
+            path.display()
+        ))
+    }
+}

@@ -1,0 +1,218 @@
+//! The one training loop of `train`, `incremental` and `incremental-x`: epochs, the lr
+//! schedule, progress, checkpoints (every epoch, numbered every `save_freq`), resume,
+//! periodic evaluation, `log.txt` and `metrics.csv`. Each subcommand supplies its step.
+
+use super::optimizer::Optimizer;
+use super::schedule::learning_rate;
+use crate::eval::{features::OutputFeature, TestSet};
+use crate::logging::Logger;
+use crate::model::checkpoint::{model_metadata, write_safetensors, LATEST};
+use crate::model::ReidModel;
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// One optimisation step of a subcommand, on its kind of batch.
+pub trait Step {
+    type Batch;
+    /// Names of the loss terms the step reports (`ce`, `triplet`, …).
+    fn loss_names(&self) -> Vec<&'static str>;
+    /// Images the batch holds (for images/s).
+    fn batch_images(&self, batch: &Self::Batch) -> usize;
+    /// Forward, backward, optimiser step; returns the loss terms' values.
+    fn step(
+        &mut self,
+        model: &ReidModel,
+        opt: &mut Optimizer,
+        batch: Self::Batch,
+    ) -> Result<Vec<f64>>;
+}
+
+/// Where a run writes and how long it goes.
+pub struct FitConfig {
+    pub logs_dir: PathBuf,
+    pub epochs: usize,
+    /// First epoch to run (1-based; > 1 when resuming).
+    pub start_epoch: usize,
+    pub base_lr: f64,
+    pub warmup: usize,
+    pub milestones: Vec<usize>,
+    pub evaluate_every: usize,
+    pub save_freq: usize,
+    pub eval_batch_size: usize,
+    /// Arguments of the run, stored in every checkpoint.
+    pub args: String,
+}
+
+/// Evaluation results of one epoch on the named test sets.
+pub type EpochEval = Vec<(String, crate::eval::metrics::Metrics)>;
+
+fn bar(len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:25.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("{epoch}/{epochs}"));
+    pb
+}
+
+/// Rewrites `metrics.csv` with the rows of earlier epochs kept (a resumed run drops the
+/// rows of epochs it runs again) and this epoch's row added.
+fn append_metrics(path: &std::path::Path, header: &str, epoch: usize, row: &str) -> Result<()> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split(',')
+                .next()
+                .and_then(|e| e.parse::<usize>().ok())
+                .is_some_and(|e| e < epoch)
+        })
+        .map(str::to_string)
+        .collect();
+    lines.insert(0, header.to_string());
+    lines.push(row.to_string());
+    crate::io::write_atomic(path, (lines.join("\n") + "\n").as_bytes())
+}
+
+/// Saves model and optimiser state as `<logs>/checkpoint.safetensors` (and a numbered copy).
+pub fn save_checkpoint(
+    cfg: &FitConfig,
+    model: &ReidModel,
+    opt: &Optimizer,
+    epoch: usize,
+    numbered: bool,
+) -> Result<()> {
+    let mut tensors = model.state();
+    tensors.extend(opt.state_tensors());
+    let mut meta = model_metadata(&model.config);
+    meta.insert("epoch".into(), epoch.to_string());
+    meta.insert("optimizer".into(), opt.kind.name().into());
+    meta.insert("optimizer_steps".into(), opt.steps().to_string());
+    meta.insert("args".into(), cfg.args.clone());
+    let latest = cfg.logs_dir.join(LATEST);
+    write_safetensors(&latest, &tensors, &meta)?;
+    if numbered {
+        let copy = cfg
+            .logs_dir
+            .join(format!("checkpoint-epoch{epoch}.safetensors"));
+        std::fs::copy(&latest, cfg.logs_dir.join(".numbered.tmp"))
+            .and_then(|_| std::fs::rename(cfg.logs_dir.join(".numbered.tmp"), &copy))
+            .with_context(|| format!("cannot write {}", copy.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs epochs `start_epoch..=epochs`; `batches(e)` yields the batches of epoch e (0-based
+/// for the data streams). Returns the last evaluation, if any.
+pub fn fit<S, I>(
+    cfg: &FitConfig,
+    model: &ReidModel,
+    opt: &mut Optimizer,
+    step: &mut S,
+    mut batches: impl FnMut(u64) -> I,
+    test_sets: &[TestSet],
+    log: &Logger,
+) -> Result<Option<EpochEval>>
+where
+    S: Step,
+    I: ExactSizeIterator<Item = S::Batch>,
+{
+    let names = step.loss_names();
+    let csv = cfg.logs_dir.join("metrics.csv");
+    let mut header = format!("epoch,lr,{}", names.join(","));
+    for t in test_sets {
+        header.push_str(&format!(",{0}_mAP,{0}_rank1", t.name));
+    }
+    let mut last_eval = None;
+    for epoch in cfg.start_epoch..=cfg.epochs {
+        let lr = learning_rate(cfg.base_lr, epoch, cfg.warmup, &cfg.milestones);
+        opt.set_lr(lr);
+        let iter = batches(epoch as u64 - 1);
+        let pb = bar(iter.len() as u64, epoch, cfg.epochs);
+        let start = Instant::now();
+        let (mut sums, mut steps, mut images) = (vec![0.0; names.len()], 0usize, 0usize);
+        for batch in iter {
+            images += step.batch_images(&batch);
+            let losses = step.step(model, opt, batch)?;
+            for (s, l) in sums.iter_mut().zip(&losses) {
+                *s += l;
+            }
+            steps += 1;
+            let rate = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            let terms: Vec<String> = names
+                .iter()
+                .zip(&losses)
+                .map(|(n, l)| format!("{n} {l:.3}"))
+                .collect();
+            pb.set_message(format!("{} lr {lr:.2e} {rate:.1} img/s", terms.join(" ")));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
+        let terms: Vec<String> = names
+            .iter()
+            .zip(&means)
+            .map(|(n, l)| format!("{n} {l:.4}"))
+            .collect();
+        log.line(format!(
+            "epoch {epoch}/{}: {} lr {lr:.2e} ({steps} steps, {:.1} img/s, {:.1} s)",
+            cfg.epochs,
+            terms.join(" "),
+            images as f64 / start.elapsed().as_secs_f64().max(1e-9),
+            start.elapsed().as_secs_f64()
+        ));
+        let mut row = format!(
+            "{epoch},{lr},{}",
+            means
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let evaluate =
+            cfg.evaluate_every > 0 && (epoch % cfg.evaluate_every == 0 || epoch == cfg.epochs);
+        if evaluate && !test_sets.is_empty() {
+            let mut results = Vec::new();
+            for t in test_sets {
+                let m = t.evaluate(model, cfg.eval_batch_size, OutputFeature::Embedding)?;
+                log.line(format!(
+                    "  {}: mAP {:.1}%  rank-1 {:.1}%  rank-5 {:.1}%  rank-10 {:.1}%  ({} queries)",
+                    t.name,
+                    100.0 * m.map,
+                    100.0 * m.rank(1),
+                    100.0 * m.rank(5),
+                    100.0 * m.rank(10),
+                    m.valid_queries
+                ));
+                row.push_str(&format!(",{},{}", m.map, m.rank(1)));
+                results.push((t.name.clone(), m));
+            }
+            last_eval = Some(results);
+        } else {
+            row.push_str(&",".repeat(2 * test_sets.len()));
+        }
+        save_checkpoint(
+            cfg,
+            model,
+            opt,
+            epoch,
+            cfg.save_freq > 0 && epoch % cfg.save_freq == 0,
+        )?;
+        append_metrics(&csv, &header, epoch, &row)?;
+    }
+    Ok(last_eval)
+}
+
+/// Metadata of a run, as stored in checkpoints.
+pub fn args_metadata(pairs: &[(&str, String)]) -> String {
+    let map: BTreeMap<&str, &String> = pairs.iter().map(|(k, v)| (*k, v)).collect();
+    serde_json::to_string(&map).unwrap_or_default()
+}
