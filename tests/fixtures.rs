@@ -73,6 +73,60 @@ fn check_triplet(file: &str, f: &Value) {
     );
 }
 
+fn ints(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().expect("integer"))
+        .collect()
+}
+
+/// mAP, CMC and valid queries from the reference's cosine ranking, from float64 and from
+/// float32 features (what the model produces). Re-ranking fields join with issue #4.
+fn check_ranking(file: &str, f: &Value) {
+    use agd::eval::metrics::{distance_matrix, evaluate, Distance, Labels, DEFAULT_TOPK};
+    let (qp, qc) = (ints(&f["query_pids"]), ints(&f["query_cams"]));
+    let (gp, gc) = (ints(&f["gallery_pids"]), ints(&f["gallery_cams"]));
+    for kind in [Kind::Double, Kind::Float] {
+        let q = tensor(&f["query_features"]).to_kind(kind);
+        let g = tensor(&f["gallery_features"]).to_kind(kind);
+        let dist = distance_matrix(&q, &g, Distance::Cosine).unwrap();
+        let m = evaluate(
+            &dist,
+            Labels {
+                pids: &qp,
+                cams: &qc,
+            },
+            Labels {
+                pids: &gp,
+                cams: &gc,
+            },
+            DEFAULT_TOPK,
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        let what = format!("{kind:?} features");
+        assert_scalar(
+            file,
+            &format!("mAP ({what})"),
+            m.map,
+            f["mAP"].as_f64().unwrap(),
+        );
+        for (k, want) in f["cmc"].as_array().unwrap().iter().enumerate() {
+            let (got, want) = (m.cmc[k], want.as_f64().unwrap());
+            assert!(
+                (got - want).abs() <= 1e-6,
+                "{file}: CMC rank {} = {got}, reference {want} ({what})",
+                k + 1
+            );
+        }
+        assert_eq!(
+            m.valid_queries as u64,
+            f["valid_queries"].as_u64().unwrap(),
+            "{file}: valid queries"
+        );
+    }
+}
+
 #[test]
 fn every_fixture_matches_the_reference() {
     let dir = fixture_dir();
@@ -90,6 +144,9 @@ fn every_fixture_matches_the_reference() {
             .unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
         if name.starts_with("triplet") {
             check_triplet(&name, &f);
+            matched.push(name);
+        } else if name.starts_with("ranking") {
+            check_ranking(&name, &f);
             matched.push(name);
         } else {
             pending.push(name);

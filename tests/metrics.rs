@@ -70,54 +70,6 @@ fn one_query(dist: &[f32], pids: &[i64], cams: &[i64]) -> Metrics {
     .expect("evaluate")
 }
 
-fn check_fixture(features_kind: Kind) {
-    let path = fixture_dir().join("ranking.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let f: Value = serde_json::from_str(&text).expect("ranking.json");
-    let q = matrix(&f["query_features"]).to_kind(features_kind);
-    let g = matrix(&f["gallery_features"]).to_kind(features_kind);
-    let (qp, qc) = (ints(&f["query_pids"]), ints(&f["query_cams"]));
-    let (gp, gc) = (ints(&f["gallery_pids"]), ints(&f["gallery_cams"]));
-
-    let dist = distance_matrix(&q, &g, Distance::Cosine).expect("distances");
-    let m = evaluate(
-        &dist,
-        Labels {
-            pids: &qp,
-            cams: &qc,
-        },
-        Labels {
-            pids: &gp,
-            cams: &gc,
-        },
-        DEFAULT_TOPK,
-    )
-    .expect("evaluate");
-
-    assert_close("mAP", m.map, f["mAP"].as_f64().unwrap(), 1e-6);
-    let want_cmc = floats(&f["cmc"]);
-    assert_eq!(m.cmc.len(), want_cmc.len());
-    for (k, (&got, &want)) in m.cmc.iter().zip(&want_cmc).enumerate() {
-        assert_close(&format!("cmc rank {}", k + 1), got, want, 1e-6);
-    }
-    assert_eq!(
-        m.valid_queries as u64,
-        f["valid_queries"].as_u64().unwrap(),
-        "valid_queries"
-    );
-    assert_eq!(m.total_queries, qp.len());
-}
-
-#[test]
-fn fixture_matches_the_reference() {
-    check_fixture(Kind::Double);
-}
-
-#[test]
-fn fixture_matches_from_float32_features() {
-    check_fixture(Kind::Float);
-}
-
 #[test]
 fn raw_dot_product_would_not_match_the_fixture() {
     // Guards the normalisation: unnormalised similarity ranks the fixture differently.

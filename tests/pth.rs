@@ -40,6 +40,7 @@ fn kind_of(dtype: &str) -> Kind {
         "float64" => Kind::Double,
         "float16" => Kind::Half,
         "bfloat16" => Kind::BFloat16,
+        "float8_e4m3fn" => Kind::Float8e4m3fn,
         "int64" => Kind::Int64,
         "int32" => Kind::Int,
         "int16" => Kind::Int16,
@@ -185,6 +186,7 @@ fn flat_state_dict_keeps_dtypes_views_and_empty_tensors() {
     assert_eq!((empty.size(), empty.numel()), (vec![0, 3], 0));
     assert_eq!(f.tensor("scalar").unwrap().double_value(&[]), 2.5);
     assert_eq!(f.tensor("f16").unwrap().kind(), Kind::Half);
+    assert_eq!(floats(f.tensor("f8").unwrap()), [0.5, -2.0, 448.0]);
     assert_eq!(ints(f.tensor("mask").unwrap()), [1, 0, 0, 1, 1]);
     assert_eq!(floats(f.tensor("param").unwrap()), [0.25, 0.75]);
     assert!(f.scalars.is_empty());
@@ -314,4 +316,73 @@ fn unsupported_opcodes_are_named_with_their_offset() {
         "{msg}"
     );
     assert!(msg.contains("unsupported pickle opcode"), "{msg}");
+}
+
+/// The entries of a torch.save archive, to write back with an altered pickle.
+fn entries(src: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut f = zip.by_index(i).unwrap();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+            (f.name().to_owned(), data)
+        })
+        .collect()
+}
+
+fn write_with_pickle(entries: &[(String, Vec<u8>)], pickle: &[u8], out: &Path) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
+    let options =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        zip.start_file(name.as_str(), options).unwrap();
+        let data = if name.ends_with("/data.pkl") {
+            pickle
+        } else {
+            data
+        };
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+#[test]
+fn damaged_pickles_fail_cleanly() {
+    // Every truncation and every one-byte change (to the byte's complement) of a real
+    // checkpoint's pickle: each load must return, mostly an error, without panicking, and an
+    // error must name the file.
+    let dir = tempfile::tempdir().unwrap();
+    let entries = entries(&data("reference_checkpoint.pth.tar"));
+    let pickle = &entries
+        .iter()
+        .find(|(n, _)| n.ends_with("/data.pkl"))
+        .unwrap()
+        .1;
+    // Rewritten as-is, it still loads: the damage below is what makes loads fail.
+    let path = dir.path().join("reference_checkpoint.pth.tar");
+    write_with_pickle(&entries, pickle, &path);
+    assert_eq!(TorchFile::load(&path).unwrap().tensors.len(), 12);
+
+    let mut damaged: Vec<Vec<u8>> = (0..pickle.len()).map(|n| pickle[..n].to_vec()).collect();
+    for at in 0..pickle.len() {
+        let mut p = pickle.clone();
+        p[at] ^= 0xff;
+        damaged.push(p);
+    }
+    let mut failed = 0;
+    for p in &damaged {
+        write_with_pickle(&entries, p, &path);
+        if let Err(e) = TorchFile::load(&path) {
+            failed += 1;
+            let msg = format!("{e:#}");
+            assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+        }
+    }
+    assert!(
+        failed > pickle.len(),
+        "only {failed} of {} failed",
+        damaged.len()
+    );
 }

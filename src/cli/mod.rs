@@ -38,11 +38,14 @@ pub enum Command {
 
 /// Adds the reference's underscore spelling (`--r_feature`) of every dashed flag
 /// (`--r-feature`), so commands from the reference README run unchanged.
+/// Also lets a later flag override an earlier one, as argparse does, so scripts can
+/// append overrides to a base command line.
 fn with_underscore_aliases(cmd: clap::Command) -> clap::Command {
-    cmd.mut_args(|arg| match arg.get_long().map(str::to_owned) {
-        Some(long) if long.contains('-') => arg.alias(long.replace('-', "_")),
-        _ => arg,
-    })
+    cmd.args_override_self(true)
+        .mut_args(|arg| match arg.get_long().map(str::to_owned) {
+            Some(long) if long.contains('-') => arg.alias(long.replace('-', "_")),
+            _ => arg,
+        })
 }
 
 /// The reference's `main_incremental*.py` defaults, where they differ from `main.py`'s

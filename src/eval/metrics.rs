@@ -152,29 +152,26 @@ fn score_query(row: &[f32], pid: i64, cam: i64, gallery: Labels) -> Option<Query
     }
     let (first_d, first_j) = first?;
 
-    // Distinct match distances (ascending) with the cumulative number of matches at each.
+    // Distinct match distances (ascending), each with the number of matches up to it.
     positives.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
-    let mut thresholds: Vec<f32> = Vec::new();
-    let mut tp_cum: Vec<usize> = Vec::new();
+    let mut groups: Vec<(f32, usize)> = Vec::new();
     for (n, &d) in positives.iter().enumerate() {
-        // `==` (not bit equality) so that -0.0 and 0.0 tie, as in numpy.
-        if thresholds.last() == Some(&d) {
-            *tp_cum.last_mut()? = n + 1;
-        } else {
-            thresholds.push(d);
-            tp_cum.push(n + 1);
+        match groups.last_mut() {
+            // `==` (not bit equality) so that -0.0 and 0.0 tie, as in numpy.
+            Some((t, tp)) if *t == d => *tp = n + 1,
+            _ => groups.push((d, n + 1)),
         }
     }
 
-    // Kept items per threshold bucket (distance in (t-1, t]), and items ranked before the
+    // Kept items per group (distance in (previous, this]), and items ranked before the
     // first match: strictly closer, or tied with it but earlier in the gallery.
-    let mut bucket = vec![0usize; thresholds.len()];
+    let mut bucket = vec![0usize; groups.len()];
     let mut before_first = 0usize;
     for (j, &d) in row.iter().enumerate() {
         if !kept(j) {
             continue;
         }
-        let t = thresholds.partition_point(|&x| x < d);
+        let t = groups.partition_point(|&(x, _)| x < d);
         if let Some(b) = bucket.get_mut(t) {
             *b += 1;
         }
@@ -189,7 +186,7 @@ fn score_query(row: &[f32], pid: i64, cam: i64, gallery: Labels) -> Option<Query
     let mut retrieved = 0usize;
     let mut prev_tp = 0usize;
     let mut ap = 0.0;
-    for (&tp, &b) in tp_cum.iter().zip(&bucket) {
+    for (&(_, tp), &b) in groups.iter().zip(&bucket) {
         retrieved += b;
         ap += (tp - prev_tp) as f64 / total * (tp as f64 / retrieved as f64);
         prev_tp = tp;

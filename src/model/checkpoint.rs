@@ -107,6 +107,12 @@ pub fn write_safetensors(
     crate::io::write_atomic(path, &data)
 }
 
+/// safetensors files start with an 8-byte header length and a JSON header; everything
+/// else goes to the torch.save reader, which names what it finds (zip, legacy pickle, …).
+fn is_safetensors(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[8] == b'{'
+}
+
 /// A loaded checkpoint, whichever format it came in.
 pub struct Checkpoint {
     pub path: PathBuf,
@@ -310,7 +316,7 @@ impl ReidModel {
 /// Tensors of a flat state dict file (safetensors or torch.save), by name.
 fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.starts_with(b"PK") || !path.extension().is_some_and(|e| e == "safetensors") {
+    if !is_safetensors(&bytes) {
         let file = TorchFile::load(path)?;
         return Ok(file
             .tensors

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
@@ -36,12 +36,15 @@ pub enum Scalar {
     Float(f64),
     Bool(bool),
     Str(String),
+    /// Python's `None` (an unset option, say).
     None,
 }
 
 impl TorchFile {
-    /// Reads a torch.save file. Every tensor comes back on the CPU, contiguous and owning its
-    /// memory; views of one storage are rebuilt as separate tensors with the right values.
+    /// Reads a torch.save file. Every tensor comes back on the CPU (whatever device it was saved
+    /// from), contiguous and owning its memory: views of one storage become separate tensors
+    /// with the views' values. Only one tensor object pickled under two names (tied weights)
+    /// stays one tensor under both, as `torch.load` gives it.
     ///
     /// Lists and tuples flatten with their indices as name parts (`param_groups.0.lr`), objects
     /// of unknown classes through their pickled attributes (`args.lr` for an
@@ -49,16 +52,16 @@ impl TorchFile {
     /// unless it holds a tensor: then loading fails rather than losing it.
     pub fn load(path: &Path) -> Result<TorchFile> {
         let shown = path.display();
-        let mut file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+        let mut file = File::open(path).map_err(|e| anyhow!("{shown}: cannot open: {e}"))?;
         let len = file
             .metadata()
-            .with_context(|| format!("{shown}: cannot read its size"))?
+            .map_err(|e| anyhow!("{shown}: cannot read its size: {e}"))?
             .len();
         let mut head = Vec::with_capacity(64);
         (&mut file)
             .take(64)
             .read_to_end(&mut head)
-            .with_context(|| format!("{shown}: cannot read"))?;
+            .map_err(|e| anyhow!("{shown}: cannot read: {e}"))?;
         if !head.starts_with(ZIP_MAGIC) {
             if is_legacy(&head) {
                 let p = path.to_string_lossy();
@@ -69,8 +72,8 @@ impl TorchFile {
             }
             bail!("{shown}: not a torch.save file");
         }
-        // Reopen rather than seek back, so the zip reader owns a fresh, buffered handle.
-        let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| anyhow!("{shown}: cannot read: {e}"))?;
         let zip = zip::ZipArchive::new(BufReader::new(file))
             .map_err(|e| anyhow!("{shown}: corrupt or truncated zip archive ({e})"))?;
         let mut archive = Archive {
@@ -83,7 +86,7 @@ impl TorchFile {
             .open()
             .and_then(|pickle| Unpickler::new(&pickle, &mut archive).run())
             .map_err(|e| anyhow!("{shown}: {e:#}"))?;
-        let mut flat = Flattener::default();
+        let mut flat = Flattener::new();
         flat.value("", &value, 0)
             .map_err(|e| anyhow!("{shown}: {e:#}"))?;
         Ok(TorchFile {
@@ -192,7 +195,8 @@ impl Archive {
     }
 }
 
-/// A storage named by a persistent id: the entry `data/<key>`, read as elements of `kind`.
+/// A storage named by a persistent id: the entry `data/<key>`, of elements of `kind`, the type
+/// its class names (bytes for an untyped storage, which `_rebuild_tensor_v3` gives a dtype).
 struct StorageRef {
     key: String,
     kind: Kind,
@@ -277,28 +281,30 @@ impl Value {
     }
 
     /// Whether a tensor or storage lies anywhere inside: such a value must never be skipped.
-    fn holds_tensor(&self, depth: usize) -> bool {
-        if depth > MAX_DEPTH {
-            // Deeper than anything torch writes: assume the worst, so nothing is dropped.
+    /// `budget` counts the values left to visit (see [`MAX_VISITS`]).
+    fn holds_tensor(&self, depth: usize, budget: &mut usize) -> bool {
+        if depth > MAX_DEPTH || *budget == 0 {
+            // Past anything torch writes: assume the worst, so nothing is dropped.
             return true;
         }
+        *budget -= 1;
         let d = depth + 1;
         match self {
             Value::Tensor(_) | Value::Storage(_) => true,
-            Value::Tuple(items) => items.iter().any(|v| v.holds_tensor(d)),
-            Value::List(items) => items.borrow().iter().any(|v| v.holds_tensor(d)),
+            Value::Tuple(items) => items.iter().any(|v| v.holds_tensor(d, budget)),
+            Value::List(items) => items.borrow().iter().any(|v| v.holds_tensor(d, budget)),
             Value::Dict(items) => items
                 .borrow()
                 .iter()
-                .any(|(k, v)| k.holds_tensor(d) || v.holds_tensor(d)),
+                .any(|(k, v)| k.holds_tensor(d, budget) || v.holds_tensor(d, budget)),
             Value::Object(o) => {
                 let o = o.borrow();
-                o.args.holds_tensor(d)
-                    || o.state.holds_tensor(d)
+                o.args.holds_tensor(d, budget)
+                    || o.state.holds_tensor(d, budget)
                     || o.items
                         .iter()
-                        .any(|(k, v)| k.holds_tensor(d) || v.holds_tensor(d))
-                    || o.elements.iter().any(|v| v.holds_tensor(d))
+                        .any(|(k, v)| k.holds_tensor(d, budget) || v.holds_tensor(d, budget))
+                    || o.elements.iter().any(|v| v.holds_tensor(d, budget))
             }
             _ => false,
         }
@@ -307,6 +313,10 @@ impl Value {
 
 /// Nesting deeper than this is refused (no torch file comes close; it guards the recursion).
 const MAX_DEPTH: usize = 128;
+
+/// The most values one walk over the unpickled object visits. Containers shared through the
+/// memo can make a small pickle a huge tree; a real checkpoint has a few thousand values.
+const MAX_VISITS: usize = 1 << 21;
 
 /// The pickle machine, for the opcodes torch.save emits (protocol 2, and 3–5 as met in
 /// practice).
@@ -334,7 +344,9 @@ impl<'a> Unpickler<'a> {
     fn run(mut self) -> Result<Value> {
         loop {
             let at = self.pos;
-            let op = self.byte()?;
+            let op = self
+                .byte()
+                .map_err(|_| anyhow!("data.pkl: ends at byte {at} without a STOP opcode"))?;
             self.step(op)
                 .with_context(|| format!("data.pkl: opcode {} at byte {at}", opcode_name(op)))?;
             if op == b'.' {
@@ -631,7 +643,7 @@ impl<'a> Unpickler<'a> {
                 match self.top()? {
                     Value::Object(o) => o.borrow_mut().state = state,
                     // An OrderedDict's attributes (a state dict's `_metadata`): not data.
-                    _ if !state.holds_tensor(0) => {}
+                    _ if !state.holds_tensor(0, &mut MAX_VISITS.clone()) => {}
                     other => bail!("BUILD of {} with tensors in its state", other.describe()),
                 }
             }
@@ -704,17 +716,29 @@ impl<'a> Unpickler<'a> {
                 }
                 Ok(Value::Dict(Rc::new(RefCell::new(pairs))))
             }
-            "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
-                if argv.len() < 4 {
-                    bail!("{name} with {} arguments, expected at least 4", argv.len());
+            // (storage, offset, size, stride, requires_grad, hooks[, metadata]); v3, for dtypes
+            // without a storage class (float8), views untyped bytes and adds the dtype.
+            "torch._utils._rebuild_tensor_v2"
+            | "torch._utils._rebuild_tensor"
+            | "torch._utils._rebuild_tensor_v3" => {
+                let v3 = name.ends_with("_v3");
+                let wanted = if v3 { 7 } else { 4 };
+                if argv.len() < wanted {
+                    bail!("{name} with {} arguments, expected {wanted}", argv.len());
                 }
                 let Value::Storage(storage) = &argv[0] else {
                     bail!("{name} of {}, expected a storage", argv[0].describe());
                 };
+                let kind = match &argv[wanted - 1] {
+                    _ if !v3 => storage.kind,
+                    Value::Global(dtype) => dtype_kind(dtype)
+                        .ok_or_else(|| anyhow!("unsupported tensor dtype {dtype}"))?,
+                    other => bail!("{name} with dtype {}", other.describe()),
+                };
                 let offset = argv[1].int("storage offset")?;
                 let size = argv[2].ints("tensor size")?;
                 let stride = argv[3].ints("tensor stride")?;
-                let t = self.tensor(storage, offset, &size, &stride)?;
+                let t = self.tensor(&storage.key, kind, offset, &size, &stride)?;
                 Ok(Value::Tensor(Rc::new(t)))
             }
             "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
@@ -741,18 +765,18 @@ impl<'a> Unpickler<'a> {
     }
 
     /// Rebuilds a tensor as a strided view of a storage, copied into memory of its own.
+    /// `offset` and `stride` count elements of `kind`.
     fn tensor(
         &mut self,
-        storage: &StorageRef,
+        key: &str,
+        kind: Kind,
         offset: i64,
         size: &[i64],
         stride: &[i64],
     ) -> Result<Tensor> {
-        let bytes = self.archive.storage(&storage.key)?;
-        let kind = storage.kind;
+        let bytes = self.archive.storage(key)?;
         let elt = kind.elt_size_in_bytes();
-        let key = &storage.key;
-        if bytes.len() % elt != 0 {
+        if !bytes.len().is_multiple_of(elt) {
             bail!(
                 "storage data/{key} has {} bytes, not a whole number of {kind:?} elements",
                 bytes.len()
@@ -769,39 +793,59 @@ impl<'a> Unpickler<'a> {
             .iter()
             .try_fold(1i64, |n, &s| n.checked_mul(s))
             .ok_or_else(|| anyhow!("tensor of size {size:?} is too large"))?;
-        let mut out = Tensor::f_empty(size, (kind, Device::Cpu))?;
         if numel == 0 {
-            return Ok(out);
+            return Ok(Tensor::f_empty(size, (kind, Device::Cpu))?);
         }
-        // The last element the view reaches must lie inside the storage.
+        // The last element the view reaches must lie inside the storage (checked before
+        // allocating, so that a corrupt size cannot ask for more memory than the file holds).
         let last = size.iter().zip(stride).try_fold(offset, |acc, (&n, &s)| {
             acc.checked_add((n - 1).checked_mul(s)?)
         });
-        if !last.is_some_and(|last| last < available) {
+        if last.is_none_or(|last| last >= available) {
             bail!(
                 "tensor of size {size:?}, stride {stride:?} and offset {offset} reaches past \
                  the {available} elements of storage data/{key}"
             );
         }
+        let mut out = Tensor::f_empty(size, (kind, Device::Cpu))?;
+        let start = offset as usize * elt;
+        if is_row_major(size, stride) {
+            // The common case, copied here rather than by libtorch's `copy_`, whose worker
+            // threads only slow a plain memcpy down on a busy machine.
+            let src = &bytes[start..start + numel as usize * elt];
+            // SAFETY: `out` was just allocated, contiguous, with `numel` elements of `kind`:
+            // exactly `src.len()` bytes, which cannot overlap `bytes`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), out.data_ptr() as *mut u8, src.len());
+            }
+            return Ok(out);
+        }
         // SAFETY: every element the view addresses, offset + Σ i_k·stride_k with
         // i_k < size_k, is at most `last`, checked above to lie inside `bytes`; the view lives
         // only until the copy below, while `bytes` is held.
         let view = unsafe {
-            Tensor::f_from_blob(
-                bytes.as_ptr().add(offset as usize * elt),
-                size,
-                stride,
-                kind,
-                Device::Cpu,
-            )?
+            Tensor::f_from_blob(bytes.as_ptr().add(start), size, stride, kind, Device::Cpu)?
         };
         out.f_copy_(&view)?;
         Ok(out)
     }
 }
 
+/// Whether a view with these sizes and strides is dense in row-major order, so its elements
+/// are one run of the storage (dimensions of size 1 may have any stride).
+fn is_row_major(size: &[i64], stride: &[i64]) -> bool {
+    let mut expected = 1i64;
+    for (&n, &s) in size.iter().zip(stride).rev() {
+        if n != 1 && s != expected {
+            return false;
+        }
+        expected = expected.saturating_mul(n);
+    }
+    true
+}
+
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!("odd number of items for a dict");
     }
     let mut pairs = Vec::with_capacity(items.len() / 2);
@@ -870,9 +914,84 @@ fn storage_kind(class: &str) -> Option<Kind> {
     })
 }
 
+/// The element type of a `torch.<dtype>` global, as `_rebuild_tensor_v3` names it.
+fn dtype_kind(dtype: &str) -> Option<Kind> {
+    Some(match dtype.strip_prefix("torch.")? {
+        "float32" | "float" => Kind::Float,
+        "float64" | "double" => Kind::Double,
+        "float16" | "half" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "int64" | "long" => Kind::Int64,
+        "int32" | "int" => Kind::Int,
+        "int16" | "short" => Kind::Int16,
+        "int8" => Kind::Int8,
+        "uint8" => Kind::Uint8,
+        "bool" => Kind::Bool,
+        "complex64" | "cfloat" => Kind::ComplexFloat,
+        "complex128" | "cdouble" => Kind::ComplexDouble,
+        "float8_e4m3fn" => Kind::Float8e4m3fn,
+        "float8_e5m2" => Kind::Float8e5m2,
+        "float8_e4m3fnuz" => Kind::Float8e4m3fnuz,
+        "float8_e5m2fnuz" => Kind::Float8e5m2fnuz,
+        _ => return None,
+    })
+}
+
 /// A readable name for an opcode in error messages.
 fn opcode_name(op: u8) -> String {
     let name = match op {
+        0x80 => "PROTO",
+        0x95 => "FRAME",
+        b'.' => "STOP",
+        b'(' => "MARK",
+        b'0' => "POP",
+        b'1' => "POP_MARK",
+        b'2' => "DUP",
+        b'q' => "BINPUT",
+        b'r' => "LONG_BINPUT",
+        0x94 => "MEMOIZE",
+        b'h' => "BINGET",
+        b'j' => "LONG_BINGET",
+        b'N' => "NONE",
+        0x88 => "NEWTRUE",
+        0x89 => "NEWFALSE",
+        b'J' => "BININT",
+        b'K' => "BININT1",
+        b'M' => "BININT2",
+        0x8a => "LONG1",
+        0x8b => "LONG4",
+        b'G' => "BINFLOAT",
+        0x8c => "SHORT_BINUNICODE",
+        b'U' => "SHORT_BINSTRING",
+        b'X' => "BINUNICODE",
+        b'T' => "BINSTRING",
+        0x8d => "BINUNICODE8",
+        b'C' => "SHORT_BINBYTES",
+        b'B' => "BINBYTES",
+        0x8e => "BINBYTES8",
+        b'}' => "EMPTY_DICT",
+        b']' => "EMPTY_LIST",
+        0x8f => "EMPTY_SET",
+        b')' => "EMPTY_TUPLE",
+        b'd' => "DICT",
+        b'l' => "LIST",
+        0x91 => "FROZENSET",
+        b't' => "TUPLE",
+        0x85 => "TUPLE1",
+        0x86 => "TUPLE2",
+        0x87 => "TUPLE3",
+        b's' => "SETITEM",
+        b'u' => "SETITEMS",
+        b'a' => "APPEND",
+        b'e' => "APPENDS",
+        0x90 => "ADDITEMS",
+        b'c' => "GLOBAL",
+        0x93 => "STACK_GLOBAL",
+        b'Q' => "BINPERSID",
+        b'R' => "REDUCE",
+        0x81 => "NEWOBJ",
+        0x92 => "NEWOBJ_EX",
+        b'b' => "BUILD",
         b'I' => "INT",
         b'L' => "LONG",
         b'S' => "STRING",
@@ -902,18 +1021,34 @@ fn opcode_name(op: u8) -> String {
 }
 
 /// Turns the unpickled value into dotted names.
-#[derive(Default)]
 struct Flattener {
     tensors: Vec<(String, Tensor)>,
     scalars: BTreeMap<String, Scalar>,
     names: HashSet<String>,
+    /// Values left to visit (see [`MAX_VISITS`]).
+    budget: usize,
 }
 
 impl Flattener {
+    fn new() -> Self {
+        Flattener {
+            tensors: Vec::new(),
+            scalars: BTreeMap::new(),
+            names: HashSet::new(),
+            budget: MAX_VISITS,
+        }
+    }
+
     fn value(&mut self, name: &str, v: &Value, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
-            bail!("{name}: nested more than {MAX_DEPTH} levels deep");
+            bail!("{}: nested more than {MAX_DEPTH} levels deep", shown(name));
         }
+        self.budget = self.budget.checked_sub(1).ok_or_else(|| {
+            anyhow!(
+                "{}: more than {MAX_VISITS} values (containers shared in a loop?)",
+                shown(name)
+            )
+        })?;
         let d = depth + 1;
         match v {
             Value::Tensor(t) => {
@@ -931,6 +1066,7 @@ impl Flattener {
             Value::Tuple(items) => self.elements(name, items, d)?,
             Value::Object(o) => {
                 let o = o.borrow();
+                let made_by = format!("a value made by {}", o.class);
                 match &o.state {
                     Value::Dict(attrs) => self.items(name, &attrs.borrow(), d)?,
                     // `(dict, slots)` from classes with __slots__.
@@ -938,15 +1074,15 @@ impl Flattener {
                         for part in parts.iter() {
                             match part {
                                 Value::Dict(attrs) => self.items(name, &attrs.borrow(), d)?,
-                                other => self.skip(name, other, &o.class)?,
+                                other => self.skip(name, other, &made_by)?,
                             }
                         }
                     }
-                    other => self.skip(name, other, &o.class)?,
+                    other => self.skip(name, other, &made_by)?,
                 }
                 self.items(name, &o.items, d)?;
                 self.elements(name, &o.elements, d)?;
-                self.skip(name, &o.args, &o.class)?;
+                self.skip(name, &o.args, &made_by)?;
             }
             Value::Storage(s) => bail!(
                 "{}: a bare storage (data/{}) outside any tensor; this reader loads tensors only",
@@ -985,7 +1121,7 @@ impl Flattener {
 
     /// Passes over a value with no name to give it, unless a tensor would be lost with it.
     fn skip(&mut self, name: &str, v: &Value, what: &str) -> Result<()> {
-        if v.holds_tensor(0) {
+        if v.holds_tensor(0, &mut self.budget) {
             bail!(
                 "{}: {what} holds tensors that this reader cannot rebuild",
                 shown(name)

@@ -120,7 +120,7 @@ impl Optimizer {
                         let bc1 = 1.0 - b1.powi(steps as i32);
                         let bc2 = 1.0 - b2.powi(steps as i32);
                         let denom = v.sqrt() / bc2.sqrt() + ADAM_EPS;
-                        let _ = s.param.g_add_(&(m.as_ref() / denom * (-lr / bc1)));
+                        let _ = s.param.g_add_(&(&*m / denom * (-lr / bc1)));
                     }
                 }
             }

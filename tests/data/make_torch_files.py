@@ -99,6 +99,7 @@ def flat_state_dict(expected):
     sd["i16"] = torch.tensor([-300, 300], dtype=torch.int16)
     sd["i8"] = torch.tensor([-128, 127], dtype=torch.int8)
     sd["u8"] = torch.tensor([0, 255], dtype=torch.uint8)
+    sd["f8"] = torch.tensor([0.5, -2.0, 448.0]).to(torch.float8_e4m3fn)  # _rebuild_tensor_v3
     sd["mask"] = torch.tensor([True, False, False, True, True])
     sd["empty"] = torch.empty(0, 3)
     sd["scalar"] = torch.tensor(2.5)
