@@ -243,6 +243,23 @@ pub struct EvaluateArgs {
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Re-rank all queries in one graph instead of the reference's chunks of 1024.
+    #[arg(long, requires = "re_ranking")]
+    pub one_shot: bool,
+    /// Write each dataset's features and labels to this safetensors file (several
+    /// datasets: the dataset name is added to the file name).
+    #[arg(long, value_name = "FILE")]
+    pub save_features: Option<PathBuf>,
+    /// Evaluate a feature file written by --save-features; no model or images needed.
+    #[arg(long, value_name = "FILE", conflicts_with = "save_features")]
+    pub features: Option<PathBuf>,
+    /// Write rank-list pictures (query, then its top-10 gallery images framed green or
+    /// red) into this folder, one subfolder per dataset.
+    #[arg(long, value_name = "DIR")]
+    pub rank_list: Option<PathBuf>,
+    /// Queries to draw rank lists for.
+    #[arg(long, default_value_t = 10)]
+    pub rank_list_n: usize,
     #[command(flatten)]
     pub model: ModelArgs,
 }

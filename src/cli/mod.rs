@@ -2,6 +2,7 @@
 
 pub mod args;
 mod demo;
+mod evaluate;
 mod synth;
 mod train;
 
@@ -104,7 +105,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Invert(_) => not_yet("invert", 5, "DeepInversion"),
         Command::Incremental(_) => not_yet("incremental", 6, "geometric distillation"),
         Command::IncrementalX(_) => not_yet("incremental-x", 6, "augmented distillation"),
-        Command::Evaluate(_) => not_yet("evaluate", 4, "checkpoint evaluation"),
+        Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => demo::run(&args),
     }

@@ -1,7 +1,10 @@
 //! Evaluation (SPEC §8): features, distances, mAP and CMC.
 
 pub mod features;
+pub mod features_file;
 pub mod metrics;
+pub mod ranklist;
+pub mod rerank;
 
 use crate::data::{ImageStore, Record, ReidDataset};
 use crate::model::ReidModel;

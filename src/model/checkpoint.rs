@@ -113,6 +113,37 @@ fn is_safetensors(bytes: &[u8]) -> bool {
     bytes.len() > 8 && bytes[8] == b'{'
 }
 
+/// Tensors and metadata of safetensors bytes read from `path`.
+fn parse_safetensors(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| from_view(&v).map(|t| (n, t)))
+        .collect::<Result<HashMap<_, _>>>()
+        .with_context(|| format!("{}: unreadable tensor", path.display()))?;
+    Ok((tensors, metadata))
+}
+
+/// Reads a safetensors file: its tensors by name and its metadata.
+pub fn read_safetensors(
+    path: &Path,
+) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_safetensors(path, &bytes)
+}
+
 /// A loaded checkpoint, whichever format it came in.
 pub struct Checkpoint {
     pub path: PathBuf,
@@ -151,29 +182,10 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if bytes.starts_with(b"PK")
-            || path
-                .extension()
-                .is_some_and(|e| e == "tar" || e == "pth" || e == "pt")
-        {
+        if !is_safetensors(&bytes) {
             return Self::from_torch(path);
         }
-        let st = SafeTensors::deserialize(&bytes).with_context(|| {
-            format!("{}: not a safetensors or torch checkpoint", path.display())
-        })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)?;
-        let metadata: BTreeMap<String, String> = header
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let tensors = st
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| from_view(&v).map(|t| (n, t)))
-            .collect::<Result<HashMap<_, _>>>()
-            .with_context(|| format!("{}: unreadable tensor", path.display()))?;
+        let (tensors, metadata) = parse_safetensors(path, &bytes)?;
         let epoch = metadata
             .get("epoch")
             .and_then(|e| e.parse().ok())
@@ -324,12 +336,7 @@ fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect());
     }
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| from_view(&v).map(|t| (n, t)))
-        .collect()
+    Ok(parse_safetensors(path, &bytes)?.0.into_iter().collect())
 }
 
 /// The default ImageNet weights: a `resnet<depth>*` safetensors/.pth/.pt file in

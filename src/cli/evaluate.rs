@@ -1,0 +1,421 @@
+//! `agd evaluate` (SPEC §8): checkpoints × datasets → mAP and CMC, optionally re-ranked;
+//! `a+b` evaluates each query set against the union gallery; results as a table, JSON,
+//! and appended to `eval.txt` beside each checkpoint.
+
+use super::args::EvaluateArgs;
+use crate::data::ImageStore;
+use crate::data::{Record, ReidDataset};
+use crate::eval::features::extract;
+use crate::eval::features_file::Features;
+use crate::eval::metrics::{distance_matrix, evaluate, Distance, Labels, Metrics, DEFAULT_TOPK};
+use crate::eval::ranklist;
+use crate::eval::rerank::{rerank, rerank_chunked, RerankParams};
+use crate::model::checkpoint::{resolve, Checkpoint};
+use crate::model::{ModelConfig, Pooling, ReidModel};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::Tensor;
+
+/// Queries re-ranked together, as the reference evaluates them.
+const QUERY_CHUNK: usize = 1024;
+
+/// One line of results.
+#[derive(Serialize, Clone)]
+pub struct Row {
+    pub checkpoint: String,
+    pub dataset: String,
+    #[serde(rename = "mAP")]
+    pub map: f64,
+    pub rank1: f64,
+    pub rank5: f64,
+    pub rank10: f64,
+    pub rank20: f64,
+    pub re_ranked: bool,
+    pub valid_queries: usize,
+}
+
+impl Row {
+    fn new(checkpoint: &str, dataset: &str, m: &Metrics, re_ranked: bool) -> Self {
+        Self {
+            checkpoint: checkpoint.to_string(),
+            dataset: dataset.to_string(),
+            map: m.map,
+            rank1: m.rank(1),
+            rank5: m.rank(5),
+            rank10: m.rank(10),
+            rank20: m.rank(20),
+            re_ranked,
+            valid_queries: m.valid_queries,
+        }
+    }
+
+    /// The mean of several rows (the `a+b` average).
+    fn average(checkpoint: &str, dataset: &str, rows: &[Row]) -> Self {
+        let n = rows.len() as f64;
+        let mean = |f: fn(&Row) -> f64| rows.iter().map(f).sum::<f64>() / n;
+        Self {
+            checkpoint: checkpoint.to_string(),
+            dataset: dataset.to_string(),
+            map: mean(|r| r.map),
+            rank1: mean(|r| r.rank1),
+            rank5: mean(|r| r.rank5),
+            rank10: mean(|r| r.rank10),
+            rank20: mean(|r| r.rank20),
+            re_ranked: rows.iter().all(|r| r.re_ranked),
+            valid_queries: rows.iter().map(|r| r.valid_queries).sum(),
+        }
+    }
+}
+
+/// Features and labels of one query set against one gallery.
+struct Split {
+    query: Tensor,
+    gallery: Tensor,
+    query_labels: (Vec<i64>, Vec<i64>),
+    gallery_labels: (Vec<i64>, Vec<i64>),
+}
+
+/// The distances the protocol ranks by: cosine, or re-ranked raw features.
+fn distances(args: &EvaluateArgs, q: &Tensor, g: &Tensor) -> Result<Vec<f32>> {
+    if !args.re_ranking {
+        return distance_matrix(q, g, Distance::Cosine);
+    }
+    let p = RerankParams::default();
+    if args.one_shot {
+        rerank(q, g, p)
+    } else {
+        rerank_chunked(q, g, p, QUERY_CHUNK)
+    }
+}
+
+fn score(args: &EvaluateArgs, s: &Split) -> Result<(Metrics, Vec<f32>)> {
+    let dist = distances(args, &s.query, &s.gallery)?;
+    let m = evaluate(
+        &dist,
+        Labels {
+            pids: &s.query_labels.0,
+            cams: &s.query_labels.1,
+        },
+        Labels {
+            pids: &s.gallery_labels.0,
+            cams: &s.gallery_labels.1,
+        },
+        DEFAULT_TOPK,
+    )?;
+    Ok((m, dist))
+}
+
+fn labels(records: &[Record]) -> (Vec<i64>, Vec<i64>) {
+    records.iter().map(|r| (r.pid, r.camera)).unzip()
+}
+
+/// The checkpoints `--ckpt` names: one file or folder, or with `--recursive` every
+/// `checkpoint*` file under the folder.
+fn checkpoints(args: &EvaluateArgs) -> Result<Vec<PathBuf>> {
+    if !args.recursive {
+        return Ok(vec![resolve(&args.ckpt, "-c/--ckpt")?]);
+    }
+    if !args.ckpt.is_dir() {
+        bail!(
+            "-c/--ckpt {}: --recursive needs a folder",
+            args.ckpt.display()
+        );
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![args.ckpt.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            if path.is_dir() {
+                stack.push(path);
+            } else if name.starts_with("checkpoint")
+                && (name.ends_with(".safetensors") || name.ends_with(".pth.tar"))
+            {
+                found.push(path);
+            }
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "-c/--ckpt {}: no checkpoint*.safetensors or checkpoint*.pth.tar below it",
+            args.ckpt.display()
+        );
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The model a checkpoint holds: depth, classes and embedding from the checkpoint itself;
+/// last stride and pooling from its metadata, else from the flags (the reference's files
+/// do not record them).
+fn model_for(ck: &Checkpoint, args: &EvaluateArgs, device: tch::Device) -> Result<ReidModel> {
+    let depth = ck.depth().unwrap_or(args.model.depth);
+    let meta = |k: &str| ck.metadata.get(k).cloned();
+    let embedding = ck
+        .tensors
+        .get("backbone.bn.weight")
+        .map(|t| t.size()[0])
+        .unwrap_or(args.model.embedding);
+    let config = ModelConfig {
+        depth,
+        last_stride: meta("last_stride")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(args.model.last_stride),
+        pooling: match meta("last_pooling").as_deref() {
+            Some("max") => Pooling::Max,
+            Some("avg") => Pooling::Avg,
+            _ => args.model.last_pooling,
+        },
+        embedding,
+        classes: ck.classes()?,
+    };
+    let mut model = ReidModel::new(config, device)?;
+    model.load_checkpoint(ck)?;
+    Ok(model)
+}
+
+/// A dataset's images, decoded once for all checkpoints.
+struct Loaded {
+    dataset: ReidDataset,
+    query: Arc<ImageStore>,
+    gallery: Arc<ImageStore>,
+}
+
+fn feature_path(base: &Path, dataset: &str, several: bool) -> PathBuf {
+    if !several {
+        return base.to_path_buf();
+    }
+    let stem = base.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = base
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    base.with_file_name(format!("{stem}-{dataset}{ext}"))
+}
+
+fn print_rows(args: &EvaluateArgs, title: &str, rows: &[Row]) {
+    if args.json {
+        return;
+    }
+    println!("{title}");
+    let table = crate::report::table(
+        [
+            "dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20", "queries",
+        ],
+        rows.iter().map(|r| {
+            vec![
+                format!(
+                    "{}{}",
+                    r.dataset,
+                    if r.re_ranked { " (re-ranked)" } else { "" }
+                ),
+                format!("{:.1}%", 100.0 * r.map),
+                format!("{:.1}%", 100.0 * r.rank1),
+                format!("{:.1}%", 100.0 * r.rank5),
+                format!("{:.1}%", 100.0 * r.rank10),
+                format!("{:.1}%", 100.0 * r.rank20),
+                r.valid_queries.to_string(),
+            ]
+        }),
+    );
+    println!("{table}");
+}
+
+/// Appends the results to `eval.txt` beside the checkpoint (rewritten atomically).
+fn append_eval_txt(ck: &Checkpoint, rows: &[Row]) -> Result<()> {
+    let path = ck.path.parent().unwrap_or(Path::new(".")).join("eval.txt");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(&format!("{}\nEpoch: {}\n", ck.path.display(), ck.epoch));
+    for r in rows {
+        text.push_str(&format!(
+            "{}{}:\n    mAP: {:.1}%\n",
+            r.dataset,
+            if r.re_ranked { " (re-ranked)" } else { "" },
+            100.0 * r.map
+        ));
+        for (k, v) in [(1, r.rank1), (5, r.rank5), (10, r.rank10), (20, r.rank20)] {
+            text.push_str(&format!("    CMC-{k:<3}: {:.1}%\n", 100.0 * v));
+        }
+        text.push('\n');
+    }
+    crate::io::write_atomic(&path, text.as_bytes())
+}
+
+fn run_features_file(args: &EvaluateArgs, file: &Path) -> Result<Vec<Row>> {
+    let f = Features::load(file)?;
+    let split = Split {
+        query: f.query,
+        gallery: f.gallery,
+        query_labels: (f.query_pids, f.query_cams),
+        gallery_labels: (f.gallery_pids, f.gallery_cams),
+    };
+    let (m, _) = score(args, &split)?;
+    let name = file
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let rows = vec![Row::new("", &name, &m, args.re_ranking)];
+    print_rows(args, &format!("features {}", file.display()), &rows);
+    Ok(rows)
+}
+
+pub fn run(args: &EvaluateArgs) -> Result<()> {
+    let rows = match &args.features {
+        Some(file) => run_features_file(args, file)?,
+        None => run_checkpoints(args)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
+
+fn run_checkpoints(args: &EvaluateArgs) -> Result<Vec<Row>> {
+    let device = crate::device::select(&args.device.gpu)?;
+    let ckpts = checkpoints(args)?;
+    let (h, w) = (args.data.height, args.data.width);
+    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    for spec in &args.dataset {
+        for part in spec.split('+') {
+            if part.is_empty() {
+                bail!("--dataset {spec}: empty name in a `+` combination");
+            }
+            if !loaded.contains_key(part) {
+                let dataset = ReidDataset::load(&args.data.data_root, part)?;
+                let query = Arc::new(ImageStore::load(
+                    &dataset.query,
+                    h,
+                    w,
+                    &format!("{part} query"),
+                )?);
+                let gallery = Arc::new(ImageStore::load(
+                    &dataset.gallery,
+                    h,
+                    w,
+                    &format!("{part} gallery"),
+                )?);
+                loaded.insert(
+                    part.to_string(),
+                    Loaded {
+                        dataset,
+                        query,
+                        gallery,
+                    },
+                );
+            }
+        }
+    }
+    let mut all = Vec::new();
+    for ck_path in &ckpts {
+        let ck = Checkpoint::load(ck_path)?;
+        let model = model_for(&ck, args, device)?;
+        let ck_name = ck_path.display().to_string();
+        let feature = args.output_feature;
+        let mut features: HashMap<&str, (Tensor, Tensor)> = HashMap::new();
+        for (name, l) in &loaded {
+            let q = extract(
+                &model,
+                &l.query,
+                args.batch_size,
+                feature,
+                &format!("{name} query"),
+            );
+            let g = extract(
+                &model,
+                &l.gallery,
+                args.batch_size,
+                feature,
+                &format!("{name} gallery"),
+            );
+            features.insert(name.as_str(), (q, g));
+        }
+        let mut rows = Vec::new();
+        for spec in &args.dataset {
+            let parts: Vec<&str> = spec.split('+').collect();
+            let mut part_rows = Vec::new();
+            // Disjoint id and camera spaces for a union gallery: offset each part's labels.
+            let (mut galleries, mut g_pids, mut g_cams) = (Vec::new(), Vec::new(), Vec::new());
+            let mut offsets = Vec::new();
+            let (mut pid_off, mut cam_off) = (0i64, 0i64);
+            for part in &parts {
+                let l = &loaded[*part];
+                offsets.push((pid_off, cam_off));
+                let (p, c) = labels(&l.dataset.gallery);
+                g_pids.extend(p.iter().map(|x| x + pid_off));
+                g_cams.extend(c.iter().map(|x| x + cam_off));
+                galleries.push(features[part].1.shallow_clone());
+                let all_records = l.dataset.query.iter().chain(&l.dataset.gallery);
+                pid_off += all_records.clone().map(|r| r.pid).max().unwrap_or(0) + 1;
+                cam_off += all_records.map(|r| r.camera).max().unwrap_or(0) + 1;
+            }
+            let gallery = Tensor::cat(&galleries, 0);
+            for (part, &(po, co)) in parts.iter().zip(&offsets) {
+                let l = &loaded[*part];
+                let (p, c) = labels(&l.dataset.query);
+                let split = Split {
+                    query: features[part].0.shallow_clone(),
+                    gallery: gallery.shallow_clone(),
+                    query_labels: (
+                        p.iter().map(|x| x + po).collect(),
+                        c.iter().map(|x| x + co).collect(),
+                    ),
+                    gallery_labels: (g_pids.clone(), g_cams.clone()),
+                };
+                let (m, dist) = score(args, &split)?;
+                let label = if parts.len() > 1 {
+                    format!("{part} (in {spec})")
+                } else {
+                    part.to_string()
+                };
+                part_rows.push(Row::new(&ck_name, &label, &m, args.re_ranking));
+                if parts.len() == 1 {
+                    if let Some(base) = &args.save_features {
+                        let path = feature_path(base, part, args.dataset.len() > 1);
+                        let (gp, gc) = labels(&l.dataset.gallery);
+                        Features {
+                            query: split.query.shallow_clone(),
+                            gallery: split.gallery.shallow_clone(),
+                            query_pids: split.query_labels.0.clone(),
+                            gallery_pids: gp,
+                            query_cams: split.query_labels.1.clone(),
+                            gallery_cams: gc,
+                        }
+                        .save(&path)?;
+                    }
+                    if let Some(dir) = &args.rank_list {
+                        ranklist::write(
+                            &dir.join(part),
+                            &dist,
+                            &l.dataset.query,
+                            &l.dataset.gallery,
+                            args.rank_list_n,
+                            10,
+                        )?;
+                    }
+                }
+            }
+            if parts.len() > 1 {
+                let avg = Row::average(&ck_name, &format!("{spec} (average)"), &part_rows);
+                part_rows.push(avg);
+            }
+            rows.extend(part_rows);
+        }
+        print_rows(args, &format!("{ck_name} (epoch {})", ck.epoch), &rows);
+        if args.output {
+            append_eval_txt(&ck, &rows)?;
+        }
+        all.extend(rows);
+    }
+    Ok(all)
+}

@@ -1,0 +1,90 @@
+//! Feature files (`--save-features` / `--features`): a safetensors file holding a split's
+//! features and labels, so metrics can be recomputed (or compared across tools) without
+//! the model.
+
+use crate::model::checkpoint::{read_safetensors, write_safetensors};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// Query and gallery features with their identities and cameras.
+pub struct Features {
+    pub query: Tensor,
+    pub gallery: Tensor,
+    pub query_pids: Vec<i64>,
+    pub gallery_pids: Vec<i64>,
+    pub query_cams: Vec<i64>,
+    pub gallery_cams: Vec<i64>,
+}
+
+impl Features {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let ints = |v: &[i64]| Tensor::from_slice(v);
+        let tensors = vec![
+            (
+                "query_features".to_string(),
+                self.query.to_kind(Kind::Float),
+            ),
+            (
+                "gallery_features".to_string(),
+                self.gallery.to_kind(Kind::Float),
+            ),
+            ("query_pids".to_string(), ints(&self.query_pids)),
+            ("gallery_pids".to_string(), ints(&self.gallery_pids)),
+            ("query_cams".to_string(), ints(&self.query_cams)),
+            ("gallery_cams".to_string(), ints(&self.gallery_cams)),
+        ];
+        let meta = BTreeMap::from([("format".to_string(), "agd-features".to_string())]);
+        write_safetensors(path, &tensors, &meta)
+    }
+
+    /// Reads a feature file, checking every tensor is there with a consistent shape.
+    pub fn load(path: &Path) -> Result<Self> {
+        let (tensors, _) =
+            read_safetensors(path).with_context(|| format!("--features {}", path.display()))?;
+        let get = |name: &str, kind: Kind, dims: usize| -> Result<Tensor> {
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("--features {}: no tensor `{name}`", path.display()))?;
+            if t.dim() != dims {
+                bail!(
+                    "--features {}: `{name}` has shape {:?}, expected {dims} dimensions",
+                    path.display(),
+                    t.size()
+                );
+            }
+            Ok(t.to_kind(kind))
+        };
+        let labels = |name: &str, n: i64| -> Result<Vec<i64>> {
+            let t = get(name, Kind::Int64, 1)?;
+            if t.size()[0] != n {
+                bail!(
+                    "--features {}: `{name}` has {} entries for {n} features",
+                    path.display(),
+                    t.size()[0]
+                );
+            }
+            Ok(Vec::try_from(&t)?)
+        };
+        let query = get("query_features", Kind::Float, 2)?;
+        let gallery = get("gallery_features", Kind::Float, 2)?;
+        if query.size()[1] != gallery.size()[1] {
+            bail!(
+                "--features {}: query features are {}-d, gallery features {}-d",
+                path.display(),
+                query.size()[1],
+                gallery.size()[1]
+            );
+        }
+        let (nq, ng) = (query.size()[0], gallery.size()[0]);
+        Ok(Self {
+            query_pids: labels("query_pids", nq)?,
+            gallery_pids: labels("gallery_pids", ng)?,
+            query_cams: labels("query_cams", nq)?,
+            gallery_cams: labels("gallery_cams", ng)?,
+            query,
+            gallery,
+        })
+    }
+}
