@@ -9,7 +9,7 @@ use crate::eval::features::extract;
 use crate::eval::features_file::Features;
 use crate::eval::metrics::{distance_matrix, evaluate, Distance, Labels, Metrics, DEFAULT_TOPK};
 use crate::eval::ranklist;
-use crate::eval::rerank::{rerank, rerank_chunked, RerankParams};
+use crate::eval::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::{ModelConfig, Pooling, ReidModel};
 use anyhow::{bail, Context, Result};
@@ -18,9 +18,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::Tensor;
-
-/// Queries re-ranked together, as the reference evaluates them.
-const QUERY_CHUNK: usize = 1024;
 
 /// One line of results.
 #[derive(Serialize, Clone)]
@@ -87,7 +84,7 @@ fn distances(args: &EvaluateArgs, q: &Tensor, g: &Tensor) -> Result<Vec<f32>> {
     if args.one_shot {
         rerank(q, g, p)
     } else {
-        rerank_chunked(q, g, p, QUERY_CHUNK)
+        rerank_chunked(q, g, p, REFERENCE_CHUNK)
     }
 }
 

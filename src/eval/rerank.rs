@@ -10,6 +10,10 @@
 //! * `V` and its query expansion are sparse (a few dozen non-zeros per row);
 //! * the Jaccard distance is computed only for query rows × gallery columns.
 //!
+//! The reference scales its distances as `transpose(dist / max(dist, axis=0))`: for a
+//! symmetric matrix that is each row divided by its own maximum, the one number per item
+//! kept here.
+//!
 //! Gallery–gallery neighbours are computed once and shared by all query chunks: a gallery
 //! item's nearest neighbours in a chunk's graph are the nearest of (its nearest gallery
 //! items ∪ its nearest chunk queries), and its row maximum is the larger of the two maxima,
@@ -101,16 +105,16 @@ pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> 
         "lambda must be within [0, 1], got {}",
         p.lambda
     );
+    let chunk = chunk.min(nq);
     // The smallest graph is the last chunk's; k1 and k2 must fit in every graph.
     let last_chunk = nq - (nq - 1) / chunk * chunk;
-    let smallest = last_chunk.min(chunk) + ng;
+    let smallest = last_chunk + ng;
     ensure!(
         p.k1 <= smallest && p.k2 <= smallest,
         "k1 = {} and k2 = {} must not exceed the {smallest} items of the smallest re-ranking \
-         graph ({} queries + {ng} gallery items)",
+         graph ({last_chunk} queries + {ng} gallery items)",
         p.k1,
-        p.k2,
-        last_chunk.min(chunk)
+        p.k2
     );
     ensure!(
         nq + ng <= u32::MAX as usize,
@@ -154,18 +158,19 @@ pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> 
 /// One side's features in the working kind, on their device, prepared for distance blocks.
 struct Side {
     x: Tensor,
-    /// −2·x: the reference's `addmm(1, −2, …)`; scaling by −2 is exact.
-    minus2x: Tensor,
     /// Squared norms as an N×1 column.
     sq: Tensor,
 }
+
+/// Rows per GEMM when filling a distance block, so that torch's temporaries stay a few
+/// tens of MB whatever the block's height.
+const GEMM_ROWS: usize = 256;
 
 impl Side {
     fn new(x: &Tensor) -> Result<Self> {
         let kind = x.kind();
         Ok(Self {
             x: x.shallow_clone(),
-            minus2x: x.f_mul_scalar(-2.0)?,
             sq: x
                 .f_square()?
                 .f_sum_dim_intlist([1i64].as_slice(), true, kind)?,
@@ -173,7 +178,8 @@ impl Side {
     }
 
     /// Squared Euclidean distances of rows `a` of `self` to rows `b` of `other`, as the
-    /// reference computes them (‖x‖² + ‖y‖² − 2x·y, unclamped), into `out` (row-major f32).
+    /// reference computes them (‖x‖² + ‖y‖² − 2x·y with one `addmm`, unclamped), into
+    /// `out` (row-major f32).
     fn distances(
         &self,
         a: Range<usize>,
@@ -181,18 +187,25 @@ impl Side {
         b: Range<usize>,
         out: &mut [f32],
     ) -> Result<()> {
-        let (a0, al) = (a.start as i64, a.len() as i64);
         let (b0, bl) = (b.start as i64, b.len() as i64);
-        let base = self
-            .sq
-            .f_narrow(0, a0, al)?
-            .f_add(&other.sq.f_narrow(0, b0, bl)?.f_tr()?)?;
-        let d = base.f_addmm(
-            &self.minus2x.f_narrow(0, a0, al)?,
-            &other.x.f_narrow(0, b0, bl)?.f_tr()?,
-        )?;
-        let d = d.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
-        d.f_copy_data(out, a.len() * b.len())?;
+        let xb = other.x.f_narrow(0, b0, bl)?.f_tr()?;
+        let sqb = other.sq.f_narrow(0, b0, bl)?.f_tr()?;
+        for (r, rows) in out[..a.len() * b.len()]
+            .chunks_mut(GEMM_ROWS * b.len())
+            .enumerate()
+        {
+            let (a0, al) = (
+                (a.start + r * GEMM_ROWS) as i64,
+                (rows.len() / b.len()) as i64,
+            );
+            // −2·x is exact, so this is the reference's `addmm_(1, −2, x, yᵀ)`.
+            let xa = self.x.f_narrow(0, a0, al)?.f_mul_scalar(-2.0)?;
+            let mut base = self.sq.f_narrow(0, a0, al)?.f_add(&sqb)?;
+            base.f_addmm_(&xa, &xb)?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(Device::Cpu)?
+                .f_copy_data(rows, rows.len())?;
+        }
         Ok(())
     }
 }
@@ -209,18 +222,16 @@ struct Features {
 
 impl Features {
     fn new(q: &Tensor, g: &Tensor, dim: usize) -> Result<Self> {
-        let all = Tensor::f_cat(&[q, g], 0)?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(Device::Cpu)?
-            .f_contiguous()?;
-        let data = Vec::<f32>::try_from(all.f_reshape([-1])?)?;
+        let nq = q.size()[0] as usize;
+        let mut data = vec![0f32; (nq + g.size()[0] as usize) * dim];
+        let (qd, gd) = data.split_at_mut(nq * dim);
+        for (x, dst) in [(q, qd), (g, gd)] {
+            // A no-op conversion for CPU float32 features: copied straight into `data`.
+            let x = x.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
+            x.f_copy_data(dst, dst.len())?;
+        }
         let sq = data.par_chunks(dim).map(|r| dot(r, r)).collect::<Vec<_>>();
-        Ok(Self {
-            data,
-            sq,
-            dim,
-            nq: q.size()[0] as usize,
-        })
+        Ok(Self { data, sq, dim, nq })
     }
 
     fn row(&self, i: usize) -> &[f32] {
