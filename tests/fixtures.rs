@@ -82,7 +82,9 @@ fn ints(v: &Value) -> Vec<i64> {
 }
 
 /// mAP, CMC and valid queries from the reference's cosine ranking, from float64 and from
-/// float32 features (what the model produces). Re-ranking fields join with issue #4.
+/// float32 features (what the model produces); re-ranked distances (all queries in one
+/// graph) to 3e-3 and re-ranked mAP/CMC to 2e-3 — the reference keeps its k-reciprocal
+/// encodings in float16, so that is the bar its README sets.
 fn check_ranking(file: &str, f: &Value) {
     use agd::eval::metrics::{distance_matrix, evaluate, Distance, Labels, DEFAULT_TOPK};
     let (qp, qc) = (ints(&f["query_pids"]), ints(&f["query_cams"]));

@@ -194,3 +194,112 @@ fn base_loss_is_ce_plus_triplet() {
     let want = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
     assert!((ce - want).abs() < 1e-12);
 }
+
+fn small() -> ModelConfig {
+    ModelConfig {
+        last_stride: 2,
+        pooling: Pooling::Avg,
+        embedding: 512,
+        classes: 5,
+        depth: Depth::R34,
+    }
+}
+
+#[test]
+fn imagenet_weights_load_by_torchvision_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    tch::manual_seed(1);
+    let source = ReidModel::new(small(), Device::Cpu).unwrap();
+    // A torchvision-style state dict: base names without the prefix, plus an `fc` head.
+    let mut tensors: Vec<(String, Tensor)> = source
+        .state()
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix("backbone.base.").map(|s| (s.to_string(), t)))
+        .collect();
+    tensors.push((
+        "fc.weight".into(),
+        Tensor::zeros([1000, 512], (Kind::Float, Device::Cpu)),
+    ));
+    let path = tmp.path().join("resnet34-imagenet.safetensors");
+    agd::model::checkpoint::write_safetensors(&path, &tensors, &Default::default()).unwrap();
+
+    tch::manual_seed(2);
+    let mut model = ReidModel::new(small(), Device::Cpu).unwrap();
+    let note = model.load_imagenet(Some(&path)).unwrap();
+    assert!(
+        note.contains("ImageNet weights") && note.contains(&path.display().to_string()),
+        "{note}"
+    );
+    for (name, t) in source.state() {
+        if name.starts_with("backbone.base.") {
+            assert!(model.params.get(&name).unwrap().equal(&t), "{name}");
+        }
+    }
+    // The head and classifier keep their own initialisation.
+    assert!(!model.classifier().equal(source.classifier()));
+
+    // A ResNet-50 file into a ResNet-34: an error naming the tensor and shapes.
+    let r50 = ReidModel::new(config(Depth::R50), Device::Cpu).unwrap();
+    let wrong: Vec<(String, Tensor)> = r50
+        .state()
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix("backbone.base.").map(|s| (s.to_string(), t)))
+        .collect();
+    let wrong_path = tmp.path().join("resnet50.safetensors");
+    agd::model::checkpoint::write_safetensors(&wrong_path, &wrong, &Default::default()).unwrap();
+    let err = model
+        .load_imagenet(Some(&wrong_path))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--pretrained") && err.contains("expects"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sgd_steps_follow_pytorchs_nesterov_update() {
+    use agd::train::optimizer::{Optimizer, OptimizerKind, MOMENTUM, WEIGHT_DECAY};
+    tch::manual_seed(3);
+    let model = ReidModel::new(small(), Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(&model, OptimizerKind::Sgd);
+    opt.set_lr(0.01);
+    let x = Tensor::randn([8, 3, 64, 32], (Kind::Float, Device::Cpu));
+    let pids = Tensor::from_slice(&[0i64, 0, 0, 0, 1, 1, 1, 1]);
+    let watch = [
+        "backbone.base.conv1.weight",
+        "backbone.bn.weight",
+        "classifier.W",
+    ];
+    let mult = [1.0, 10.0, 10.0];
+    let mut bufs: Vec<Option<Tensor>> = vec![None, None, None];
+    for _ in 0..2 {
+        opt.zero_grad();
+        let out = model.forward(&x, true);
+        agd::loss::BaseLoss::new(&out.logits, &out.global, &pids)
+            .total()
+            .backward();
+        let before: Vec<Tensor> = watch
+            .iter()
+            .map(|n| model.params.get(n).unwrap().detach().copy())
+            .collect();
+        let grads: Vec<Tensor> = watch
+            .iter()
+            .map(|n| model.params.get(n).unwrap().grad().copy())
+            .collect();
+        opt.step();
+        for i in 0..3 {
+            // torch.optim.SGD(momentum, nesterov, weight_decay), dampening 0.
+            let d_p = &grads[i] + &before[i] * WEIGHT_DECAY;
+            let buf = match &bufs[i] {
+                None => d_p.copy(),
+                Some(b) => b * MOMENTUM + &d_p,
+            };
+            let expected = &before[i] - (&d_p + &buf * MOMENTUM) * (0.01 * mult[i]);
+            bufs[i] = Some(buf);
+            let got = model.params.get(watch[i]).unwrap();
+            let diff = (got - &expected).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{}: off by {diff}", watch[i]);
+        }
+    }
+}
