@@ -17,6 +17,8 @@ demo: build
 
 bench:
 	$(CARGO) bench --bench pipeline
+	$(CARGO) bench --bench train_step
+	$(CARGO) bench --bench evaluate
 
 lint:
 	$(CARGO) fmt --check
