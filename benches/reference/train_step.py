@@ -183,8 +183,8 @@ def main():
 
     about = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.serve:
-        # One step per "step" line on stdin, one JSON line back each: the bench alternates
-        # these with agd's steps, so that load from elsewhere hits both sides alike.
+        # One step per "step" line on stdin, one JSON line back each: the bench
+        # alternates these with agd's steps, so load from elsewhere hits both alike.
         print(json.dumps({"ready": True, **about}), flush=True)
         for line in sys.stdin:
             if line.strip() != "step":
@@ -194,7 +194,8 @@ def main():
 
     warm_up = step()["seconds_per_step"]  # allocations, oneDNN primitives
     timed = [step() for _ in range(max(args.steps, 1))]
-    result = {k: statistics.median(t[k] for t in timed) for k in timed[0] if k != "loss"}
+    keys = [k for k in timed[0] if k != "loss"]
+    result = {k: statistics.median(t[k] for t in timed) for k in keys}
     result.update(warm_up=warm_up, loss=timed[-1]["loss"], steps=len(timed), **about)
     print(json.dumps(result))
 
