@@ -3,6 +3,7 @@
 //! computes; the layout follows the pipeline: `data` → (model, losses, training,
 //! inversion, evaluation) → `cli`.
 
+pub mod alloc;
 pub mod cli;
 pub mod data;
 pub mod device;
