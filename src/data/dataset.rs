@@ -270,14 +270,6 @@ impl ReidDataset {
         cams.dedup();
         cams.len()
     }
-
-    /// Distinct ids in a split.
-    pub fn count_ids(records: &[Record]) -> usize {
-        let mut ids: Vec<i64> = records.iter().map(|r| r.pid).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len()
-    }
 }
 
 /// Dreamed images (`--inversion-dir`): `<pid>_<anything>.jpg|png`, at most `exemplars`

@@ -141,14 +141,6 @@ impl TrainLoader {
         })
     }
 
-    pub fn records(&self) -> &[Record] {
-        &self.records
-    }
-
-    pub fn config(&self) -> &LoaderConfig {
-        &self.cfg
-    }
-
     /// Index batches of an epoch (0-based), ordered by camera within each batch.
     pub fn plan(&self, epoch: u64) -> Vec<Vec<usize>> {
         let mut batches = self.sampler.epoch(epoch);

@@ -91,18 +91,29 @@ fn from_view(view: &TensorView) -> Result<Tensor> {
     )?)
 }
 
+/// `tensors` and `metadata` serialised as safetensors.
+pub fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes = tensors
+        .iter()
+        .map(|(n, t)| to_bytes(t).map(|b| (n.clone(), b)))
+        .collect::<Result<Vec<_>>>()?;
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    Ok(safetensors::serialize(
+        bytes.iter().map(|(n, b)| (n.as_str(), b)),
+        Some(meta),
+    )?)
+}
+
 /// Writes `tensors` and `metadata` to `path` atomically.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let bytes = tensors
-        .iter()
-        .map(|(n, t)| to_bytes(t).map(|b| (n.clone(), b)))
-        .collect::<Result<Vec<_>>>()?;
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let data = safetensors::serialize(bytes.iter().map(|(n, b)| (n.as_str(), b)), Some(meta))
+    let data = safetensors_bytes(tensors, metadata)
         .with_context(|| format!("cannot serialise {}", path.display()))?;
     crate::io::write_atomic(path, &data)
 }

@@ -6,11 +6,10 @@ use super::optimizer::Optimizer;
 use super::schedule::learning_rate;
 use crate::eval::{features::OutputFeature, TestSet};
 use crate::logging::Logger;
-use crate::model::checkpoint::{model_metadata, write_safetensors, LATEST};
+use crate::model::checkpoint::{model_metadata, safetensors_bytes, LATEST};
 use crate::model::ReidModel;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -97,15 +96,13 @@ pub fn save_checkpoint(
     meta.insert("optimizer".into(), opt.kind.name().into());
     meta.insert("optimizer_steps".into(), opt.steps().to_string());
     meta.insert("args".into(), cfg.args.clone());
-    let latest = cfg.logs_dir.join(LATEST);
-    write_safetensors(&latest, &tensors, &meta)?;
+    let bytes = safetensors_bytes(&tensors, &meta)?;
+    crate::io::write_atomic(&cfg.logs_dir.join(LATEST), &bytes)?;
     if numbered {
         let copy = cfg
             .logs_dir
             .join(format!("checkpoint-epoch{epoch}.safetensors"));
-        std::fs::copy(&latest, cfg.logs_dir.join(".numbered.tmp"))
-            .and_then(|_| std::fs::rename(cfg.logs_dir.join(".numbered.tmp"), &copy))
-            .with_context(|| format!("cannot write {}", copy.display()))?;
+        crate::io::write_atomic(&copy, &bytes)?;
     }
     Ok(())
 }
@@ -209,10 +206,4 @@ where
         append_metrics(&csv, &header, epoch, &row)?;
     }
     Ok(last_eval)
-}
-
-/// Metadata of a run, as stored in checkpoints.
-pub fn args_metadata(pairs: &[(&str, String)]) -> String {
-    let map: BTreeMap<&str, &String> = pairs.iter().map(|(k, v)| (*k, v)).collect();
-    serde_json::to_string(&map).unwrap_or_default()
 }

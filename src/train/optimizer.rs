@@ -73,10 +73,6 @@ impl Optimizer {
         self.base_lr = lr;
     }
 
-    pub fn lr(&self) -> f64 {
-        self.base_lr
-    }
-
     pub fn zero_grad(&mut self) {
         for s in &mut self.slots {
             let mut g = s.param.grad();
