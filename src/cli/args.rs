@@ -148,8 +148,12 @@ pub struct IncrementalArgs {
     #[arg(long, value_name = "PATH")]
     pub algo_config: Option<PathBuf>,
     /// Also evaluate on the old task's dataset when its data is available.
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub old_dataset: Option<String>,
+    /// The forgetting baseline (the reference's `main_finetune.py`): learn the new task
+    /// from the old model with no dreamed images and no distillation.
+    #[arg(long)]
+    pub finetune: bool,
 }
 
 /// `agd invert` (SPEC §7).

@@ -3,6 +3,7 @@
 pub mod args;
 mod demo;
 mod evaluate;
+mod incremental;
 mod synth;
 mod train;
 
@@ -103,8 +104,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Invert(_) => not_yet("invert", 5, "DeepInversion"),
-        Command::Incremental(_) => not_yet("incremental", 6, "geometric distillation"),
-        Command::IncrementalX(_) => not_yet("incremental-x", 6, "augmented distillation"),
+        Command::Incremental(args) => incremental::run(&args, false),
+        Command::IncrementalX(args) => incremental::run(&args, true),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => demo::run(&args),

@@ -7,10 +7,11 @@ use crate::logging::Logger;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::{ModelConfig, ReidModel};
 use crate::train::base::BaseStep;
-use crate::train::fit::{fit, FitConfig};
+use crate::train::fit::{fit, EpochEval, FitConfig};
 use crate::train::optimizer::Optimizer;
 use anyhow::{bail, Result};
 use std::sync::Arc;
+use tch::Device;
 
 /// The seed of the run: `--seed`, or one drawn now and logged so the run can be repeated.
 pub fn seed(run: &LoopArgs, log: &Logger) -> u64 {
@@ -118,18 +119,23 @@ pub fn resume(
     Ok(ck.epoch + 1)
 }
 
-pub fn run(args: &TrainArgs) -> Result<()> {
-    let r = &args.run;
+/// What every training subcommand does first: check the flags, open the log (recording
+/// the command line), pick the device, seed the run.
+pub fn start(r: &LoopArgs, subcommand: &str) -> Result<(Device, Logger, u64)> {
     r.validate()?;
     let device = crate::device::select(&r.device.gpu)?;
     let log = Logger::open(&r.logs_dir, true)?;
     log.line(format!(
-        "agd train {}",
+        "agd {subcommand} {}",
         std::env::args().skip(2).collect::<Vec<_>>().join(" ")
     ));
     let seed = seed(r, &log);
-    let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
-    log.line(format!(
+    Ok((device, log, seed))
+}
+
+/// The line a training log starts with: the data it learns from and the device.
+pub fn describe(dataset: &ReidDataset, device: Device) -> String {
+    format!(
         "{}: {} training images of {} ids, {} query, {} gallery; device {}",
         dataset.name,
         dataset.train.len(),
@@ -137,7 +143,45 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         dataset.query.len(),
         dataset.gallery.len(),
         crate::device::describe(device)
+    )
+}
+
+/// The test sets a run evaluates on (none when `--evaluate 0`).
+pub fn test_sets(r: &LoopArgs, datasets: &[&ReidDataset]) -> Result<Vec<TestSet>> {
+    if r.evaluate == 0 {
+        return Ok(Vec::new());
+    }
+    datasets
+        .iter()
+        .map(|d| TestSet::load(d, r.data.height, r.data.width))
+        .collect()
+}
+
+/// What every training subcommand does last: the final evaluation as a table, and where
+/// the checkpoint is.
+pub fn finish(r: &LoopArgs, result: Option<EpochEval>, log: &Logger) {
+    if let Some(results) = result {
+        let table = crate::report::table(
+            ["dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20"],
+            results.iter().map(|(name, m)| {
+                let mut row = vec![name.clone(), format!("{:.1}%", 100.0 * m.map)];
+                row.extend([1, 5, 10, 20].map(|k| format!("{:.1}%", 100.0 * m.rank(k))));
+                row
+            }),
+        );
+        log.line(table.to_string());
+    }
+    log.line(format!(
+        "checkpoint: {}",
+        r.logs_dir.join(crate::model::checkpoint::LATEST).display()
     ));
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let r = &args.run;
+    let (device, log, seed) = start(r, "train")?;
+    let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
+    log.line(describe(&dataset, device));
     let mut model = ReidModel::new(r.model_config(dataset.num_train_ids as i64), device)?;
     let mut opt = Optimizer::new(&model, r.optimizer);
     let start_epoch = resume(r, &mut model, &mut opt, &log)?;
@@ -151,11 +195,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     let (h, w) = (r.data.height, r.data.width);
     let store = Arc::new(ImageStore::load(&dataset.train, h, w, "train")?);
-    let test_sets = if r.evaluate > 0 {
-        vec![TestSet::load(&dataset, h, w)?]
-    } else {
-        Vec::new()
-    };
+    let test_sets = test_sets(r, &[&dataset])?;
     let loader = TrainLoader::new(
         Arc::new(dataset.train.clone()),
         store,
@@ -172,20 +212,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &test_sets,
         &log,
     )?;
-    if let Some(results) = result {
-        let table = crate::report::table(
-            ["dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20"],
-            results.iter().map(|(name, m)| {
-                let mut row = vec![name.clone(), format!("{:.1}%", 100.0 * m.map)];
-                row.extend([1, 5, 10, 20].map(|k| format!("{:.1}%", 100.0 * m.rank(k))));
-                row
-            }),
-        );
-        log.line(table.to_string());
-    }
-    log.line(format!(
-        "checkpoint: {}",
-        r.logs_dir.join(crate::model::checkpoint::LATEST).display()
-    ));
+    finish(r, result, &log);
     Ok(())
 }

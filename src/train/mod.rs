@@ -3,5 +3,6 @@
 
 pub mod base;
 pub mod fit;
+pub mod incremental;
 pub mod optimizer;
 pub mod schedule;

@@ -1,0 +1,142 @@
+//! The incremental steps (SPEC §5, §6): new data plus dreamed images, with the old model's
+//! geometry on the dreamed images distilled into the student.
+//!
+//! One step serves both subcommands: `incremental` sees one view and distils from the
+//! teacher's outputs on it; `incremental-x` sees `peers` views and, on view i, mixes the
+//! distillation from the teacher's view i (weight `cross_factor`) with the mean over the
+//! teacher's other views.
+
+use super::fit::Step;
+use super::optimizer::Optimizer;
+use crate::data::Batch;
+use crate::loss::distill::{DistillInput, Distillation};
+use crate::loss::BaseLoss;
+use crate::model::{to_input, Output, ReidModel};
+use anyhow::{bail, Result};
+use tch::{Device, Tensor};
+
+/// Rows `start..start + len` of every output (the new or the dreamed half of a forward).
+fn rows(out: &Output, start: i64, len: i64) -> Output {
+    Output {
+        embedding: out.embedding.narrow(0, start, len),
+        global: out.global.narrow(0, start, len),
+        maps: out.maps.iter().map(|m| m.narrow(0, start, len)).collect(),
+        logits: out.logits.narrow(0, start, len),
+    }
+}
+
+/// How the teachers' views are weighted for the student's view i.
+#[derive(Clone, Copy, Debug)]
+pub enum Views {
+    /// `incremental`: one view, the teacher's output on the same images.
+    Single,
+    /// `incremental-x`: `cross_factor`·d(same view) + (1 − cross_factor)·mean d(other views).
+    Augmented { cross_factor: f64 },
+}
+
+pub struct IncrementalStep {
+    /// The task-1 model: frozen, evaluated in eval mode.
+    pub old: ReidModel,
+    pub distillation: Distillation,
+    /// Classes of the new task: dreamed pids are shifted past them (new rows come first).
+    pub new_classes: i64,
+    pub views: Views,
+}
+
+impl IncrementalStep {
+    /// The teacher's outputs on every view of the dreamed batch (no graph kept).
+    fn teacher(&self, dreamed: &Batch, device: Device) -> Vec<Output> {
+        tch::no_grad(|| {
+            dreamed
+                .views
+                .iter()
+                .map(|x| self.old.forward(&to_input(x, device), false))
+                .collect()
+        })
+    }
+
+    /// factor · the distillation term of SPEC §5/§6 for the student's view `i`.
+    fn distill(
+        &self,
+        student: &Output,
+        teachers: &[Output],
+        i: usize,
+        pids: &Tensor,
+    ) -> Result<Tensor> {
+        let s = DistillInput::from(student);
+        let d = |t: &Output| self.distillation.loss(&s, &DistillInput::from(t), pids);
+        let term = match self.views {
+            Views::Single => d(&teachers[i])?,
+            Views::Augmented { cross_factor } => {
+                let mut others = Vec::with_capacity(teachers.len() - 1);
+                for (j, t) in teachers.iter().enumerate() {
+                    if j != i {
+                        others.push(d(t)?);
+                    }
+                }
+                let mean_others = Tensor::stack(&others, 0).mean(None::<tch::Kind>);
+                d(&teachers[i])? * cross_factor + mean_others * (1.0 - cross_factor)
+            }
+        };
+        Ok(term * self.distillation.factor)
+    }
+}
+
+impl Step for IncrementalStep {
+    /// (new-task batch, dreamed batch) with the same number of views.
+    type Batch = (Batch, Batch);
+
+    fn loss_names(&self) -> Vec<&'static str> {
+        vec!["ce", "triplet", "distill"]
+    }
+
+    fn batch_images(&self, (new, dreamed): &(Batch, Batch)) -> usize {
+        (new.indices.len() + dreamed.indices.len()) * new.views.len()
+    }
+
+    /// Per view: one student forward over new ⊕ dreamed in train mode (BN statistics span
+    /// both halves), CE + triplet on both halves, factor · distillation on the dreamed
+    /// half; each view's loss is back-propagated divided by the number of views, then one
+    /// optimiser step. The reported losses are the last view's, as the reference's.
+    fn step(
+        &mut self,
+        model: &ReidModel,
+        opt: &mut Optimizer,
+        (new, dreamed): (Batch, Batch),
+    ) -> Result<Vec<f64>> {
+        let views = new.views.len();
+        if views != dreamed.views.len() {
+            bail!(
+                "new batch has {views} views, dreamed batch {}",
+                dreamed.views.len()
+            );
+        }
+        if matches!(self.views, Views::Augmented { .. }) && views < 2 {
+            bail!("augmented distillation needs at least 2 views (--peers), got {views}");
+        }
+        let device = model.device();
+        let n_new = new.indices.len() as i64;
+        let n_dreamed = dreamed.indices.len() as i64;
+        let dreamed_pids = (dreamed.pids.to_device(device) + self.new_classes).detach();
+        let pids = Tensor::cat(&[new.pids.to_device(device), dreamed_pids.shallow_clone()], 0);
+        let teachers = self.teacher(&dreamed, device);
+        opt.zero_grad();
+        let mut reported = Vec::new();
+        for (i, (x, x_dreamed)) in new.views.iter().zip(&dreamed.views).enumerate() {
+            let input = to_input(&Tensor::cat(&[x, x_dreamed], 0), device);
+            let out = model.forward(&input, true);
+            let base = BaseLoss::new(&out.logits, &out.global, &pids);
+            let student = rows(&out, n_new, n_dreamed);
+            let distill = self.distill(&student, &teachers, i, &dreamed_pids)?;
+            let loss = base.total() + &distill;
+            (loss / views as f64).backward();
+            reported = vec![
+                base.ce.double_value(&[]),
+                base.triplet.double_value(&[]),
+                distill.double_value(&[]),
+            ];
+        }
+        opt.step();
+        Ok(reported)
+    }
+}

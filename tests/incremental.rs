@@ -1,0 +1,462 @@
+//! `agd incremental` / `incremental-x` (SPEC §5, §6): class expansion and the pid shift,
+//! every shipped config learning on tiny data, cross-view mixing, the command end to end,
+//! and its errors.
+
+use agd::data::{
+    Batch, Dreamed, Erasing, ImageStore, LoaderConfig, ReidDataset, TrainLoader, TrainTransform,
+};
+use agd::loss::distill::{DistillInput, Distillation};
+use agd::loss::BaseLoss;
+use agd::model::checkpoint::{model_metadata, write_safetensors, Checkpoint};
+use agd::model::{to_input, Depth, ModelConfig, Pooling, ReidModel};
+use agd::train::fit::Step;
+use agd::train::incremental::{IncrementalStep, Views};
+use agd::train::optimizer::{Optimizer, OptimizerKind};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use tch::{Device, Tensor};
+
+const H: usize = 64;
+const W: usize = 32;
+/// Identities of the old task (its classifier's classes) and of the new one.
+const OLD_IDS: usize = 6;
+const NEW_IDS: usize = 5;
+
+fn agd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_agd"))
+}
+
+fn configs_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"))
+}
+
+fn run(args: &[String]) -> Output {
+    agd().args(args).output().unwrap()
+}
+
+fn run_ok(args: &[String]) -> String {
+    let out = run(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "agd {}\n{text}", args.join(" "));
+    text
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn small_config(classes: i64) -> ModelConfig {
+    ModelConfig {
+        depth: Depth::R34,
+        last_stride: 2,
+        pooling: Pooling::Avg,
+        embedding: 512,
+        classes,
+    }
+}
+
+/// Two synthetic tasks, an old model's checkpoint and a dreamed folder: the old task's
+/// training images renamed `<class>_<n>.jpg`, standing in for `agd invert`'s output.
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    previous: PathBuf,
+    dreamed: PathBuf,
+}
+
+fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    for (name, ids, style, seed) in [("a", OLD_IDS, "street", "1"), ("b", NEW_IDS, "mall", "2")] {
+        run_ok(&strings(&[
+            "synth",
+            "--data-root",
+            root.to_str().unwrap(),
+            "--dataset",
+            name,
+            "--ids",
+            &ids.to_string(),
+            "--images-per-id",
+            "6",
+            "--cameras",
+            "2",
+            "--distractors",
+            "4",
+            "--junk",
+            "0",
+            "--style",
+            style,
+            "--seed",
+            seed,
+        ]));
+    }
+    let old_task = ReidDataset::load(&root, "a").unwrap();
+    let dreamed = tmp.path().join("dreamed");
+    std::fs::create_dir_all(&dreamed).unwrap();
+    for (i, r) in old_task.train.iter().enumerate() {
+        std::fs::copy(&r.path, dreamed.join(format!("{}_{i:03}.jpg", r.pid))).unwrap();
+    }
+    tch::manual_seed(11);
+    let old = ReidModel::new(small_config(OLD_IDS as i64), Device::Cpu).unwrap();
+    let previous = tmp.path().join("old.safetensors");
+    let mut meta = model_metadata(&old.config);
+    meta.insert("epoch".into(), "1".into());
+    write_safetensors(&previous, &old.state(), &meta).unwrap();
+    World {
+        _tmp: tmp,
+        root,
+        previous,
+        dreamed,
+    }
+}
+
+fn loader(records: &[agd::data::Record], peers: usize, stream: u64) -> TrainLoader {
+    let store = ImageStore::load(records, H, W, "test").unwrap();
+    let cfg = LoaderConfig::new(
+        8,
+        peers,
+        TrainTransform {
+            erasing: Erasing::default(),
+        },
+        4,
+    );
+    TrainLoader::new(Arc::new(records.to_vec()), Arc::new(store), cfg, stream).unwrap()
+}
+
+/// The first (new, dreamed) batch pair with `peers` views: 2 ids × 4 images each.
+fn batches(w: &World, peers: usize) -> (Batch, Batch) {
+    let new = ReidDataset::load(&w.root, "b").unwrap();
+    let dreamed = Dreamed::load(&w.dreamed, 40).unwrap();
+    let mut a = loader(&new.train, peers, 0).epoch(0);
+    let mut b = loader(&dreamed.records, peers, 1).epoch(0);
+    (a.next().unwrap(), b.next().unwrap())
+}
+
+fn clone_batch(b: &Batch) -> Batch {
+    Batch {
+        views: b.views.iter().map(|v| v.copy()).collect(),
+        pids: b.pids.copy(),
+        cameras: b.cameras.copy(),
+        indices: b.indices.clone(),
+    }
+}
+
+/// Old model and student (old + expanded classifier) from the world's checkpoint.
+fn models(w: &World) -> (ReidModel, ReidModel) {
+    let ck = Checkpoint::load(&w.previous).unwrap();
+    let mut old = ReidModel::new(small_config(OLD_IDS as i64), Device::Cpu).unwrap();
+    old.load_checkpoint(&ck).unwrap();
+    let mut student = ReidModel::new(small_config(OLD_IDS as i64), Device::Cpu).unwrap();
+    student.load_checkpoint(&ck).unwrap();
+    student.expand_classifier(NEW_IDS as i64);
+    (old, student)
+}
+
+fn step_for(w: &World, config: &str, views: Views) -> (IncrementalStep, ReidModel) {
+    let (old, student) = models(w);
+    let distillation = Distillation::load(&configs_dir().join(config)).unwrap();
+    let step = IncrementalStep {
+        old,
+        distillation,
+        new_classes: NEW_IDS as i64,
+        views,
+    };
+    (step, student)
+}
+
+#[test]
+fn old_classes_follow_the_new_ones_and_dreamed_pids_are_shifted_past_them() {
+    let w = world();
+    let (old, student) = models(&w);
+    let (new, dreamed) = batches(&w, 1);
+    let x = to_input(&dreamed.views[0], Device::Cpu);
+    // Student column NEW_IDS + k is the old model's class k.
+    let (s, t) = tch::no_grad(|| (student.forward(&x, false), old.forward(&x, false)));
+    assert_eq!(s.logits.size(), [8, (NEW_IDS + OLD_IDS) as i64]);
+    let diff = (s.logits.narrow(1, NEW_IDS as i64, OLD_IDS as i64) - &t.logits)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-5, "old rows moved by {diff}");
+
+    // The step's CE is the CE against new pids ⊕ (dreamed pids + new classes).
+    let both = to_input(&Tensor::cat(&[&new.views[0], &dreamed.views[0]], 0), Device::Cpu);
+    let logits = tch::no_grad(|| student.forward(&both, true).logits);
+    let ce = |dreamed_pids: Tensor| {
+        let pids = Tensor::cat(&[&new.pids, &dreamed_pids], 0);
+        agd::loss::cross_entropy(&logits, &pids).double_value(&[])
+    };
+    let (shifted, unshifted) = (ce(&dreamed.pids + NEW_IDS as i64), ce(dreamed.pids.copy()));
+    let (mut step, student) = step_for(&w, "res-triangle.yaml", Views::Single);
+    let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+    opt.set_lr(0.0);
+    let reported = step.step(&student, &mut opt, (new, dreamed)).unwrap();
+    assert!(
+        (reported[0] - shifted).abs() < 1e-4,
+        "step CE {} vs CE with shifted pids {shifted} (unshifted {unshifted})",
+        reported[0]
+    );
+    assert!((shifted - unshifted).abs() > 1e-3);
+}
+
+/// factor · distill(student's dreamed half on `view`, teacher on `teacher_view`).
+fn distill_on(
+    step: &IncrementalStep,
+    student: &ReidModel,
+    (new, dreamed): &(Batch, Batch),
+    view: usize,
+    teacher_view: usize,
+) -> f64 {
+    tch::no_grad(|| {
+        let both = Tensor::cat(&[&new.views[view], &dreamed.views[view]], 0);
+        let s = student.forward(&to_input(&both, Device::Cpu), true);
+        let n = new.indices.len() as i64;
+        let half = |t: &Tensor| t.narrow(0, n, n);
+        let maps: Vec<Tensor> = s.maps.iter().map(half).collect();
+        let (e, l) = (half(&s.embedding), half(&s.logits));
+        let si = DistillInput {
+            embedding: &e,
+            logits: &l,
+            maps: &maps,
+        };
+        let t = step
+            .old
+            .forward(&to_input(&dreamed.views[teacher_view], Device::Cpu), false);
+        let pids = &dreamed.pids + NEW_IDS as i64;
+        let d = step
+            .distillation
+            .loss(&si, &DistillInput::from(&t), &pids)
+            .unwrap();
+        step.distillation.factor * d.double_value(&[])
+    })
+}
+
+#[test]
+fn augmented_distillation_with_cross_factor_one_uses_only_the_same_view() {
+    let w = world();
+    let pair = batches(&w, 3);
+    let copy = |p: &(Batch, Batch)| (clone_batch(&p.0), clone_batch(&p.1));
+    let (probe, _) = step_for(&w, "inverXion-1.0.yaml", Views::Single);
+    let (_, student) = models(&w);
+    // The reported distillation is the last view's (index 2).
+    let same = distill_on(&probe, &student, &pair, 2, 2);
+    let others = (distill_on(&probe, &student, &pair, 2, 0)
+        + distill_on(&probe, &student, &pair, 2, 1))
+        / 2.0;
+    assert!((same - others).abs() > 1e-4, "views too alike to tell apart");
+    for (cross_factor, want) in [(1.0, same), (0.0, others), (0.9, 0.9 * same + 0.1 * others)] {
+        let (mut step, student) = step_for(
+            &w,
+            "inverXion-1.0.yaml",
+            Views::Augmented { cross_factor },
+        );
+        let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+        opt.set_lr(0.0);
+        let got = step.step(&student, &mut opt, copy(&pair)).unwrap()[2];
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1e-3),
+            "cross factor {cross_factor}: distill {got}, expected {want}"
+        );
+    }
+}
+
+#[test]
+fn every_shipped_config_runs_and_lowers_the_total_loss() {
+    let w = world();
+    let pair = batches(&w, 2);
+    let mut names: Vec<String> = std::fs::read_dir(configs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 14, "{names:?}");
+    for name in names {
+        let config = Distillation::load(&configs_dir().join(&name)).unwrap();
+        let views = match config.cross_factor {
+            Some(cross_factor) => Views::Augmented { cross_factor },
+            None => Views::Single,
+        };
+        let (mut step, student) = step_for(&w, &name, views);
+        let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+        opt.set_lr(0.01);
+        let mut totals = Vec::new();
+        for _ in 0..6 {
+            // One view for the single-view configs, both for the augmented ones.
+            let take = |b: &Batch| Batch {
+                views: match views {
+                    Views::Single => vec![b.views[0].copy()],
+                    Views::Augmented { .. } => b.views.iter().map(|v| v.copy()).collect(),
+                },
+                ..clone_batch(b)
+            };
+            let losses = step
+                .step(&student, &mut opt, (take(&pair.0), take(&pair.1)))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
+            totals.push(losses.iter().sum::<f64>());
+        }
+        assert!(
+            totals[5] < totals[0],
+            "{name}: total loss did not fall over 6 steps: {totals:?}"
+        );
+    }
+}
+
+/// `agd incremental[-x]` arguments for the world, with `extra` appended.
+fn cli_args(w: &World, sub: &str, logs: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = strings(&[
+        sub,
+        "-g",
+        "cpu",
+        "-s",
+        "7",
+        "--dataset",
+        "b",
+        "--depth",
+        "34",
+        "--embedding",
+        "512",
+        "--height",
+        "64",
+        "--width",
+        "32",
+        "-b",
+        "8",
+        "--epochs",
+        "2",
+        "--evaluate",
+        "2",
+    ]);
+    for (flag, path) in [
+        ("--data-root", &w.root),
+        ("--previous", &w.previous),
+        ("--inversion-dir", &w.dreamed),
+        ("--logs-dir", &logs.to_path_buf()),
+    ] {
+        a.extend([flag.to_string(), path.display().to_string()]);
+    }
+    a.extend(strings(extra));
+    a
+}
+
+#[test]
+fn incremental_runs_end_to_end_and_reports_both_tasks() {
+    let w = world();
+    let logs = w.root.join("../logs-gd");
+    let res_triangle = configs_dir().join("res-triangle.yaml");
+    let out = run_ok(&cli_args(
+        &w,
+        "incremental",
+        &logs,
+        &["--algo-config", res_triangle.to_str().unwrap(), "--old-dataset", "a"],
+    ));
+    let ck = Checkpoint::load(&logs.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.epoch, 2);
+    assert_eq!(ck.classes().unwrap(), (NEW_IDS + OLD_IDS) as i64);
+    let csv = std::fs::read_to_string(logs.join("metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert_eq!(
+        header,
+        "epoch,lr,ce,triplet,distill,b_mAP,b_rank1,a_mAP,a_rank1",
+        "{csv}"
+    );
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    for v in &last[5..] {
+        let v: f64 = v.parse().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{csv}");
+    }
+    assert!(out.contains("res-triangle"), "{out}");
+    let log = std::fs::read_to_string(logs.join("log.txt")).unwrap();
+    assert!(log.contains("  a: mAP") && log.contains("  b: mAP"), "{log}");
+
+    // incremental-x with the AGD config, and the fine-tuning baseline.
+    let x_logs = w.root.join("../logs-agd");
+    let inverxion = configs_dir().join("inverXion.yaml");
+    run_ok(&cli_args(
+        &w,
+        "incremental-x",
+        &x_logs,
+        &["--algo-config", inverxion.to_str().unwrap(), "--epochs", "1"],
+    ));
+    let ft_logs = w.root.join("../logs-ft");
+    run_ok(&cli_args(&w, "incremental", &ft_logs, &["--finetune", "--epochs", "1"]));
+    let header = std::fs::read_to_string(ft_logs.join("metrics.csv")).unwrap();
+    assert!(header.starts_with("epoch,lr,ce,triplet,b_mAP"), "{header}");
+    let ck = Checkpoint::load(&ft_logs.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.classes().unwrap(), (NEW_IDS + OLD_IDS) as i64);
+}
+
+#[test]
+fn bad_incremental_input_gets_a_clear_error() {
+    let w = world();
+    let logs = w.root.join("../logs");
+    let cfg = |n: &str| configs_dir().join(n).display().to_string();
+    let empty = w.root.join("../empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let missing = w.root.join("../nothing-here");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (cli_args(&w, "incremental", &logs, &[]), "--algo-config is required"),
+        (
+            cli_args(&w, "incremental-x", &logs, &["--algo-config", &cfg("res-triangle.yaml")]),
+            "cross_factor",
+        ),
+        (
+            cli_args(
+                &w,
+                "incremental-x",
+                &logs,
+                &["--algo-config", &cfg("inverXion.yaml"), "--peers", "1"],
+            ),
+            "--peers 1",
+        ),
+        (
+            cli_args(
+                &w,
+                "incremental",
+                &logs,
+                &["--algo-config", &cfg("res-triangle.yaml"), "--inversion-dir", empty.to_str().unwrap()],
+            ),
+            "--inversion-dir",
+        ),
+        (
+            cli_args(
+                &w,
+                "incremental",
+                &logs,
+                &["--algo-config", &cfg("res-triangle.yaml"), "--previous", missing.to_str().unwrap()],
+            ),
+            "--previous",
+        ),
+        (
+            cli_args(
+                &w,
+                "incremental",
+                &logs,
+                &["--algo-config", &cfg("res-triangle.yaml"), "--depth", "50", "--embedding", "2048"],
+            ),
+            "ResNet-34",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "agd {} succeeded", args.join(" "));
+        assert!(err.contains(needle), "agd {}: {err}", args.join(" "));
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    }
+    // A dreamed pid beyond the old classifier.
+    std::fs::copy(
+        std::fs::read_dir(&w.dreamed).unwrap().next().unwrap().unwrap().path(),
+        w.dreamed.join(format!("{}_999.jpg", OLD_IDS + 3)),
+    )
+    .unwrap();
+    let out = run(&cli_args(&w, "incremental", &logs, &["--algo-config", &cfg("res-triangle.yaml")]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("classes"), "{err}");
+}
