@@ -95,7 +95,9 @@ impl Collapse {
     }
 }
 
-/// What `podnet` compares the pooled (L2-normalised) map vectors with.
+/// What `podnet` compares the pooled (L2-normalised) map vectors with. The reference accepts
+/// all four names but only `cosine` runs there (the others index the pooled tensors as if they
+/// were output dicts and crash); here they apply the same-named loss to the pooled vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodnetCriterion {
     Cosine,
@@ -188,11 +190,19 @@ impl Distillation {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         let root: Value =
             serde_yaml::from_str(text).map_err(|e| anyhow!("{origin}: not valid YAML: {e}"))?;
-        let top = Section::new(origin, "", &root, &["distillation"], false)?;
+        let top = Section::new(
+            origin,
+            "",
+            " at the top level",
+            &root,
+            &["distillation"],
+            false,
+        )?;
         let section = top.require("distillation")?;
         let dist = Section::new(
             origin,
             "distillation",
+            "",
             section,
             &["type", "factor", "config", "cross_factor"],
             false,
@@ -204,13 +214,12 @@ impl Distillation {
             _ => None,
         }
         .ok_or_else(|| {
-            let what = match type_value {
-                Value::String(_) => "unknown type",
-                _ => "expected a type name, got",
+            let got = match type_value {
+                Value::String(s) => format!("unknown type {s:?}"),
+                other => format!("{} is not a type name", describe(other)),
             };
             anyhow!(
-                "{origin}: distillation.type: {what} {}; expected one of: {}",
-                describe(type_value),
+                "{origin}: distillation.type: {got}; expected one of: {}",
                 TYPES.join(", ")
             )
         })?;
@@ -246,8 +255,15 @@ impl Distillation {
             ],
             _ => &[],
         };
-        let config = Section::new(origin, "distillation.config", config_value, allowed, true)
-            .map_err(|e| anyhow!("{e} (type `{type_name}`)"))?;
+        let scope = format!(" for type `{type_name}`");
+        let config = Section::new(
+            origin,
+            "distillation.config",
+            &scope,
+            config_value,
+            allowed,
+            true,
+        )?;
 
         let kind = match type_name {
             "cosine" => DistillKind::Cosine,
@@ -273,6 +289,7 @@ impl Distillation {
                 }
                 DistillKind::Relation { normalize, p }
             }
+            // hinton's T and podnet's four settings have no default in the reference either.
             "hinton" => {
                 let temperature = config.number("T", config.require("T")?)?;
                 if temperature <= 0.0 {
@@ -507,7 +524,9 @@ fn triangle(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
 }
 
 /// `res-triangle` (GD): `triangle` applied to the residuals, labelled by their identity.
-/// Their own residuals need three samples per identity.
+/// Their own residuals need three samples per identity. Reference quirk, kept: a residual's
+/// sign follows the batch order (a_j − a_i for i < j), and residuals of residuals mix those
+/// signs, so unlike the other losses this one depends on how the batch is shuffled.
 fn res_triangle(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
     let r = pairwise_residuals(a, b, pids)?;
     triangle(&r.a, &r.b, &r.pids).context(
@@ -606,9 +625,11 @@ struct Section<'v> {
 }
 
 impl<'v> Section<'v> {
+    /// `scope` completes "unknown key `k`…" (" at the top level", " for type `cosine`").
     fn new(
         origin: &'v str,
         path: &'v str,
+        scope: &str,
         value: &'v Value,
         allowed: &[&str],
         null_is_empty: bool,
@@ -630,12 +651,12 @@ impl<'v> Section<'v> {
             };
             if !allowed.contains(&key.as_str()) {
                 let expected = if allowed.is_empty() {
-                    "no keys here".to_string()
+                    "it takes no settings".to_string()
                 } else {
-                    format!("one of: {}", allowed.join(", "))
+                    format!("expected one of: {}", allowed.join(", "))
                 };
                 bail!(
-                    "{origin}: unknown key `{}` at {at}; expected {expected}",
+                    "{origin}: unknown key `{}`{scope}; {expected}",
                     join(path, key)
                 );
             }
