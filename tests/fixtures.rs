@@ -81,6 +81,92 @@ fn ints(v: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// A list of nested JSON arrays (podnet's four maps) as float64 tensors.
+fn tensors(v: &Value) -> Vec<Tensor> {
+    v.as_array()
+        .expect("a list of maps")
+        .iter()
+        .map(tensor)
+        .collect()
+}
+
+/// One distillation loss: the fixture's `type` and `config` go through the YAML parser (JSON
+/// is YAML), the loss and the student's gradients are matched; the teacher is a constant.
+fn check_distill(file: &str, f: &Value) {
+    use agd::loss::distill::{DistillInput, Distillation};
+    let config = serde_json::json!({
+        "distillation": { "type": f["type"], "factor": 1.0, "config": f["config"] }
+    });
+    let distillation =
+        Distillation::parse(&config.to_string(), file).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+    assert_eq!(
+        distillation.type_name(),
+        f["type"].as_str().unwrap(),
+        "{file}"
+    );
+    let none = Tensor::zeros([0], (Kind::Double, tch::Device::Cpu));
+    let field = |key: &str| match f.get(key) {
+        Some(v) => tensor(v),
+        None => none.shallow_clone(),
+    };
+    let student = field("student").set_requires_grad(true);
+    let student_logits = field("student_logits").set_requires_grad(true);
+    let student_maps: Vec<Tensor> = f
+        .get("student_maps")
+        .map(tensors)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.set_requires_grad(true))
+        .collect();
+    let (teacher, teacher_logits) = (field("teacher"), field("teacher_logits"));
+    let teacher_maps = f.get("teacher_maps").map(tensors).unwrap_or_default();
+    let loss = distillation
+        .loss(
+            &DistillInput {
+                embedding: &student,
+                logits: &student_logits,
+                maps: &student_maps,
+            },
+            &DistillInput {
+                embedding: &teacher,
+                logits: &teacher_logits,
+                maps: &teacher_maps,
+            },
+            &ids(&f["pids"]),
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+    loss.backward();
+    assert_scalar(
+        file,
+        "loss",
+        loss.double_value(&[]),
+        f["loss"].as_f64().unwrap(),
+    );
+    let mut checked = 0;
+    if let Some(want) = f.get("grad_student") {
+        assert_grad(file, "grad_student", &student.grad(), &tensor(want));
+        checked += 1;
+    }
+    if let Some(want) = f.get("grad_student_logits") {
+        assert_grad(
+            file,
+            "grad_student_logits",
+            &student_logits.grad(),
+            &tensor(want),
+        );
+        checked += 1;
+    }
+    if let Some(want) = f.get("grad_student_maps") {
+        let want = tensors(want);
+        assert_eq!(want.len(), student_maps.len(), "{file}: number of maps");
+        for (l, (m, w)) in student_maps.iter().zip(&want).enumerate() {
+            assert_grad(file, &format!("grad_student_maps[{l}]"), &m.grad(), w);
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "{file}: no gradient to check");
+}
+
 /// mAP, CMC and valid queries from the reference's cosine ranking, from float64 and from
 /// float32 features (what the model produces); re-ranked distances (all queries in one
 /// graph) to 3e-3 and re-ranked mAP/CMC to 2e-3 — the reference keeps its k-reciprocal
@@ -150,6 +236,9 @@ fn every_fixture_matches_the_reference() {
         } else if name.starts_with("ranking") {
             check_ranking(&name, &f);
             matched.push(name);
+        } else if name.starts_with("distill_") {
+            check_distill(&name, &f);
+            matched.push(name);
         } else {
             pending.push(name);
         }
@@ -162,5 +251,9 @@ fn every_fixture_matches_the_reference() {
     assert!(
         matched.iter().any(|n| n.starts_with("triplet")),
         "no triplet fixture matched"
+    );
+    assert!(
+        matched.iter().any(|n| n.starts_with("distill_")),
+        "no distillation fixture matched"
     );
 }

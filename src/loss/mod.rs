@@ -1,6 +1,8 @@
 //! Losses of SPEC §4. Each works in the dtype of its inputs, so the fixture tests can run
 //! them in float64 against the reference's golden values.
 
+pub mod distill;
+
 use tch::{Kind, Reduction, Tensor};
 
 /// euclid(x, y) = sqrt(clamp(|x|² + |y|² − 2x·y, min 1e-12)), all pairs (N×M).

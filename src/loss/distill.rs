@@ -1,0 +1,734 @@
+//! Distillation losses of SPEC §4 and their YAML config (`--algo-config`).
+//!
+//! Each loss compares the student's outputs with the old model's (the teacher's) on the same
+//! images; the trainers weight it by `factor` (and, in `incremental-x`, mix the same-view and
+//! cross-view teachers by `cross_factor`, SPEC §6). The teacher's tensors are detached here, so
+//! a loss is differentiable w.r.t. the student only, whatever the caller did.
+//!
+//! Numerics follow the reference's PyTorch calls (`cosine_embedding_loss`'s 1e-12 on the
+//! squared norms, `F.normalize`'s 1e-12 on the norm, `torch.pdist`), so the golden fixtures
+//! match in float64.
+
+use crate::model::Output;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Reduction, Tensor};
+
+/// What a distillation loss looks at, for the student or the teacher on the same images.
+pub struct DistillInput<'a> {
+    pub embedding: &'a Tensor,
+    pub logits: &'a Tensor,
+    /// layer1..layer4 outputs (`podnet` only).
+    pub maps: &'a [Tensor],
+}
+
+impl<'a> From<&'a Output> for DistillInput<'a> {
+    fn from(out: &'a Output) -> Self {
+        Self {
+            embedding: &out.embedding,
+            logits: &out.logits,
+            maps: &out.maps,
+        }
+    }
+}
+
+/// How `podnet` pools a squared feature map (B×C×H×W) into one vector per sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collapse {
+    /// Sums over H and over W, concatenated (PODNet's "spatial" pooling): C·(W + H) values.
+    Spatial,
+    /// Sum over channels: H·W values.
+    Channel,
+    /// Sum over H: C·W values.
+    Vertical,
+    /// Sum over W: C·H values.
+    Horizon,
+    /// Mean over H and W: C values.
+    Global,
+    /// The whole map, flattened.
+    NoPooling,
+}
+
+impl Collapse {
+    const NAMES: [(&'static str, Collapse); 6] = [
+        ("spatial", Collapse::Spatial),
+        ("channel", Collapse::Channel),
+        ("vertical", Collapse::Vertical),
+        ("horizon", Collapse::Horizon),
+        ("global", Collapse::Global),
+        ("none", Collapse::NoPooling),
+    ];
+
+    /// The config's name for it.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, c)| *c == self).unwrap().0
+    }
+
+    fn apply(self, map: &Tensor) -> Tensor {
+        let bs = map.size()[0];
+        match self {
+            Collapse::Spatial => Tensor::cat(
+                &[
+                    map.sum_dim_intlist(2, false, None::<Kind>)
+                        .reshape([bs, -1]),
+                    map.sum_dim_intlist(3, false, None::<Kind>)
+                        .reshape([bs, -1]),
+                ],
+                1,
+            ),
+            Collapse::Channel => map
+                .sum_dim_intlist(1, false, None::<Kind>)
+                .reshape([bs, -1]),
+            Collapse::Vertical => map
+                .sum_dim_intlist(2, false, None::<Kind>)
+                .reshape([bs, -1]),
+            Collapse::Horizon => map
+                .sum_dim_intlist(3, false, None::<Kind>)
+                .reshape([bs, -1]),
+            Collapse::Global => map
+                .mean_dim([2i64, 3].as_slice(), false, None::<Kind>)
+                .reshape([bs, -1]),
+            Collapse::NoPooling => map.reshape([bs, -1]),
+        }
+    }
+}
+
+/// What `podnet` compares the pooled (L2-normalised) map vectors with. The reference accepts
+/// all four names but only `cosine` runs there (the others index the pooled tensors as if they
+/// were output dicts and crash); here they apply the same-named loss to the pooled vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodnetCriterion {
+    Cosine,
+    Triangle,
+    ResTriangle,
+    SimResTriangle,
+}
+
+impl PodnetCriterion {
+    const NAMES: [(&'static str, PodnetCriterion); 4] = [
+        ("cosine", PodnetCriterion::Cosine),
+        ("triangle", PodnetCriterion::Triangle),
+        ("res-triangle", PodnetCriterion::ResTriangle),
+        ("sim-res-triangle", PodnetCriterion::SimResTriangle),
+    ];
+
+    /// The config's name for it.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, c)| *c == self).unwrap().0
+    }
+}
+
+/// The distillation loss of a config's `type`, with its `config` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DistillKind {
+    Cosine,
+    Triangle,
+    /// Geometric Distillation (GD).
+    ResTriangle,
+    /// simple Geometric Distillation (simGD).
+    SimRes,
+    L1,
+    L2,
+    /// Distances between all pairs of embeddings (`torch.pdist` with this `p`), optionally of
+    /// the L2-normalised embeddings.
+    Relation {
+        normalize: bool,
+        p: f64,
+    },
+    /// KL of the softened old-class probabilities (LwF / iCaRL), at temperature `T`.
+    Hinton {
+        temperature: f64,
+    },
+    /// Pooled feature-map distillation (PODNet): embedding_factor · cos-loss(embeddings) +
+    /// attention_factor · mean over the maps of criterion(pooled student, pooled teacher).
+    Podnet {
+        collapse: Collapse,
+        criterion: PodnetCriterion,
+        embedding_factor: f64,
+        attention_factor: f64,
+    },
+    No,
+}
+
+/// Every config `type`, in the order the SPEC lists them.
+pub const TYPES: [&str; 10] = [
+    "cosine",
+    "triangle",
+    "res-triangle",
+    "sim-res",
+    "l1",
+    "l2",
+    "relation",
+    "hinton",
+    "podnet",
+    "no",
+];
+
+/// The `distillation` section of an `--algo-config` file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Distillation {
+    pub kind: DistillKind,
+    /// Weight of the distillation term in the training loss.
+    pub factor: f64,
+    /// `incremental-x`: weight of the same-view teacher (the other views share 1 − this).
+    pub cross_factor: Option<f64>,
+}
+
+impl Distillation {
+    /// Reads an `--algo-config` YAML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the distillation config {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses an `--algo-config` document; `origin` (the file name) prefixes every error.
+    /// Unknown keys anywhere are errors, so a misspelt setting never silently falls back to
+    /// a default.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let root: Value =
+            serde_yaml::from_str(text).map_err(|e| anyhow!("{origin}: not valid YAML: {e}"))?;
+        let top = Section::new(
+            origin,
+            "",
+            " at the top level",
+            &root,
+            &["distillation"],
+            false,
+        )?;
+        let section = top.require("distillation")?;
+        let dist = Section::new(
+            origin,
+            "distillation",
+            "",
+            section,
+            &["type", "factor", "config", "cross_factor"],
+            false,
+        )?;
+
+        let type_value = dist.require("type")?;
+        let type_name = match type_value {
+            Value::String(s) => TYPES.iter().find(|t| **t == s.as_str()).copied(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            let got = match type_value {
+                Value::String(s) => format!("unknown type {s:?}"),
+                other => format!("{} is not a type name", describe(other)),
+            };
+            anyhow!(
+                "{origin}: distillation.type: {got}; expected one of: {}",
+                TYPES.join(", ")
+            )
+        })?;
+
+        let factor = dist.number("factor", dist.require("factor")?)?;
+        if factor < 0.0 {
+            bail!("{origin}: distillation.factor: {factor} is negative; expected a weight >= 0");
+        }
+        let cross_factor = match dist.get("cross_factor") {
+            None => None,
+            Some(v) => {
+                let c = dist.number("cross_factor", v)?;
+                if !(0.0..=1.0).contains(&c) {
+                    bail!(
+                        "{origin}: distillation.cross_factor: {c} is outside [0, 1]; it is the \
+                         weight of the same-view teacher"
+                    );
+                }
+                Some(c)
+            }
+        };
+
+        let empty = Value::Null;
+        let config_value = dist.get("config").unwrap_or(&empty);
+        let allowed: &[&str] = match type_name {
+            "relation" => &["normalize", "p"],
+            "hinton" => &["T"],
+            "podnet" => &[
+                "collapse",
+                "criterion",
+                "embedding_factor",
+                "attention_factor",
+            ],
+            _ => &[],
+        };
+        let scope = format!(" for type `{type_name}`");
+        let config = Section::new(
+            origin,
+            "distillation.config",
+            &scope,
+            config_value,
+            allowed,
+            true,
+        )?;
+
+        let kind = match type_name {
+            "cosine" => DistillKind::Cosine,
+            "triangle" => DistillKind::Triangle,
+            "res-triangle" => DistillKind::ResTriangle,
+            "sim-res" => DistillKind::SimRes,
+            "l1" => DistillKind::L1,
+            "l2" => DistillKind::L2,
+            "no" => DistillKind::No,
+            "relation" => {
+                // The reference's defaults: plain (unnormalised) Euclidean distances.
+                let normalize = match config.get("normalize") {
+                    None => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(v) => return Err(config.expected("normalize", "true or false", v)),
+                };
+                let p = match config.get("p") {
+                    None => 2.0,
+                    Some(v) => config.number("p", v)?,
+                };
+                if p < 0.0 {
+                    bail!("{origin}: distillation.config.p: {p} is negative; expected p >= 0");
+                }
+                DistillKind::Relation { normalize, p }
+            }
+            // hinton's T and podnet's four settings have no default in the reference either.
+            "hinton" => {
+                let temperature = config.number("T", config.require("T")?)?;
+                if temperature <= 0.0 {
+                    bail!(
+                        "{origin}: distillation.config.T: {temperature}; the temperature must \
+                         be > 0"
+                    );
+                }
+                DistillKind::Hinton { temperature }
+            }
+            "podnet" => {
+                let collapse = config.choice("collapse", &Collapse::NAMES)?;
+                let criterion = config.choice("criterion", &PodnetCriterion::NAMES)?;
+                let weight = |key: &str| -> Result<f64> {
+                    let w = config.number(key, config.require(key)?)?;
+                    if w < 0.0 {
+                        bail!(
+                            "{origin}: distillation.config.{key}: {w} is negative; expected >= 0"
+                        );
+                    }
+                    Ok(w)
+                };
+                let embedding_factor = weight("embedding_factor")?;
+                let attention_factor = weight("attention_factor")?;
+                DistillKind::Podnet {
+                    collapse,
+                    criterion,
+                    embedding_factor,
+                    attention_factor,
+                }
+            }
+            other => unreachable!("type {other} is in TYPES"),
+        };
+        Ok(Self {
+            kind,
+            factor,
+            cross_factor,
+        })
+    }
+
+    /// The config's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            DistillKind::Cosine => "cosine",
+            DistillKind::Triangle => "triangle",
+            DistillKind::ResTriangle => "res-triangle",
+            DistillKind::SimRes => "sim-res",
+            DistillKind::L1 => "l1",
+            DistillKind::L2 => "l2",
+            DistillKind::Relation { .. } => "relation",
+            DistillKind::Hinton { .. } => "hinton",
+            DistillKind::Podnet { .. } => "podnet",
+            DistillKind::No => "no",
+        }
+    }
+
+    /// The unweighted distillation loss (a scalar tensor) of student vs teacher on the same
+    /// images with their pids. Errors (not panics) when the batch is not P×K (every row must
+    /// have the same number of positives) for the residual-based types.
+    pub fn loss(
+        &self,
+        student: &DistillInput,
+        teacher: &DistillInput,
+        pids: &Tensor,
+    ) -> Result<Tensor> {
+        let name = self.type_name();
+        let embeddings = || -> Result<(&Tensor, Tensor)> {
+            let (s, t) = (student.embedding, teacher.embedding);
+            same_shape(name, "embedding", s, t)?;
+            ensure!(
+                s.dim() == 2 && s.size()[0] > 0,
+                "{name} distillation: embeddings must be a non-empty B×D batch, got {:?}",
+                s.size()
+            );
+            Ok((s, t.detach()))
+        };
+        let loss = match &self.kind {
+            DistillKind::No => {
+                Tensor::zeros([], (student.embedding.kind(), student.embedding.device()))
+            }
+            DistillKind::Cosine => {
+                let (s, t) = embeddings()?;
+                cos_loss(s, &t)
+            }
+            DistillKind::L1 => {
+                let (s, t) = embeddings()?;
+                (s - t)
+                    .abs()
+                    .sum_dim_intlist(1, false, None::<Kind>)
+                    .mean(None::<Kind>)
+            }
+            DistillKind::L2 => {
+                let (s, t) = embeddings()?;
+                (s - t)
+                    .pow_tensor_scalar(2)
+                    .sum_dim_intlist(1, false, None::<Kind>)
+                    .mean(None::<Kind>)
+            }
+            DistillKind::Triangle => {
+                let (s, t) = embeddings()?;
+                triangle(s, &t, pids).with_context(|| format!("{name} distillation"))?
+            }
+            DistillKind::ResTriangle => {
+                let (s, t) = embeddings()?;
+                res_triangle(s, &t, pids).with_context(|| format!("{name} distillation"))?
+            }
+            DistillKind::SimRes => {
+                let (s, t) = embeddings()?;
+                sim_res(s, &t, pids).with_context(|| format!("{name} distillation"))?
+            }
+            DistillKind::Relation { normalize, p } => {
+                let (s, t) = embeddings()?;
+                ensure!(
+                    s.size()[0] >= 2,
+                    "relation distillation compares pairs of samples; the batch has only one"
+                );
+                let (s, t) = if *normalize {
+                    (l2_normalize(s), l2_normalize(&t))
+                } else {
+                    (s.shallow_clone(), t)
+                };
+                (s.pdist(*p) - t.pdist(*p)).abs().mean(None::<Kind>)
+            }
+            DistillKind::Hinton { temperature } => {
+                hinton(student.logits, teacher.logits, *temperature)?
+            }
+            DistillKind::Podnet {
+                collapse,
+                criterion,
+                embedding_factor,
+                attention_factor,
+            } => {
+                let (s, t) = embeddings()?;
+                let embedding_loss = cos_loss(s, &t);
+                let maps = podnet_maps(student.maps, teacher.maps, *collapse, *criterion, pids)?;
+                embedding_loss * *embedding_factor + maps * *attention_factor
+            }
+        };
+        Ok(loss)
+    }
+}
+
+/// Same-identity pairs of a batch (SPEC §4 "pairwise residuals").
+pub struct Residuals {
+    /// a_j − a_i for every pair i < j with y_i = y_j, pairs in row-major order of (i, j).
+    pub a: Tensor,
+    /// b_j − b_i for the same pairs.
+    pub b: Tensor,
+    /// y_j of every pair (the pair's identity).
+    pub pids: Tensor,
+}
+
+/// The pairwise residuals of two aligned batches. The batch must come from the P×K sampler:
+/// every sample must have the same number of same-identity samples (the reference asserts
+/// it), and at least two, or there is no pair to take a residual of.
+pub fn pairwise_residuals(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Residuals> {
+    let y = pid_list(pids, a.size()[0])?;
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for &p in &y {
+        *counts.entry(p).or_default() += 1;
+    }
+    let (lo, hi) = (
+        counts.values().min().copied().unwrap_or(0),
+        counts.values().max().copied().unwrap_or(0),
+    );
+    if lo != hi {
+        bail!(
+            "the batch is not P×K: identities have between {lo} and {hi} samples in it \
+             ({} identities, {} samples); residual distillation needs the same number for \
+             every identity (the P×K sampler)",
+            counts.len(),
+            y.len()
+        );
+    }
+    ensure!(
+        hi >= 2,
+        "every identity has a single sample in the batch, so there are no same-identity pairs \
+         to take residuals of (K must be at least 2)"
+    );
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for i in 0..y.len() {
+        for j in i + 1..y.len() {
+            if y[i] == y[j] {
+                first.push(i as i64);
+                second.push(j as i64);
+            }
+        }
+    }
+    let device = a.device();
+    let first = Tensor::from_slice(&first).to_device(device);
+    let second = Tensor::from_slice(&second).to_device(device);
+    let pair_pids = pids.to_device(device).index_select(0, &second);
+    Ok(Residuals {
+        a: a.index_select(0, &second) - a.index_select(0, &first),
+        b: b.index_select(0, &second) - b.index_select(0, &first),
+        pids: pair_pids,
+    })
+}
+
+/// The pids as a list, checked against the batch size.
+fn pid_list(pids: &Tensor, batch: i64) -> Result<Vec<i64>> {
+    ensure!(
+        pids.dim() == 1 && pids.size()[0] == batch,
+        "pids must be a vector of the batch size {batch}, got shape {:?}",
+        pids.size()
+    );
+    Vec::<i64>::try_from(pids.to_device(tch::Device::Cpu).to_kind(Kind::Int64))
+        .context("reading the pids")
+}
+
+/// cos-loss(a, b) = mean_i (1 − cos(a_i, b_i)), as `F.cosine_embedding_loss` with target 1
+/// computes it (1e-12 added to each squared norm).
+pub fn cos_loss(a: &Tensor, b: &Tensor) -> Tensor {
+    let ones = Tensor::ones([a.size()[0]], (a.kind(), a.device()));
+    Tensor::cosine_embedding_loss(a, b, &ones, 0.0, Reduction::Mean)
+}
+
+/// Rows divided by their L2 norm clamped to 1e-12 (`F.normalize`).
+fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x
+        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+        .clamp_min(1e-12)
+}
+
+/// `triangle`: cos-loss(a, b) + 0.5·(1 − mean cos(ra, rb)) over the same-identity residuals.
+fn triangle(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
+    let r = pairwise_residuals(a, b, pids)?;
+    let residual_cos = (l2_normalize(&r.a) * l2_normalize(&r.b))
+        .sum_dim_intlist(1, false, None::<Kind>)
+        .mean(None::<Kind>);
+    Ok(cos_loss(a, b) + (1.0 - residual_cos) * 0.5)
+}
+
+/// `res-triangle` (GD): `triangle` applied to the residuals, labelled by their identity.
+/// Their own residuals need three samples per identity. Reference quirk, kept: a residual's
+/// sign follows the batch order (a_j − a_i for i < j), and residuals of residuals mix those
+/// signs, so unlike the other losses this one depends on how the batch is shuffled.
+fn res_triangle(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
+    let r = pairwise_residuals(a, b, pids)?;
+    triangle(&r.a, &r.b, &r.pids).context(
+        "residuals of residuals need at least 3 samples per identity (K >= 3), all identities \
+         with the same number",
+    )
+}
+
+/// `sim-res` (simGD): cos-loss of the residuals.
+fn sim_res(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
+    let r = pairwise_residuals(a, b, pids)?;
+    Ok(cos_loss(&r.a, &r.b))
+}
+
+/// KL(softmax(z_T/T) ‖ softmax(z_S[:, last C]/T)), summed over classes and averaged over the
+/// batch (`batchmean`), without a T² factor (the reference has none).
+fn hinton(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+    ensure!(
+        student.dim() == 2 && teacher.dim() == 2 && student.size()[0] == teacher.size()[0],
+        "hinton distillation: logits must be B×classes for both models, got student {:?} and \
+         teacher {:?}",
+        student.size(),
+        teacher.size()
+    );
+    let (batch, width) = (student.size()[0], student.size()[1]);
+    let old = teacher.size()[1];
+    ensure!(batch > 0, "hinton distillation: the batch is empty");
+    ensure!(
+        width >= old,
+        "hinton distillation: the student has {width} classes, fewer than the teacher's {old} \
+         old classes"
+    );
+    // New classes come first (the classifier prepends them), so the old ones are the last C.
+    let log_p = (student.narrow(1, width - old, old) / temperature).log_softmax(1, None::<Kind>);
+    let q = (teacher.detach() / temperature).softmax(1, None::<Kind>);
+    Ok(log_p.kl_div(&q, Reduction::Sum, false) / batch as f64)
+}
+
+/// PODNet's map term: the mean over the maps of criterion(pool(S²), pool(T²)), where pool is
+/// the collapse followed by L2 normalisation.
+fn podnet_maps(
+    student: &[Tensor],
+    teacher: &[Tensor],
+    collapse: Collapse,
+    criterion: PodnetCriterion,
+    pids: &Tensor,
+) -> Result<Tensor> {
+    ensure!(
+        !student.is_empty() && student.len() == teacher.len(),
+        "podnet distillation needs the same feature maps from both models, got {} student and \
+         {} teacher maps",
+        student.len(),
+        teacher.len()
+    );
+    let mut total: Option<Tensor> = None;
+    for (l, (s, t)) in student.iter().zip(teacher).enumerate() {
+        same_shape("podnet", &format!("map {}", l + 1), s, t)?;
+        ensure!(
+            s.dim() == 4,
+            "podnet distillation: map {} must be B×C×H×W, got {:?}",
+            l + 1,
+            s.size()
+        );
+        let pool = |m: &Tensor| l2_normalize(&collapse.apply(&m.pow_tensor_scalar(2)));
+        let (ps, pt) = (pool(s), pool(&t.detach()));
+        let loss = match criterion {
+            PodnetCriterion::Cosine => cos_loss(&ps, &pt),
+            PodnetCriterion::Triangle => triangle(&ps, &pt, pids)?,
+            PodnetCriterion::ResTriangle => res_triangle(&ps, &pt, pids)?,
+            PodnetCriterion::SimResTriangle => sim_res(&ps, &pt, pids)?,
+        };
+        total = Some(match total {
+            None => loss,
+            Some(sum) => sum + loss,
+        });
+    }
+    Ok(total.unwrap() / student.len() as f64)
+}
+
+fn same_shape(name: &str, what: &str, s: &Tensor, t: &Tensor) -> Result<()> {
+    ensure!(
+        s.size() == t.size(),
+        "{name} distillation: the student's {what} is {:?} but the teacher's is {:?}",
+        s.size(),
+        t.size()
+    );
+    Ok(())
+}
+
+/// One YAML mapping of the config, its keys checked against those allowed, for errors that
+/// name the file and the full key.
+struct Section<'v> {
+    origin: &'v str,
+    path: &'v str,
+    entries: BTreeMap<&'v str, &'v Value>,
+}
+
+impl<'v> Section<'v> {
+    /// `scope` completes "unknown key `k`…" (" at the top level", " for type `cosine`").
+    fn new(
+        origin: &'v str,
+        path: &'v str,
+        scope: &str,
+        value: &'v Value,
+        allowed: &[&str],
+        null_is_empty: bool,
+    ) -> Result<Self> {
+        let at = if path.is_empty() {
+            "the top level".to_string()
+        } else {
+            format!("`{path}`")
+        };
+        let map = match value {
+            Value::Mapping(m) => Some(m),
+            Value::Null if null_is_empty => None,
+            other => bail!("{origin}: {at} must be a mapping, got {}", describe(other)),
+        };
+        let mut entries = BTreeMap::new();
+        for (k, v) in map.into_iter().flatten() {
+            let Value::String(key) = k else {
+                bail!("{origin}: {at}: keys must be names, got {}", describe(k));
+            };
+            if !allowed.contains(&key.as_str()) {
+                let expected = if allowed.is_empty() {
+                    "it takes no settings".to_string()
+                } else {
+                    format!("expected one of: {}", allowed.join(", "))
+                };
+                bail!(
+                    "{origin}: unknown key `{}`{scope}; {expected}",
+                    join(path, key)
+                );
+            }
+            entries.insert(key.as_str(), v);
+        }
+        Ok(Self {
+            origin,
+            path,
+            entries,
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<&'v Value> {
+        self.entries.get(key).copied()
+    }
+
+    fn require(&self, key: &str) -> Result<&'v Value> {
+        self.get(key)
+            .ok_or_else(|| anyhow!("{}: missing key `{}`", self.origin, join(self.path, key)))
+    }
+
+    fn expected(&self, key: &str, what: &str, got: &Value) -> anyhow::Error {
+        anyhow!(
+            "{}: {}: expected {what}, got {}",
+            self.origin,
+            join(self.path, key),
+            describe(got)
+        )
+    }
+
+    /// A finite number (YAML integers count).
+    fn number(&self, key: &str, v: &Value) -> Result<f64> {
+        match v {
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| self.expected(key, "a finite number", v)),
+            _ => Err(self.expected(key, "a number", v)),
+        }
+    }
+
+    /// One of a fixed set of names; required.
+    fn choice<T: Copy>(&self, key: &str, names: &[(&str, T)]) -> Result<T> {
+        let v = self.require(key)?;
+        let found = match v {
+            Value::String(s) => names.iter().find(|(n, _)| *n == s.as_str()),
+            _ => None,
+        };
+        found.map(|(_, t)| *t).ok_or_else(|| {
+            let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+            self.expected(key, &format!("one of {}", all.join(", ")), v)
+        })
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A YAML value as an error message shows it.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing (null)".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
