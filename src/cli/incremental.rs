@@ -6,13 +6,13 @@ use super::args::{IncrementalArgs, LoopArgs};
 use super::train::{describe, finish, resume, start, test_sets};
 use crate::data::{Dreamed, ImageStore, PairedLoader, Record, ReidDataset, TrainLoader};
 use crate::logging::Logger;
+use crate::loss::distill::Distillation;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
 use crate::train::base::BaseStep;
 use crate::train::fit::fit;
 use crate::train::incremental::{IncrementalStep, Views};
 use crate::train::optimizer::Optimizer;
-use crate::loss::distill::Distillation;
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use tch::Device;
@@ -29,7 +29,11 @@ fn distillation(args: &IncrementalArgs, augmented: bool) -> Result<Option<(Disti
         }
         return Ok(None);
     }
-    let example = if augmented { "inverXion" } else { "res-triangle" };
+    let example = if augmented {
+        "inverXion"
+    } else {
+        "res-triangle"
+    };
     let path = args.algo_config.as_ref().with_context(|| {
         format!("--algo-config is required: a distillation config such as configs/{example}.yaml (or --finetune for the baseline without distillation)")
     })?;

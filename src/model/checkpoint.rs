@@ -289,7 +289,10 @@ impl ReidModel {
             }
         }
         let flags = model_metadata(&self.config);
-        for (key, flag) in [("last_stride", "--last-stride"), ("last_pooling", "--last-pooling")] {
+        for (key, flag) in [
+            ("last_stride", "--last-stride"),
+            ("last_pooling", "--last-pooling"),
+        ] {
             match ck.metadata.get(key) {
                 Some(saved) if *saved != flags[key] => bail!(
                     "{}: checkpoint was trained with {flag} {saved}, the model has {flag} {}",

@@ -118,7 +118,10 @@ impl Step for IncrementalStep {
         let n_new = new.indices.len() as i64;
         let n_dreamed = dreamed.indices.len() as i64;
         let dreamed_pids = (dreamed.pids.to_device(device) + self.new_classes).detach();
-        let pids = Tensor::cat(&[new.pids.to_device(device), dreamed_pids.shallow_clone()], 0);
+        let pids = Tensor::cat(
+            &[new.pids.to_device(device), dreamed_pids.shallow_clone()],
+            0,
+        );
         let teachers = self.teacher(&dreamed, device);
         opt.zero_grad();
         let mut reported = Vec::new();
