@@ -12,6 +12,7 @@ pub mod io;
 pub mod logging;
 pub mod loss;
 pub mod model;
+pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod train;

@@ -152,6 +152,7 @@ fn training_lowers_the_loss_and_beats_an_untrained_model() {
         "checkpoint.safetensors",
         "checkpoint-epoch2.safetensors",
         "checkpoint-epoch12.safetensors",
+        "curves.png",
     ] {
         assert!(logs.join(name).is_file(), "{name} missing");
     }

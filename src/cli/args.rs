@@ -323,3 +323,14 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
 }
+
+/// `agd plot`: redraws the training curves of finished or running runs.
+#[derive(Args, Clone, Debug)]
+pub struct PlotArgs {
+    /// Logs folders of training runs (each holds a `metrics.csv`).
+    #[arg(value_name = "LOGS_DIR", required = true, num_args = 1..)]
+    pub logs_dirs: Vec<PathBuf>,
+    /// Write the picture here instead of `<LOGS_DIR>/curves.png` (one folder only).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}

@@ -4,6 +4,7 @@ pub mod args;
 mod demo;
 mod evaluate;
 mod incremental;
+mod plot;
 mod synth;
 mod train;
 
@@ -36,6 +37,8 @@ pub enum Command {
     Synth(SynthArgs),
     /// Run the whole pipeline, as far as it exists, on synthetic data.
     Demo(DemoArgs),
+    /// Redraw `curves.png` of training logs folders from their `metrics.csv`.
+    Plot(PlotArgs),
 }
 
 /// Adds the reference's underscore spelling (`--r_feature`) of every dashed flag
@@ -109,5 +112,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Plot(args) => plot::run(&args),
     }
 }

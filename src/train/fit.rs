@@ -1,6 +1,7 @@
 //! The one training loop of `train`, `incremental` and `incremental-x`: epochs, the lr
 //! schedule, progress, checkpoints (every epoch, numbered every `save_freq`), resume,
-//! periodic evaluation, `log.txt` and `metrics.csv`. Each subcommand supplies its step.
+//! periodic evaluation, `log.txt`, `metrics.csv` and its picture `curves.png`. Each
+//! subcommand supplies its step.
 
 use super::optimizer::Optimizer;
 use super::schedule::learning_rate;
@@ -204,6 +205,11 @@ where
             cfg.save_freq > 0 && epoch % cfg.save_freq == 0,
         )?;
         append_metrics(&csv, &header, epoch, &row)?;
+        // A picture is a convenience: failing to draw it must not end a training run.
+        let curves = cfg.logs_dir.join("curves.png");
+        if let Err(err) = crate::plot::training_curves(&csv, &curves) {
+            log.line(format!("warning: no curves.png this epoch: {err:#}"));
+        }
     }
     Ok(last_eval)
 }
