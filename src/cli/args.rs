@@ -318,6 +318,24 @@ pub struct DemoArgs {
     /// Small sizes for CI (a few seconds per stage).
     #[arg(long)]
     pub quick: bool,
+    /// Identities per task (default 50; 8 with --quick).
+    #[arg(long)]
+    pub ids: Option<usize>,
+    /// Epochs of the base model on task A (default 12; 2 with --quick).
+    #[arg(long)]
+    pub base_epochs: Option<usize>,
+    /// Epochs of every run on task B (default 6; 1 with --quick).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Dreamed images per task-A identity (default 8; 4 with --quick).
+    #[arg(long)]
+    pub shots: Option<usize>,
+    /// Inversion iterations at half size (default 100; 4 with --quick).
+    #[arg(long)]
+    pub low_res_iters: Option<usize>,
+    /// Inversion iterations at full size (default 60; 4 with --quick).
+    #[arg(long)]
+    pub full_res_iters: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]
     pub seed: u64,
     #[command(flatten)]

@@ -267,11 +267,17 @@ fn run_features_file(args: &EvaluateArgs, file: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The results of an evaluate command line (printed as it goes), for callers that use
+/// the numbers (the demo).
+pub fn rows(args: &EvaluateArgs) -> Result<Vec<Row>> {
+    match &args.features {
+        Some(file) => run_features_file(args, file),
+        None => run_checkpoints(args),
+    }
+}
+
 pub fn run(args: &EvaluateArgs) -> Result<()> {
-    let rows = match &args.features {
-        Some(file) => run_features_file(args, file)?,
-        None => run_checkpoints(args)?,
-    };
+    let rows = rows(args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     }

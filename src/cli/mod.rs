@@ -2,7 +2,7 @@
 
 pub mod args;
 mod demo;
-mod evaluate;
+pub mod evaluate;
 mod incremental;
 mod plot;
 mod synth;
@@ -35,7 +35,7 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Write a synthetic Market-style dataset of rendered people.
     Synth(SynthArgs),
-    /// Run the whole pipeline, as far as it exists, on synthetic data.
+    /// The whole method on synthetic data: base, invert, finetune/GD/simGD/AGD, evaluate.
     Demo(DemoArgs),
     /// Redraw `curves.png` of training logs folders from their `metrics.csv`.
     Plot(PlotArgs),
