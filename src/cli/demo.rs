@@ -153,7 +153,14 @@ impl Run<'_> {
     /// from scratch in a few epochs.
     fn model_flags(&self) -> Vec<String> {
         let mut f = strings(&[
-            "--depth", "34", "--embedding", "512", "--height", "64", "--width", "32",
+            "--depth",
+            "34",
+            "--embedding",
+            "512",
+            "--height",
+            "64",
+            "--width",
+            "32",
         ]);
         f.extend(["-g".to_string()]);
         f.extend(self.gpu.iter().cloned());
@@ -217,8 +224,7 @@ impl Run<'_> {
         let dir = self.data_root.join(name);
         let marker = self.data_root.join(format!("{name}.synth"));
         let key = format!("{cfg:?}");
-        if dir.is_dir() && std::fs::read_to_string(&marker).ok().as_deref() == Some(key.as_str())
-        {
+        if dir.is_dir() && std::fs::read_to_string(&marker).ok().as_deref() == Some(key.as_str()) {
             self.log
                 .line(format!("  {name}: reusing {}", dir.display()));
             return Ok(());
@@ -445,7 +451,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     let seconds = start.elapsed().as_secs_f64();
     let table = crate::report::table(
-        ["method", "A (old) mAP", "A (old) R1", "B (new) mAP", "B (new) R1"],
+        [
+            "method",
+            "A (old) mAP",
+            "A (old) R1",
+            "B (new) mAP",
+            "B (new) R1",
+        ],
         rows.iter().map(|r| {
             vec![
                 label(&r.method).to_string(),
@@ -457,9 +469,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }),
     );
     log.line(table.to_string());
-    let finetune = rows.iter().find(|r| r.method == "finetune").map(|r| r.old_map);
+    let finetune = rows
+        .iter()
+        .find(|r| r.method == "finetune")
+        .map(|r| r.old_map);
     if let Some(ft) = finetune {
-        for r in rows.iter().filter(|r| !matches!(r.method.as_str(), "base" | "finetune")) {
+        for r in rows
+            .iter()
+            .filter(|r| !matches!(r.method.as_str(), "base" | "finetune"))
+        {
             log.line(format!(
                 "  {}: task A mAP {:+.1} points against fine-tuning",
                 label(&r.method),
