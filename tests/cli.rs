@@ -341,7 +341,7 @@ fn synth_then_summary_and_json() {
 }
 
 #[test]
-fn demo_quick_runs_the_pipeline_and_writes_its_summary() {
+fn demo_quick_runs_the_whole_method_and_writes_its_results() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
     let out = agd(&[
@@ -357,23 +357,63 @@ fn demo_quick_runs_the_pipeline_and_writes_its_summary() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+    // results.json: the base row and one per method, fractions in [0, 1], the wall time.
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
             .unwrap();
-    assert_eq!(summary["tasks"].as_array().unwrap().len(), 2);
-    let base = summary["base"].as_array().unwrap();
-    assert_eq!(base.len(), 2);
-    for row in base {
-        let map = row["mAP"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&map), "{row}");
+    let rows = results["rows"].as_array().unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["base", "finetune", "gd", "simgd", "agd"]);
+    for row in rows {
+        for key in ["old_mAP", "old_rank1", "new_mAP", "new_rank1"] {
+            let v = row[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} in {row}");
+        }
     }
-    assert!(out_dir.join("base/checkpoint.safetensors").is_file());
-    let log = std::fs::read_to_string(out_dir.join("log.txt")).unwrap();
+    assert!(results["wall_seconds"].as_f64().unwrap() > 0.0);
+    // results.md: the paper-shaped table, one line per method.
+    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    for label in ["base", "fine-tuning", "GD", "simGD", "AGD"] {
+        assert!(
+            md.lines().any(|l| l.starts_with(&format!("| {label}"))),
+            "{label}: {md}"
+        );
+    }
+    let png = image::open(out_dir.join("results.png")).unwrap();
     assert!(
-        log.contains("$ agd train"),
-        "the demo shows the commands it runs"
+        png.width() >= 800,
+        "results.png {}×{}",
+        png.width(),
+        png.height()
     );
-    // A second run reuses the data and the finished model.
+    // Every stage left its artefacts: checkpoints, curves, dreamed images, rank lists.
+    for run in ["base", "finetune", "gd", "simgd", "agd"] {
+        assert!(
+            out_dir.join(run).join("checkpoint.safetensors").is_file(),
+            "{run}"
+        );
+        assert!(out_dir.join(run).join("curves.png").is_file(), "{run}");
+    }
+    let dreamed = agd::data::Dreamed::load(&out_dir.join("dreamed"), 100).unwrap();
+    assert_eq!(
+        dreamed.num_ids, 8,
+        "one dreamed identity per task-A identity"
+    );
+    assert!(out_dir.join("rank-lists/agd/task-a").is_dir());
+    let log = std::fs::read_to_string(out_dir.join("log.txt")).unwrap();
+    for command in [
+        "$ agd train",
+        "$ agd invert",
+        "$ agd incremental ",
+        "$ agd incremental-x",
+        "$ agd evaluate",
+    ] {
+        assert!(
+            log.contains(command),
+            "the demo shows the commands it runs: {command}"
+        );
+    }
+    // A second run reuses the data and every finished stage.
     let again = agd(&[
         "demo",
         "--quick",
@@ -383,5 +423,7 @@ fn demo_quick_runs_the_pipeline_and_writes_its_summary() {
         out_dir.to_str().unwrap(),
     ]);
     assert!(again.status.success());
-    assert!(String::from_utf8_lossy(&again.stdout).contains("reusing"));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("reusing"), "{stdout}");
+    assert!(stdout.contains("all 2 epochs are done already"), "{stdout}");
 }
