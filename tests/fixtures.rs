@@ -129,6 +129,40 @@ fn check_ranking(file: &str, f: &Value) {
     }
 }
 
+/// DeepInversion's image priors: tv_l1, tv_l2, l2, their weighted total and its gradient.
+fn check_image_prior(file: &str, f: &Value) {
+    use agd::inversion::prior::{ImagePrior, PriorWeights};
+    let images = tensor(&f["images"]).set_requires_grad(true);
+    let w = &f["weights"];
+    let weight = |k: &str| {
+        w[k].as_f64()
+            .unwrap_or_else(|| panic!("{file}: weights.{k}"))
+    };
+    let weights = PriorWeights {
+        tv_l1: weight("tv_l1"),
+        tv_l2: weight("tv_l2"),
+        l2: weight("l2"),
+    };
+    let prior = ImagePrior::of(&images);
+    let total = prior.total(&weights);
+    total.backward();
+    for (what, got) in [
+        ("tv_l1", &prior.tv_l1),
+        ("tv_l2", &prior.tv_l2),
+        ("l2", &prior.l2),
+        ("total", &total),
+    ] {
+        assert_eq!(got.kind(), Kind::Double, "{file}: {what} must stay float64");
+        assert_scalar(file, what, got.double_value(&[]), f[what].as_f64().unwrap());
+    }
+    assert_grad(
+        file,
+        "grad_images",
+        &images.grad(),
+        &tensor(&f["grad_images"]),
+    );
+}
+
 #[test]
 fn every_fixture_matches_the_reference() {
     let dir = fixture_dir();
@@ -150,6 +184,9 @@ fn every_fixture_matches_the_reference() {
         } else if name.starts_with("ranking") {
             check_ranking(&name, &f);
             matched.push(name);
+        } else if name.starts_with("image_prior") {
+            check_image_prior(&name, &f);
+            matched.push(name);
         } else {
             pending.push(name);
         }
@@ -162,5 +199,9 @@ fn every_fixture_matches_the_reference() {
     assert!(
         matched.iter().any(|n| n.starts_with("triplet")),
         "no triplet fixture matched"
+    );
+    assert!(
+        matched.iter().any(|n| n.starts_with("image_prior")),
+        "no image_prior fixture matched"
     );
 }
