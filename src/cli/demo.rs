@@ -322,7 +322,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     log.line(format!(
-        "5. not yet part of agd: invert, incremental GD/simGD/AGD on task-b (issues #5-#7)\n\
+        "5. not yet in the demo: invert (`agd invert`); not yet part of agd: incremental GD/simGD/AGD on task-b (issues #6-#7)\n\
          summary: {}  log: {}  ({:.1} s)",
         json_path.display(),
         log.path().display(),

@@ -3,6 +3,7 @@
 pub mod args;
 mod demo;
 mod evaluate;
+mod invert;
 mod synth;
 mod train;
 
@@ -102,7 +103,7 @@ fn not_yet(subcommand: &str, issue: u32, what: &str) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
-        Command::Invert(_) => not_yet("invert", 5, "DeepInversion"),
+        Command::Invert(args) => invert::run(&args),
         Command::Incremental(_) => not_yet("incremental", 6, "geometric distillation"),
         Command::IncrementalX(_) => not_yet("incremental-x", 6, "augmented distillation"),
         Command::Evaluate(args) => evaluate::run(&args),
