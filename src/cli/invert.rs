@@ -168,7 +168,10 @@ pub fn run(args: &InvertArgs) -> Result<()> {
             ));
         }
         None => {
-            let n = Bags::new(classes, args.shots).count_existing(dir)?;
+            // Only a note: without --resume the folder's contents are not this run's concern.
+            let n = Bags::new(classes, args.shots)
+                .count_existing(dir)
+                .unwrap_or(0);
             if n > 0 {
                 log.line(format!(
                     "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them)",
@@ -208,8 +211,8 @@ pub fn run(args: &InvertArgs) -> Result<()> {
             &stages,
             &mut stream(seed, &[tag::INVERT_FLIPS, b]),
             |p| {
-                pb.inc(1);
                 pb.set_prefix(format!("{} {}", p.stage.name(), progress_text(p)));
+                pb.inc(1);
                 if p.iteration % LOG_EVERY == 0 || p.iteration + 1 == p.stage_iters {
                     pb.suspend(|| {
                         log.line(format!(
