@@ -159,7 +159,9 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     let mut bags = Bags::new(classes, args.shots);
     match &args.resume {
         Some(from) => {
-            let n = bags.count_existing(from)?;
+            let n = bags
+                .count_existing(from)
+                .with_context(|| format!("--resume {}", from.display()))?;
             log.line(format!(
                 "resume: {n} images in {}; {} identities still short of {} images",
                 from.display(),
