@@ -19,6 +19,7 @@ bench:
 	$(CARGO) bench --bench pipeline
 	$(CARGO) bench --bench train_step
 	$(CARGO) bench --bench evaluate
+	$(CARGO) bench --bench invert
 
 lint:
 	$(CARGO) fmt --check

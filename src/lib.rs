@@ -8,6 +8,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod inversion;
 pub mod io;
 pub mod logging;
 pub mod loss;

@@ -248,12 +248,27 @@ fn bad_flag_values_are_named() {
 }
 
 #[test]
-fn subcommands_not_landed_yet_fail_with_one_line() {
-    let out = agd(&["invert"]);
-    assert!(!out.status.success(), "invert must not pretend to work");
+fn invert_without_a_teacher_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nowhere");
+    let gen = tmp.path().join("gen");
+    let out = agd(&[
+        "invert",
+        "-g",
+        "cpu",
+        "--teacher",
+        missing.to_str().unwrap(),
+        "--generation-dir",
+        gen.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("agd invert is not available yet"), "{err}");
+    assert!(
+        err.contains("--teacher") && err.contains("nowhere"),
+        "{err}"
+    );
+    assert!(!gen.exists(), "a run that cannot start creates nothing");
 }
 
 #[test]

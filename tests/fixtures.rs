@@ -1,7 +1,7 @@
 //! The reference's golden values: every JSON file in `tests/fixtures/` (or in the folder
 //! named by `AGD_FIXTURES`) is matched against agd, to the tolerances of the fixtures'
 //! README: scalar outputs to a relative 1e-6, gradients element-wise to 1e-8 + 1e-6·|v|,
-//! computing in float64. Kinds whose part of agd has not landed yet are listed, not hidden.
+//! computing in float64. A fixture of a kind the runner does not know fails the test.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -215,6 +215,40 @@ fn check_ranking(file: &str, f: &Value) {
     }
 }
 
+/// DeepInversion's image priors: tv_l1, tv_l2, l2, their weighted total and its gradient.
+fn check_image_prior(file: &str, f: &Value) {
+    use agd::inversion::prior::{ImagePrior, PriorWeights};
+    let images = tensor(&f["images"]).set_requires_grad(true);
+    let w = &f["weights"];
+    let weight = |k: &str| {
+        w[k].as_f64()
+            .unwrap_or_else(|| panic!("{file}: weights.{k}"))
+    };
+    let weights = PriorWeights {
+        tv_l1: weight("tv_l1"),
+        tv_l2: weight("tv_l2"),
+        l2: weight("l2"),
+    };
+    let prior = ImagePrior::of(&images);
+    let total = prior.total(&weights);
+    total.backward();
+    for (what, got) in [
+        ("tv_l1", &prior.tv_l1),
+        ("tv_l2", &prior.tv_l2),
+        ("l2", &prior.l2),
+        ("total", &total),
+    ] {
+        assert_eq!(got.kind(), Kind::Double, "{file}: {what} must stay float64");
+        assert_scalar(file, what, got.double_value(&[]), f[what].as_f64().unwrap());
+    }
+    assert_grad(
+        file,
+        "grad_images",
+        &images.grad(),
+        &tensor(&f["grad_images"]),
+    );
+}
+
 #[test]
 fn every_fixture_matches_the_reference() {
     let dir = fixture_dir();
@@ -225,35 +259,35 @@ fn every_fixture_matches_the_reference() {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no fixtures in {}", dir.display());
-    let (mut matched, mut pending) = (Vec::new(), Vec::new());
+    let (mut matched, mut unknown) = (Vec::new(), Vec::new());
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
         if name.starts_with("triplet") {
             check_triplet(&name, &f);
-            matched.push(name);
         } else if name.starts_with("ranking") {
             check_ranking(&name, &f);
-            matched.push(name);
         } else if name.starts_with("distill_") {
             check_distill(&name, &f);
-            matched.push(name);
+        } else if name.starts_with("image_prior") {
+            check_image_prior(&name, &f);
         } else {
-            pending.push(name);
+            unknown.push(name);
+            continue;
         }
+        matched.push(name);
     }
     println!("matched: {}", matched.join(", "));
-    println!(
-        "not yet implemented in agd (later issues): {}",
-        pending.join(", ")
-    );
     assert!(
-        matched.iter().any(|n| n.starts_with("triplet")),
-        "no triplet fixture matched"
+        unknown.is_empty(),
+        "fixtures of a kind this runner does not know: {}",
+        unknown.join(", ")
     );
-    assert!(
-        matched.iter().any(|n| n.starts_with("distill_")),
-        "no distillation fixture matched"
-    );
+    for kind in ["triplet", "ranking", "distill_", "image_prior"] {
+        assert!(
+            matched.iter().any(|n| n.starts_with(kind)),
+            "no {kind} fixture matched"
+        );
+    }
 }

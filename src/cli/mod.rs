@@ -4,6 +4,7 @@ pub mod args;
 mod demo;
 pub mod evaluate;
 mod incremental;
+mod invert;
 mod plot;
 mod synth;
 mod train;
@@ -98,15 +99,10 @@ where
     Cli::from_arg_matches(&command().try_get_matches_from(args)?)
 }
 
-/// A subcommand whose implementation has not landed: a clear error, not a pretence.
-fn not_yet(subcommand: &str, issue: u32, what: &str) -> Result<()> {
-    anyhow::bail!("agd {subcommand} is not available yet ({what}: issue #{issue})")
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
-        Command::Invert(_) => not_yet("invert", 5, "DeepInversion"),
+        Command::Invert(args) => invert::run(&args),
         Command::Incremental(args) => incremental::run(&args, false),
         Command::IncrementalX(args) => incremental::run(&args, true),
         Command::Evaluate(args) => evaluate::run(&args),

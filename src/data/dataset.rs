@@ -71,7 +71,8 @@ pub fn parse_market_name(path: &Path) -> Result<(i64, i64)> {
     Ok((number(1, "person id")?, number(2, "camera")?))
 }
 
-fn is_image(path: &Path) -> bool {
+/// A `.jpg`, `.jpeg` or `.png` file name (any case).
+pub fn is_image(path: &Path) -> bool {
     matches!(
         path.extension()
             .and_then(|e| e.to_str())

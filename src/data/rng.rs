@@ -27,6 +27,9 @@ pub fn stream(seed: u64, parts: &[u64]) -> ChaCha8Rng {
 pub mod tag {
     pub const SAMPLER: u64 = 1;
     pub const AUGMENT: u64 = 2;
+    /// DeepInversion: a batch's targets and its flips.
+    pub const INVERT_TARGETS: u64 = 3;
+    pub const INVERT_FLIPS: u64 = 4;
 }
 
 #[cfg(test)]

@@ -45,6 +45,26 @@ pub struct BnStat {
     pub running_var: Tensor,
 }
 
+/// Per-channel mean and biased variance of N×C(×H×W) input, differentiable.
+///
+/// DeepInversion needs them at every BatchNorm of every iteration, so they are computed as
+/// E[x] and E[x²] − E[x]² from sums over each (sample, channel) row, which is contiguous:
+/// two reading passes, no temporary, and a backward of one elementwise pass. libtorch's
+/// `var_mean` over dims (0, 2, 3) walks strided memory with Welford updates and measured
+/// over ten times slower (ResNet-50 activations at 256×128). In float32 the cancellation
+/// of E[x²] − E[x]² costs a relative ~1e-7·(1 + mean²/var) in the variance, far below
+/// what the statistics loss can tell apart.
+fn channel_moments(x: &Tensor) -> (Tensor, Tensor) {
+    let size = x.size();
+    let rows = x.reshape([size[0], size[1], -1]);
+    let count = (size[0] * rows.size()[2]) as f64;
+    let sum = |t: Tensor, dim: i64| t.sum_dim_intlist(&[dim][..], false, None::<Kind>);
+    let mean = sum(sum(rows.shallow_clone(), 2), 0) / count;
+    let squares = sum(rows.norm_scalaropt_dim(2.0, [2], false).square(), 0) / count;
+    let var = squares - mean.square();
+    (mean, var)
+}
+
 /// BatchNorm over channels of N×C(×H×W) input (momentum 0.1, eps 1e-5, as PyTorch).
 pub struct BatchNorm {
     weight: Tensor,
@@ -84,10 +104,10 @@ impl BatchNorm {
     /// When `stats` is given, the input's mean and biased variance are appended to it.
     pub fn forward(&self, x: &Tensor, train: bool, stats: Option<&mut Vec<BnStat>>) -> Tensor {
         if let Some(stats) = stats {
-            let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+            let (mean, var) = channel_moments(x);
             stats.push(BnStat {
-                mean: x.mean_dim(&dims[..], false, Kind::Float),
-                var: x.var_dim(&dims[..], false, false),
+                mean,
+                var,
                 running_mean: self.running_mean.shallow_clone(),
                 running_var: self.running_var.shallow_clone(),
             });

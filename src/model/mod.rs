@@ -155,6 +155,16 @@ impl ReidModel {
         self.config.classes += n;
     }
 
+    /// Stops every trainable tensor from requiring gradients: a frozen teacher (DeepInversion,
+    /// distillation) then costs no weight gradients in backward passes through it.
+    pub fn freeze(&self) {
+        for e in self.params.entries() {
+            if matches!(e.role, Role::Trainable(_)) {
+                let _ = e.tensor.shallow_clone().set_requires_grad(false);
+            }
+        }
+    }
+
     /// The classifier weight (classes × embedding).
     pub fn classifier(&self) -> &Tensor {
         &self.classifier

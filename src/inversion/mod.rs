@@ -1,0 +1,300 @@
+//! DeepInversion (SPEC §7): images of the old identities optimised out of the frozen task-1
+//! model alone. Starting from noise, a batch of images is pushed by Adam until the teacher
+//! classifies them as their target identities while every BatchNorm sees the activation
+//! statistics it recorded in training; image priors keep them smooth. A batch runs two
+//! stages (2×2 average-pooled images, then full size) and keeps the full-size images of its
+//! lowest-loss iteration.
+//!
+//! The teacher is frozen ([`ReidModel::freeze`]) and the backward pass asks for the images'
+//! gradient only, so no weight gradient is ever computed — the reference computes and
+//! discards them every iteration.
+
+pub mod bn;
+pub mod optim;
+pub mod prior;
+pub mod store;
+
+use crate::data::transforms::{MEAN, STD};
+use crate::model::ReidModel;
+use anyhow::{bail, Result};
+use optim::{stage_lr, Adam};
+use prior::{ImagePrior, PriorWeights};
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+/// The loss's coefficients (`--r-feature`, `--first-bn-multiplier`,
+/// `--main-loss-multiplier`, and the priors' weights).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Coefficients {
+    pub r_feature: f64,
+    pub first_bn_multiplier: f64,
+    pub main_loss_multiplier: f64,
+    pub prior: PriorWeights,
+}
+
+impl Default for Coefficients {
+    /// The reference's defaults.
+    fn default() -> Self {
+        Self {
+            r_feature: 0.01,
+            first_bn_multiplier: 10.0,
+            main_loss_multiplier: 1.0,
+            prior: PriorWeights {
+                tv_l1: 0.0,
+                tv_l2: 1e-4,
+                l2: 1e-5,
+            },
+        }
+    }
+}
+
+/// The optimisation of one batch: base learning rate and the two stages' lengths.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stages {
+    pub lr: f64,
+    pub low_res_iters: usize,
+    pub full_res_iters: usize,
+}
+
+impl Default for Stages {
+    /// The reference's values (its stage lengths are hard-coded there).
+    fn default() -> Self {
+        Self {
+            lr: 0.2,
+            low_res_iters: 2000,
+            full_res_iters: 1000,
+        }
+    }
+}
+
+/// Which stage an iteration belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The teacher sees the images 2×2 average-pooled.
+    LowRes,
+    /// The teacher sees the images as they are; only here are images kept.
+    FullRes,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::LowRes => "low-res",
+            Stage::FullRes => "full-res",
+        }
+    }
+}
+
+/// The loss of one iteration and its parts, as the progress bar shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepReport {
+    /// main_loss_multiplier·CE + BN + prior: what is minimised and what picks the best step.
+    pub total: f64,
+    /// Cross-entropy of the teacher's logits against the targets (unweighted).
+    pub ce: f64,
+    /// r_feature · the BatchNorm statistics loss.
+    pub bn: f64,
+    /// The weighted image priors.
+    pub prior: f64,
+    /// Fraction of the batch the teacher classifies as its target.
+    pub accuracy: f64,
+}
+
+/// Where an iteration is, for progress reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub stage: Stage,
+    /// 0-based within the stage.
+    pub iteration: usize,
+    pub stage_iters: usize,
+    pub lr: f64,
+    pub report: StepReport,
+}
+
+/// The per-channel range of a normalised image: [−m_c/s_c, (1 − m_c)/s_c], shaped 1×3×1×1.
+fn channel_range(device: Device) -> (Tensor, Tensor) {
+    let bound = |f: fn(f64, f64) -> f64| {
+        let v: Vec<f32> = (0..3)
+            .map(|c| f(MEAN[c] as f64, STD[c] as f64) as f32)
+            .collect();
+        Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(device)
+    };
+    (bound(|m, s| -m / s), bound(|m, s| (1.0 - m) / s))
+}
+
+/// Normalised images back to [0, 1]: x·s_c + m_c, clamped.
+pub fn denormalize(images: &Tensor) -> Tensor {
+    let shape = |v: [f32; 3]| {
+        Tensor::from_slice(&v)
+            .view([1, 3, 1, 1])
+            .to_device(images.device())
+    };
+    (images.detach().to_kind(Kind::Float) * shape(STD) + shape(MEAN)).clamp(0.0, 1.0)
+}
+
+/// One batch being dreamed: the images (a leaf in normalised space), their targets, Adam's
+/// state and the best full-size images so far.
+pub struct DreamBatch {
+    pub images: Tensor,
+    pub targets: Tensor,
+    adam: Adam,
+    best: Option<(f64, Tensor)>,
+}
+
+impl DreamBatch {
+    /// N(0, 1) noise of shape targets×3×height×width (the normalised space), on `device`.
+    pub fn new(targets: &[i64], height: usize, width: usize, device: Device) -> Self {
+        let shape = [targets.len() as i64, 3, height as i64, width as i64];
+        Self::from_images(
+            Tensor::randn(shape, (Kind::Float, device)),
+            Tensor::from_slice(targets).to_device(device),
+        )
+    }
+
+    /// A batch starting from given images (normalised, N×3×H×W).
+    pub fn from_images(images: Tensor, targets: Tensor) -> Self {
+        let images = images.detach().set_requires_grad(true);
+        Self {
+            adam: Adam::new(&images),
+            images,
+            targets,
+            best: None,
+        }
+    }
+
+    /// The kept images (normalised) and their loss, once a full-size iteration ran.
+    pub fn best(&self) -> Option<(f64, &Tensor)> {
+        self.best.as_ref().map(|(l, t)| (*l, t))
+    }
+}
+
+/// A frozen teacher and the loss's coefficients.
+pub struct Inverter<'a> {
+    teacher: &'a ReidModel,
+    pub coefficients: Coefficients,
+    range: (Tensor, Tensor),
+}
+
+impl<'a> Inverter<'a> {
+    /// Freezes `teacher`: from here on only images receive gradients.
+    pub fn new(teacher: &'a ReidModel, coefficients: Coefficients) -> Self {
+        teacher.freeze();
+        Self {
+            teacher,
+            coefficients,
+            range: channel_range(teacher.device()),
+        }
+    }
+
+    /// One iteration: pool (low-res stage) and optionally flip the images, forward the
+    /// teacher in eval mode, compute the loss, back-propagate into the images only, take an
+    /// Adam step at `lr`, clamp every channel to its image range, and at full size keep the
+    /// images if the loss is the lowest so far. Like the reference, the images kept are
+    /// those after this iteration's update (the loss was measured before it).
+    pub fn step(&self, batch: &mut DreamBatch, stage: Stage, lr: f64, flip: bool) -> StepReport {
+        let c = &self.coefficients;
+        let x = match stage {
+            Stage::LowRes => {
+                batch
+                    .images
+                    .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+            }
+            Stage::FullRes => batch.images.shallow_clone(),
+        };
+        let x = if flip { x.flip([3]) } else { x };
+        let (out, stats) = self.teacher.forward_with_bn_stats(&x, false);
+        let ce = out.logits.cross_entropy_for_logits(&batch.targets);
+        let bn = bn::bn_statistics_loss(&stats, c.first_bn_multiplier) * c.r_feature;
+        let prior = ImagePrior::of(&x).total(&c.prior);
+        let total = &ce * c.main_loss_multiplier + &bn + &prior;
+        let grad = Tensor::run_backward(&[&total], &[&batch.images], false, false)
+            .pop()
+            .expect("one input, one gradient");
+        let accuracy = out
+            .logits
+            .detach()
+            .argmax(1, false)
+            .eq_tensor(&batch.targets)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
+        // One device→host transfer for all five numbers.
+        let parts = [&total, &ce, &bn, &prior, &accuracy].map(|t| t.detach().to_kind(Kind::Double));
+        let v = Vec::<f64>::try_from(Tensor::stack(&parts, 0)).expect("five doubles");
+        let report = StepReport {
+            total: v[0],
+            ce: v[1],
+            bn: v[2],
+            prior: v[3],
+            accuracy: v[4],
+        };
+        drop((out, stats, x));
+        batch.adam.step(&batch.images, &grad, lr);
+        tch::no_grad(|| {
+            let _ = batch
+                .images
+                .shallow_clone()
+                .clamp_tensor_(Some(&self.range.0), Some(&self.range.1));
+        });
+        if stage == Stage::FullRes && batch.best.as_ref().is_none_or(|(l, _)| report.total < *l) {
+            let images = batch.images.detach();
+            match &mut batch.best {
+                Some((l, kept)) => {
+                    *l = report.total;
+                    kept.copy_(&images);
+                }
+                None => batch.best = Some((report.total, images.copy())),
+            }
+        }
+        report
+    }
+
+    /// Runs both stages on `batch` (flip decisions from `rng`, p 0.5 per iteration),
+    /// reporting every iteration to `on_step`; returns the kept images (normalised).
+    pub fn dream(
+        &self,
+        batch: &mut DreamBatch,
+        stages: &Stages,
+        rng: &mut impl Rng,
+        mut on_step: impl FnMut(&Progress),
+    ) -> Result<Tensor> {
+        for (stage, iters) in [
+            (Stage::LowRes, stages.low_res_iters),
+            (Stage::FullRes, stages.full_res_iters),
+        ] {
+            for it in 0..iters {
+                let lr = stage_lr(stages.lr, it, iters);
+                let flip = rng.gen::<f64>() > 0.5;
+                let report = self.step(batch, stage, lr, flip);
+                on_step(&Progress {
+                    stage,
+                    iteration: it,
+                    stage_iters: iters,
+                    lr,
+                    report,
+                });
+            }
+        }
+        match batch.best() {
+            Some((_, images)) => Ok(images.shallow_clone()),
+            None if stages.full_res_iters == 0 => {
+                bail!("--full-res-iters 0: images are kept from the full-size stage only")
+            }
+            None => bail!(
+                "the loss was never finite in the full-size stage (it diverged); try a smaller --lr"
+            ),
+        }
+    }
+
+    /// Fraction of `images` (normalised) the teacher classifies as `targets`.
+    pub fn accuracy(&self, images: &Tensor, targets: &Tensor) -> f64 {
+        tch::no_grad(|| {
+            let logits = self.teacher.forward(images, false).logits;
+            logits
+                .argmax(1, false)
+                .eq_tensor(targets)
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[])
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! The generation folder's bookkeeping (SPEC §7): which identities still need images, the
+//! targets of the next batch, and the dreamed images on disk as `<pid>_<unique>.jpg` —
+//! the names `--inversion-dir` reads back ([`crate::data::dataset::parse_dreamed_name`]).
+
+use crate::data::dataset::{is_image, parse_dreamed_name};
+use anyhow::{bail, Context, Result};
+use image::codecs::jpeg::JpegEncoder;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// JPEG quality of the saved images: PIL's default, which the reference saves with.
+pub const JPEG_QUALITY: u8 = 75;
+
+/// Images each identity still needs; identities with `shots` images are gone from it.
+#[derive(Clone, Debug)]
+pub struct Bags {
+    shots: usize,
+    classes: i64,
+    /// identity → images it has, for identities short of `shots`.
+    have: BTreeMap<i64, usize>,
+}
+
+impl Bags {
+    /// Every identity 0..classes with no image yet.
+    pub fn new(classes: i64, shots: usize) -> Self {
+        Self {
+            shots,
+            classes,
+            have: (0..classes).map(|pid| (pid, 0)).collect(),
+        }
+    }
+
+    /// Counts the dreamed images already in `dir` (`*.jpg`/`*.png` named `<pid>_…`), so
+    /// identities that have `shots` are not generated again. Returns how many it counted.
+    pub fn count_existing(&mut self, dir: &Path) -> Result<usize> {
+        let mut paths = Vec::new();
+        for entry in
+            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .path();
+            if path.is_file() && is_image(&path) {
+                paths.push(path);
+            }
+        }
+        for path in &paths {
+            let pid = parse_dreamed_name(path)?;
+            if pid >= self.classes {
+                bail!(
+                    "{}: identity {pid}, but the teacher has {} classes (0..{}): images of another model?",
+                    path.display(),
+                    self.classes,
+                    self.classes - 1
+                );
+            }
+            self.add(pid, 1);
+        }
+        Ok(paths.len())
+    }
+
+    fn add(&mut self, pid: i64, n: usize) {
+        if let Some(have) = self.have.get_mut(&pid) {
+            *have += n;
+            if *have >= self.shots {
+                self.have.remove(&pid);
+            }
+        }
+    }
+
+    /// True when every identity has `shots` images.
+    pub fn is_done(&self) -> bool {
+        self.have.is_empty()
+    }
+
+    /// Identities still short of `shots`.
+    pub fn identities_left(&self) -> usize {
+        self.have.len()
+    }
+
+    /// Images still missing over all identities.
+    pub fn images_left(&self) -> usize {
+        self.have.values().map(|h| self.shots - h).sum()
+    }
+
+    /// `bs` targets drawn uniformly from the identities still short of `shots`: without
+    /// replacement while at least `bs` remain, with replacement after that.
+    pub fn draw_targets(&self, bs: usize, rng: &mut impl Rng) -> Vec<i64> {
+        let ids: Vec<i64> = self.have.keys().copied().collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        if ids.len() >= bs {
+            rand::seq::index::sample(rng, ids.len(), bs)
+                .iter()
+                .map(|i| ids[i])
+                .collect()
+        } else {
+            (0..bs).map(|_| ids[rng.gen_range(0..ids.len())]).collect()
+        }
+    }
+
+    /// Writes each image whose target still needs one into `dir` as `<pid>_<unique>.jpg`
+    /// (atomically) and counts it; images of identities already complete (duplicates in a
+    /// batch drawn with replacement) are dropped. `images`: N×3×H×W in [0, 1].
+    /// Returns the paths written.
+    pub fn save(&mut self, dir: &Path, targets: &[i64], images: &Tensor) -> Result<Vec<PathBuf>> {
+        let bytes = to_hwc_bytes(images);
+        let (h, w) = (images.size()[2] as u32, images.size()[3] as u32);
+        let size = (h * w * 3) as usize;
+        let mut written = Vec::new();
+        for (i, &pid) in targets.iter().enumerate() {
+            if !self.have.contains_key(&pid) {
+                continue;
+            }
+            let pixels = &bytes[i * size..(i + 1) * size];
+            let mut jpeg = Vec::new();
+            JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
+                .encode(pixels, w, h, image::ExtendedColorType::Rgb8)
+                .context("cannot encode a dreamed image as JPEG")?;
+            let path = unique_path(dir, pid, pixels);
+            crate::io::write_atomic(&path, &jpeg)?;
+            written.push(path);
+            self.add(pid, 1);
+        }
+        Ok(written)
+    }
+}
+
+/// `<pid>_<hash of the pixels>.jpg`, with a counter appended if that name is taken.
+fn unique_path(dir: &Path, pid: i64, pixels: &[u8]) -> PathBuf {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pixels.hash(&mut hasher);
+    let digest = hasher.finish();
+    let mut path = dir.join(format!("{pid}_{digest:016x}.jpg"));
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{pid}_{digest:016x}-{n}.jpg"));
+        n += 1;
+    }
+    path
+}
+
+/// N×3×H×W floats in [0, 1] as N HWC byte images, truncating v·255 as the reference's
+/// `(x * 255).astype(uint8)` does.
+pub fn to_hwc_bytes(images: &Tensor) -> Vec<u8> {
+    let t = (images
+        .detach()
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float)
+        * 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous();
+    let n = t.numel();
+    let mut out = vec![0u8; n];
+    t.copy_data_u8(&mut out, n);
+    out
+}

@@ -1,0 +1,521 @@
+//! `agd invert` (DeepInversion, SPEC §7): the BatchNorm statistics loss, the image
+//! optimiser, a frozen teacher, the command's errors, and a tiny end-to-end run on a small
+//! synthetic teacher with resume. The image priors are checked against the reference's
+//! golden values in `tests/fixtures.rs`.
+
+use agd::data::{Dreamed, ImageStore, TestLoader};
+use agd::inversion::bn::bn_statistics_loss;
+use agd::inversion::optim::{stage_lr, Adam, BETAS, EPS};
+use agd::inversion::prior::{ImagePrior, PriorWeights};
+use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage};
+use agd::model::checkpoint::Checkpoint;
+use agd::model::{BnStat, Depth, ModelConfig, Pooling, ReidModel};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+const H: usize = 64;
+const W: usize = 32;
+
+fn small_model(classes: i64) -> ReidModel {
+    let cfg = ModelConfig {
+        depth: Depth::R34,
+        last_stride: 2,
+        pooling: Pooling::Avg,
+        embedding: 512,
+        classes,
+    };
+    ReidModel::new(cfg, Device::Cpu).unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+#[test]
+fn bn_loss_is_zero_at_the_running_statistics_and_grows_with_drift() {
+    tch::manual_seed(0);
+    // Two layers with known statistics: the loss is m·(‖Δvar‖ + ‖Δmean‖) summed, with the
+    // first layer weighted by the multiplier.
+    let layer = |dmean: f64, dvar: f64| {
+        let rm = Tensor::randn([16], (Kind::Float, Device::Cpu));
+        let rv = Tensor::rand([16], (Kind::Float, Device::Cpu)) + 0.5;
+        BnStat {
+            mean: &rm + dmean,
+            var: &rv + dvar,
+            running_mean: rm,
+            running_var: rv,
+        }
+    };
+    assert_eq!(
+        scalar(&bn_statistics_loss(
+            &[layer(0.0, 0.0), layer(0.0, 0.0)],
+            10.0
+        )),
+        0.0
+    );
+    // ‖(d, d, …)‖ over 16 channels = 4d.
+    let got = scalar(&bn_statistics_loss(
+        &[layer(0.5, 0.0), layer(0.0, 0.25)],
+        10.0,
+    ));
+    assert!((got - (10.0 * 2.0 + 1.0)).abs() < 1e-5, "{got}");
+    let mut last = 0.0;
+    for d in [0.05, 0.1, 0.2, 0.4, 0.8] {
+        let l = scalar(&bn_statistics_loss(&[layer(d, d), layer(d, -d)], 10.0));
+        assert!(l > last, "drift {d}: loss {l} not above {last}");
+        last = l;
+    }
+
+    // Through the model: make every BatchNorm's running statistics those of one batch
+    // (layer l's input depends on layers < l only, so one pass per layer settles them).
+    let model = small_model(5);
+    let x = Tensor::randn([6, 3, H as i64, W as i64], (Kind::Float, Device::Cpu));
+    let stats_of = |x: &Tensor| tch::no_grad(|| model.forward_with_bn_stats(x, false).1);
+    let layers = stats_of(&x).len();
+    assert_eq!(layers, 37, "36 BatchNorm2d + the embedding BatchNorm1d");
+    for _ in 0..=layers {
+        for s in stats_of(&x) {
+            s.running_mean.shallow_clone().copy_(&s.mean);
+            s.running_var.shallow_clone().copy_(&s.var);
+        }
+    }
+    let at_running = scalar(&bn_statistics_loss(&stats_of(&x), 10.0));
+    // The same images shifted and scaled: the statistics drift away, more for more drift.
+    let drifted: Vec<f64> = [0.25, 0.5, 1.0]
+        .iter()
+        .map(|d| scalar(&bn_statistics_loss(&stats_of(&(&x * (1.0 + d) + *d)), 10.0)))
+        .collect();
+    println!("BN loss at the running statistics {at_running:e}, drifted {drifted:?}");
+    assert!(at_running < 1e-3, "{at_running}");
+    assert!(drifted[0] > 1000.0 * at_running.max(1e-6), "{drifted:?}");
+    assert!(
+        drifted[0] < drifted[1] && drifted[1] < drifted[2],
+        "{drifted:?}"
+    );
+
+    // The recorded statistics are the mean and biased variance of the layer's input: for
+    // the first BatchNorm, conv1's output.
+    let w = model.params.get("backbone.base.conv1.weight").unwrap();
+    let conv1 = tch::no_grad(|| x.conv2d(w, None::<Tensor>, [2], [3], [1], 1));
+    let (var, mean) = conv1.var_mean_dim(&[0i64, 2, 3][..], false, false);
+    let first = &stats_of(&x)[0];
+    let close = |a: &Tensor, b: &Tensor| {
+        scalar(&(a - b).abs().max()) <= 1e-4 * (1.0 + scalar(&b.abs().max()))
+    };
+    assert!(close(&first.mean, &mean) && close(&first.var, &var));
+}
+
+#[test]
+fn adam_on_images_follows_pytorch_and_the_lr_schedule_is_warm_up_then_cosine() {
+    let x0 = [1.0f64, -2.0, 0.5, 0.0];
+    let grads = [[0.3f64, -1.0, 0.0, 2.0], [-0.2, -0.5, 1e-3, 2.0]];
+    let lrs = [0.2, 0.05];
+    let param = Tensor::from_slice(&x0);
+    let mut adam = Adam::new(&param);
+    for (g, lr) in grads.iter().zip(lrs) {
+        adam.step(&param, &Tensor::from_slice(g), lr);
+    }
+    assert_eq!(adam.steps(), 2);
+    // torch.optim.Adam's rule, element by element.
+    let (b1, b2) = BETAS;
+    for i in 0..4 {
+        let (mut x, mut m, mut v) = (x0[i], 0.0, 0.0);
+        for (t, (g, lr)) in grads.iter().zip(lrs).enumerate() {
+            let g = g[i];
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let t = t as i32 + 1;
+            let denom = (v / (1.0 - b2.powi(t))).sqrt() + EPS;
+            x -= lr / (1.0 - b1.powi(t)) * m / denom;
+        }
+        let got = param.double_value(&[i as i64]);
+        assert!((got - x).abs() < 1e-12, "element {i}: {got} vs {x}");
+    }
+
+    // lr·(it+1)/100 for it < 100, then a half cosine over the rest of the stage.
+    assert!((stage_lr(0.2, 0, 2000) - 0.002).abs() < 1e-15);
+    assert!((stage_lr(0.2, 99, 2000) - 0.2).abs() < 1e-15);
+    assert!((stage_lr(0.2, 100, 2000) - 0.2).abs() < 1e-15);
+    assert!((stage_lr(0.2, 1050, 2000) - 0.1).abs() < 1e-12);
+    assert!(stage_lr(0.2, 1999, 2000) < 1e-5);
+    assert!(
+        (stage_lr(0.2, 4, 10) - 0.01).abs() < 1e-15,
+        "short stages stay in warm-up"
+    );
+}
+
+#[test]
+fn only_the_images_are_optimised_and_the_loss_is_the_spec_sum() {
+    tch::manual_seed(1);
+    let model = small_model(5);
+    // A non-zero L1 prior too, so every term is on the path.
+    let c = Coefficients {
+        prior: PriorWeights {
+            tv_l1: 0.05,
+            tv_l2: 1e-4,
+            l2: 1e-5,
+        },
+        ..Coefficients::default()
+    };
+    let inverter = Inverter::new(&model, c);
+    let mut batch = DreamBatch::new(&[0, 1, 2, 3, 4, 0], H, W, Device::Cpu);
+    let before = batch.images.detach().copy();
+
+    // The loss by hand on the flipped images, before the step.
+    let flipped = before.flip([3]);
+    let expected = tch::no_grad(|| {
+        let (out, stats) = model.forward_with_bn_stats(&flipped, false);
+        let ce = out.logits.cross_entropy_for_logits(&batch.targets);
+        let bn = bn_statistics_loss(&stats, c.first_bn_multiplier) * c.r_feature;
+        let prior = ImagePrior::of(&flipped).total(&c.prior);
+        [ce * c.main_loss_multiplier, bn, prior].map(|t| scalar(&t))
+    });
+    let report = inverter.step(&mut batch, Stage::FullRes, 0.1, true);
+    let sum: f64 = expected.iter().sum();
+    assert!(
+        (report.total - sum).abs() <= 1e-5 * sum,
+        "{report:?} vs {expected:?}"
+    );
+    assert!((report.bn - expected[1]).abs() <= 1e-5 * expected[1]);
+    assert!((report.prior - expected[2]).abs() <= 1e-5 * expected[2]);
+
+    // No weight of the teacher requires or received a gradient.
+    for e in model.params.entries() {
+        assert!(!e.tensor.requires_grad(), "{} requires grad", e.name);
+        assert!(!e.tensor.grad().defined(), "{} got a gradient", e.name);
+    }
+    // The images moved, stay in each channel's normalised range, and were kept.
+    let moved = scalar(&(&batch.images - &before).abs().max());
+    assert!(moved > 0.01, "images did not move ({moved})");
+    let mean = [0.485, 0.456, 0.406];
+    let std = [0.229, 0.224, 0.225];
+    for ch in 0..3 {
+        let plane = batch.images.select(1, ch as i64);
+        let (lo, hi) = (-mean[ch] / std[ch], (1.0 - mean[ch]) / std[ch]);
+        assert!(scalar(&plane.min()) >= lo - 1e-6 && scalar(&plane.max()) <= hi + 1e-6);
+        assert!(scalar(&plane.min()) < lo + 1e-3, "noise reaches the clamp");
+    }
+    let (kept_loss, kept) = batch.best().expect("a full-size step keeps its images");
+    assert_eq!(kept_loss, report.total);
+    assert!(kept.equal(&batch.images.detach()));
+    // Low-resolution steps never replace the kept images.
+    let kept_before = kept.copy();
+    inverter.step(&mut batch, Stage::LowRes, 0.1, false);
+    assert!(batch.best().unwrap().1.equal(&kept_before));
+}
+
+// ---------------------------------------------------------------------------------------
+// The command.
+
+fn agd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Child processes run libtorch on one thread: on a small shared machine, two OpenMP
+/// threads that wait for each other at every operator while other work holds a core make
+/// these tiny models many times slower (measured: 19 s against 2 s for the same steps).
+fn run_ok(args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_agd"))
+        .env("OMP_NUM_THREADS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "agd {}\n{stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `agd invert` with `args`, expecting a one-line error containing every `needle`.
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let mut all = vec!["invert", "-g", "cpu"];
+    all.extend(args);
+    let out = agd(&all);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "agd {} succeeded", all.join(" "));
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing in: {err}");
+    }
+}
+
+#[test]
+fn bad_flags_and_files_are_named_in_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p).display().to_string();
+    let gen = t("gen");
+    assert_fails(
+        &["--teacher", &t("missing"), "--generation-dir", &gen],
+        &["--teacher", "missing"],
+    );
+    std::fs::write(t("notes.txt"), "not a checkpoint").unwrap();
+    assert_fails(
+        &["--teacher", &t("notes.txt"), "--generation-dir", &gen],
+        &["--teacher", "notes.txt"],
+    );
+    // A checkpoint without a classifier is not a ReID model.
+    let mut tensors = BTreeMap::new();
+    tensors.insert("epoch".to_string(), "1".to_string());
+    agd::model::checkpoint::write_safetensors(
+        &tmp.path().join("bare.safetensors"),
+        &[(
+            "x".to_string(),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+        )],
+        &tensors,
+    )
+    .unwrap();
+    assert_fails(
+        &[
+            "--teacher",
+            &t("bare.safetensors"),
+            "--generation-dir",
+            &gen,
+        ],
+        &["--teacher", "classifier.W"],
+    );
+    // A generation folder under a regular file cannot be created, even by root.
+    let teacher = t("teacher.safetensors");
+    save_untrained_teacher(Path::new(&teacher), 4);
+    assert_fails(
+        &[
+            "--teacher",
+            &teacher,
+            "--generation-dir",
+            &t("notes.txt/gen"),
+        ],
+        &["--generation-dir", "notes.txt/gen"],
+    );
+    assert_fails(&["--teacher", &teacher, "--shots", "0"], &["--shots 0"]);
+    assert_fails(&["--teacher", &teacher, "--bs", "0"], &["--bs 0"]);
+    assert_fails(
+        &["--teacher", &teacher, "--resume", &t("nowhere")],
+        &["--resume", "nowhere"],
+    );
+    // The model shape must fit the checkpoint (ResNet-34 saved, ResNet-50 asked).
+    assert_fails(
+        &["--teacher", &teacher, "--generation-dir", &gen],
+        &["--teacher", "ResNet-34", "--depth"],
+    );
+    // Nothing was written for the failed runs but the log of the last one.
+    assert!(
+        !Path::new(&gen).exists()
+            || std::fs::read_dir(&gen)
+                .unwrap()
+                .all(|e| { e.unwrap().file_name() == "log.txt" })
+    );
+}
+
+fn save_untrained_teacher(path: &Path, classes: i64) {
+    tch::manual_seed(7);
+    let model = small_model(classes);
+    let mut meta = agd::model::checkpoint::model_metadata(&model.config);
+    meta.insert("epoch".into(), "0".into());
+    agd::model::checkpoint::write_safetensors(path, &model.state(), &meta).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end.
+
+/// Dreamed images per identity in `dir`, checking every name is `<pid>_<unique>.jpg`.
+fn census(dir: &Path) -> BTreeMap<i64, Vec<PathBuf>> {
+    let mut by_pid: BTreeMap<i64, Vec<PathBuf>> = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "log.txt" {
+            continue;
+        }
+        assert!(name.ends_with(".jpg"), "unexpected file {name}");
+        let pid = agd::data::dataset::parse_dreamed_name(&path).unwrap();
+        by_pid.entry(pid).or_default().push(path);
+    }
+    by_pid
+}
+
+fn invert_args(teacher: &Path, dir: &Path, shots: usize, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "invert",
+        "-g",
+        "cpu",
+        "-s",
+        "11",
+        "--depth",
+        "34",
+        "--embedding",
+        "512",
+        "--height",
+        "64",
+        "--width",
+        "32",
+        "--bs",
+        "8",
+        "--iters",
+        "20",
+        // The reference's lr (0.2) and schedule: a 100-iteration warm-up, then the cosine
+        // decay, here over only 10 iterations, which settles the images (measured: the
+        // teacher's accuracy on its kept images goes from ~85% at the end of the warm-up
+        // to 100%).
+        "--low-res-iters",
+        "5",
+        "--full-res-iters",
+        "110",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(["--teacher".into(), teacher.display().to_string()]);
+    a.extend(["--generation-dir".into(), dir.display().to_string()]);
+    a.extend(["--shots".into(), shots.to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn a_tiny_run_dreams_every_identity_and_resume_fills_only_the_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, logs, gen) = (
+        tmp.path().join("data"),
+        tmp.path().join("logs"),
+        tmp.path().join("gen"),
+    );
+    let ids = 8;
+    let shots = 2;
+    run_ok(
+        &[
+            "synth",
+            "--dataset",
+            "s",
+            "--ids",
+            "8",
+            "--images-per-id",
+            "8",
+            "--cameras",
+            "3",
+            "--distractors",
+            "4",
+            "--junk",
+            "0",
+            "--seed",
+            "5",
+            "--height",
+            "64",
+            "--width",
+            "32",
+            "--data-root",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([root.display().to_string()])
+        .collect::<Vec<_>>(),
+    );
+    // The teacher: a ResNet-34 trained briefly on the synthetic identities.
+    let mut train: Vec<String> = "train -g cpu -s 3 --dataset s --depth 34 --embedding 512 \
+         --height 64 --width 32 -b 16 --warmup 0 --epochs-decay 100 --evaluate 0 \
+         --optimizer Adam --learning-rate 0.001 --re 0 --epochs 8"
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    train.extend(["--data-root".into(), root.display().to_string()]);
+    train.extend(["--logs-dir".into(), logs.display().to_string()]);
+    run_ok(&train);
+
+    let stdout = run_ok(&invert_args(&logs, &gen, shots, &[]));
+    let by_pid = census(&gen);
+    assert_eq!(by_pid.len(), ids, "{stdout}");
+    for (pid, files) in &by_pid {
+        assert_eq!(files.len(), shots, "identity {pid}: {files:?}");
+    }
+    let log = std::fs::read_to_string(gen.join("log.txt")).unwrap();
+    assert!(
+        log.contains("agd invert") && log.contains("done: 16 images written in 2 batches"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CE") && log.contains("BN") && log.contains("acc"),
+        "{log}"
+    );
+
+    // The teacher classifies its dreamed images, re-read from disk through the test
+    // transform, as their targets. Chance is 1/8. The optimisation ends with the teacher
+    // classifying (nearly) all kept images as their targets; 8-bit truncation costs
+    // nothing measurable and JPEG at the reference's quality 75 about one 64×32 image in
+    // eight at worst. 75% is six times chance and leaves that margin.
+    let accuracy = dreamed_accuracy(&logs, &gen, ids as i64, shots);
+    println!(
+        "teacher accuracy on its dreamed images: {:.1}%",
+        100.0 * accuracy
+    );
+    assert!(accuracy >= 0.75, "accuracy {accuracy} (chance 0.125)");
+
+    // Resume: remove images of two identities; only those are generated again.
+    let kept: Vec<PathBuf> = by_pid.values().flatten().cloned().collect();
+    let removed = [
+        by_pid[&2][0].clone(),
+        by_pid[&2][1].clone(),
+        by_pid[&5][1].clone(),
+    ];
+    for p in &removed {
+        std::fs::remove_file(p).unwrap();
+    }
+    let resume = gen.display().to_string();
+    let stdout = run_ok(&invert_args(&logs, &gen, shots, &["--resume", &resume]));
+    assert!(stdout.contains("resume: 13 images"), "{stdout}");
+    assert!(
+        stdout.contains("done: 3 images written in 1 batch "),
+        "{stdout}"
+    );
+    let after = census(&gen);
+    for (pid, files) in &after {
+        assert_eq!(files.len(), shots, "identity {pid} after resume: {files:?}");
+    }
+    let new: Vec<&PathBuf> = after
+        .values()
+        .flatten()
+        .filter(|p| !kept.contains(p))
+        .collect();
+    assert_eq!(new.len(), removed.len(), "{new:?}");
+    assert!(new.iter().all(|p| {
+        let pid = agd::data::dataset::parse_dreamed_name(p).unwrap();
+        pid == 2 || pid == 5
+    }));
+    for p in kept.iter().filter(|p| !removed.contains(p)) {
+        assert!(p.exists(), "{} was removed by the resumed run", p.display());
+    }
+    // A complete folder: nothing to do.
+    let stdout = run_ok(&invert_args(&logs, &gen, shots, &["--resume", &resume]));
+    assert!(stdout.contains("done: 0 images"), "{stdout}");
+    assert_eq!(census(&gen).values().flatten().count(), ids * shots);
+}
+
+/// Fraction of the dreamed images in `gen` that the teacher in `logs` classifies as the
+/// identity in their name, read as `--inversion-dir` reads them (test transform).
+fn dreamed_accuracy(logs: &Path, gen: &Path, classes: i64, shots: usize) -> f64 {
+    let mut model = small_model(classes);
+    let ck = Checkpoint::load(&logs.join("checkpoint.safetensors")).unwrap();
+    model.load_checkpoint(&ck).unwrap();
+    let dreamed = Dreamed::load(gen, shots).unwrap();
+    let store = Arc::new(ImageStore::load(&dreamed.records, H, W, "dreamed").unwrap());
+    let mut correct = 0;
+    let mut seen = 0;
+    for x in TestLoader::new(store, 16).batches() {
+        let pred = tch::no_grad(|| model.forward(&x, false).logits.argmax(1, false));
+        for i in 0..x.size()[0] {
+            let want = dreamed.records[seen].pid;
+            correct += (pred.int64_value(&[i]) == want) as usize;
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, dreamed.records.len());
+    correct as f64 / seen as f64
+}
