@@ -333,7 +333,7 @@ fn census(dir: &Path) -> BTreeMap<i64, Vec<PathBuf>> {
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "log.txt" {
+        if name == "log.txt" || name == "preview" {
             continue;
         }
         assert!(name.ends_with(".jpg"), "unexpected file {name}");
@@ -444,6 +444,13 @@ fn a_tiny_run_dreams_every_identity_and_resume_fills_only_the_gaps() {
     assert!(
         log.contains("CE") && log.contains("BN") && log.contains("acc"),
         "{log}"
+    );
+    // The contact sheet: one row per identity, one column per shot, 128×64 thumbnails
+    // with a 1-pixel white border.
+    let sheet = image::open(gen.join(agd::inversion::store::CONTACT_SHEET)).unwrap();
+    assert_eq!(
+        (sheet.width(), sheet.height()),
+        (shots as u32 * 66, ids as u32 * 130)
     );
 
     // The teacher classifies its dreamed images, re-read from disk through the test

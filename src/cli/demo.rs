@@ -176,11 +176,13 @@ impl Run<'_> {
         ]
     }
 
-    /// The training recipe of the base and incremental runs: Adam at 3e-4 with no decay
-    /// (from scratch on small synthetic images the reference's SGD recipe, made for an
-    /// ImageNet-pretrained backbone, overshoots), evaluation left to the last stage.
+    /// The training recipe of the base and incremental runs: Adam at 3e-4 (from scratch
+    /// on small synthetic images the reference's SGD recipe, made for an ImageNet-pretrained
+    /// backbone, overshoots), evaluation left to the last stage.
     fn loop_flags(&self, logs: &Path, epochs: usize) -> Vec<String> {
         let e = epochs.to_string();
+        // lr × 0.1 for the last epoch (none in a one-epoch run).
+        let decay = if epochs >= 2 { epochs } else { epochs + 1 }.to_string();
         let mut f = strings(&[
             "--last-stride",
             "1",
@@ -191,7 +193,7 @@ impl Run<'_> {
             "--learning-rate",
             "0.0003",
             "--epochs-decay",
-            &e,
+            &decay,
             "--epochs",
             &e,
             "--evaluate",
@@ -512,8 +514,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     crate::plot::results_chart(&chart, "A (old)", "B (new)", &args.out.join("results.png"))?;
     log.line(format!(
         "results: {0}/results.md, {0}/results.png, {0}/results.json; rank lists in \
-         {0}/rank-lists; curves.png in every run's folder ({seconds:.0} s)",
-        args.out.display()
+         {0}/rank-lists; dreamed images in {0}/dreamed/{1}; curves.png in every run's \
+         folder ({seconds:.0} s)",
+        args.out.display(),
+        crate::inversion::store::CONTACT_SHEET
     ));
     Ok(())
 }

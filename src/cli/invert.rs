@@ -5,7 +5,7 @@
 use super::args::InvertArgs;
 use crate::data::rng::{stream, tag};
 use crate::inversion::prior::PriorWeights;
-use crate::inversion::store::Bags;
+use crate::inversion::store::{contact_sheet, Bags, CONTACT_SHEET};
 use crate::inversion::{denormalize, Coefficients, DreamBatch, Inverter, Progress, Stages};
 use crate::logging::Logger;
 use crate::model::checkpoint::{resolve, Checkpoint};
@@ -247,6 +247,13 @@ pub fn run(args: &InvertArgs) -> Result<()> {
         ));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if written > 0 || args.resume.as_deref() == Some(dir.as_path()) {
+        let sheet = contact_sheet(dir, 8, args.shots.min(10), 128, 64)?;
+        let path = dir.join(CONTACT_SHEET);
+        crate::io::create_dir(path.parent().expect("a subfolder"))?;
+        super::synth::write_png(&path, &sheet)?;
+        log.line(format!("contact sheet: {}", path.display()));
+    }
     if bags.is_done() {
         log.line(format!(
             "done: {written} images written in {batches} {} ({elapsed:.1} s); every identity has {} images in {}",

@@ -160,3 +160,39 @@ pub fn to_hwc_bytes(images: &Tensor) -> Vec<u8> {
     t.copy_data_u8(&mut out, n);
     out
 }
+
+/// Where `agd invert` draws its contact sheet: a subfolder, so the generation folder
+/// itself holds only dreamed images (every image there must be `<pid>_…`).
+pub const CONTACT_SHEET: &str = "preview/contact_sheet.png";
+
+/// A contact sheet of a dreamed folder: one row per identity (the first `ids` in pid
+/// order), up to `per_id` of its images, each `height`×`width` — how people check at a
+/// glance that the dreams differ between identities and look alike within one.
+pub fn contact_sheet(
+    dir: &Path,
+    ids: usize,
+    per_id: usize,
+    height: u32,
+    width: u32,
+) -> Result<image::RgbImage> {
+    let dreamed = crate::data::Dreamed::load(dir, per_id)?;
+    let mut rows: BTreeMap<i64, Vec<&Path>> = BTreeMap::new();
+    for r in &dreamed.records {
+        rows.entry(r.pid).or_default().push(&r.path);
+    }
+    let rows: Vec<Vec<&Path>> = rows.into_values().take(ids).collect();
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
+    let mut sheet = image::RgbImage::from_pixel(
+        cols * (width + 2),
+        rows.len() as u32 * (height + 2),
+        image::Rgb([255, 255, 255]),
+    );
+    for (r, paths) in rows.iter().enumerate() {
+        for (c, path) in paths.iter().enumerate() {
+            let img = crate::data::images::decode_resized(path, height as usize, width as usize)?;
+            let (x, y) = (c as u32 * (width + 2) + 1, r as u32 * (height + 2) + 1);
+            image::imageops::replace(&mut sheet, &img, x.into(), y.into());
+        }
+    }
+    Ok(sheet)
+}
