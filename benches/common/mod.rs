@@ -283,6 +283,15 @@ impl Runs {
             theirs.as_ref().map_or("skipped".into(), |t| img(t.step())),
             "".into(),
         ]);
+        // The least disturbed step of each side: on a shared machine, the closest to what
+        // the step costs on an idle one.
+        let fastest = |all: &[Timing]| all.iter().map(Timing::step).fold(f64::INFINITY, f64::min);
+        let (a, p) = (fastest(&self.agd), fastest(&self.reference));
+        let (f, fr) = match &theirs {
+            Some(_) => (s(p), ratio(a, p)),
+            None => ("skipped".into(), "–".into()),
+        };
+        rows.push(vec!["fastest step".into(), s(a), f, fr]);
         let (w, wr) = match (&theirs, self.reference_warm) {
             (Some(_), Some(w)) => (s(w), ratio(self.agd_warm, w)),
             _ => ("–".into(), "–".into()),
