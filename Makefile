@@ -18,6 +18,7 @@ demo: build
 bench:
 	$(CARGO) bench --bench pipeline
 	$(CARGO) bench --bench train_step
+	$(CARGO) bench --bench incremental_step
 	$(CARGO) bench --bench evaluate
 	$(CARGO) bench --bench invert
 

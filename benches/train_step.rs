@@ -13,15 +13,17 @@
 //! `AGD_BENCH_STEPS`: timed steps per side (default 3; the median is reported), after one
 //! warm-up step each.
 
+mod common;
+
 use agd::loss::BaseLoss;
 use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use anyhow::{bail, Context, Result};
+use common::{Phases, Reference, Timing};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -31,53 +33,13 @@ const CLASSES: i64 = 751;
 const HEIGHT: i64 = 256;
 const WIDTH: i64 = 128;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Seconds of one step: total and its phases, as both sides report them.
-#[derive(Clone, Copy)]
-struct Timing {
-    step: f64,
-    forward: f64,
-    backward: f64,
-    optimizer: f64,
-}
-
-impl Timing {
-    /// The table's rows: the step, then its phases.
-    fn phases(&self) -> [(&'static str, f64); 4] {
-        [
-            ("train step (median)", self.step),
-            ("  forward + loss", self.forward),
-            ("  backward", self.backward),
-            ("  optimiser (zero_grad + SGD)", self.optimizer),
-        ]
-    }
-
-    fn median(all: &[Timing]) -> Timing {
-        let m = |f: fn(&Timing) -> f64| median(all.iter().map(f).collect());
-        Timing {
-            step: m(|t| t.step),
-            forward: m(|t| t.forward),
-            backward: m(|t| t.backward),
-            optimizer: m(|t| t.optimizer),
-        }
-    }
-}
+/// The table's rows and the reference script's JSON keys: the step, then its phases.
+const PHASES: &Phases = &[
+    ("train step (median)", "seconds_per_step"),
+    ("  forward + loss", "forward"),
+    ("  backward", "backward"),
+    ("  optimiser (zero_grad + SGD)", "optimizer"),
+];
 
 /// 8 identities × 4 samples, shuffled: the triplet loss needs positives in the batch.
 fn pk_pids() -> Tensor {
@@ -131,114 +93,12 @@ impl AgdStep {
         let t2 = Instant::now();
         self.opt.step();
         let t3 = Instant::now();
-        Timing {
-            step: (t3 - t0).as_secs_f64(),
-            forward: (t1 - ta).as_secs_f64(),
-            backward: (t2 - t1).as_secs_f64(),
-            optimizer: ((ta - t0) + (t3 - t2)).as_secs_f64(),
-        }
-    }
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("VIRTUAL_ENV")
-        .map(|v| Path::new(&v).join("bin/python"))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| "python3".into())
-}
-
-/// The PyTorch side: the reference script in `--serve` mode, one step per request.
-/// Errors are plain strings: they end up as the "skipped" reason, not as a failure.
-struct Reference {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    torch: String,
-    threads: i64,
-}
-
-impl Reference {
-    fn start(threads: i64) -> Result<Self, String> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/train_step.py");
-        let py = python();
-        let mut child = Command::new(&py)
-            .arg(&script)
-            .args(["--serve", "--threads", &threads.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let mut r = Self {
-            child,
-            stdin,
-            stdout,
-            torch: String::new(),
-            threads: -1,
-        };
-        let ready = r.reply()?;
-        if let Some(why) = ready["skipped"].as_str() {
-            return Err(why.to_string());
-        }
-        r.torch = ready["torch"].as_str().unwrap_or("?").to_string();
-        r.threads = ready["threads"].as_i64().unwrap_or(-1);
-        Ok(r)
-    }
-
-    /// The script's next JSON line; if it exited instead, the end of its stderr.
-    fn reply(&mut self) -> Result<serde_json::Value, String> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self
-                .stdout
-                .read_line(&mut line)
-                .map_err(|e| format!("reading the script's output: {e}"))?;
-            if n == 0 {
-                let status = self.child.wait().map_err(|e| e.to_string())?;
-                let mut stderr = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(format!(
-                    "the reference script exited ({status}): {}",
-                    tail.join(" | ")
-                ));
-            }
-            if line.starts_with('{') {
-                return serde_json::from_str(&line)
-                    .map_err(|e| format!("bad JSON from the script ({e}): {line}"));
-            }
-        }
-    }
-
-    fn step(&mut self) -> Result<Timing, String> {
-        writeln!(self.stdin, "step")
-            .and_then(|_| self.stdin.flush())
-            .map_err(|e| format!("the reference script stopped reading: {e}"))?;
-        let v = self.reply()?;
-        let f = |k: &str| {
-            v[k].as_f64()
-                .ok_or_else(|| format!("the script's JSON lacks {k}: {v}"))
-        };
-        Ok(Timing {
-            step: f("seconds_per_step")?,
-            forward: f("forward")?,
-            backward: f("backward")?,
-            optimizer: f("optimizer")?,
-        })
-    }
-}
-
-impl Drop for Reference {
-    /// Any line but `step` ends the script's loop; wait so that no process outlives the bench.
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
+        Timing(vec![
+            (t3 - t0).as_secs_f64(),
+            (t1 - ta).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            ((ta - t0) + (t3 - t2)).as_secs_f64(),
+        ])
     }
 }
 
@@ -302,125 +162,29 @@ fn startup(bin: &Path) -> Result<Startup> {
     })
 }
 
-/// The 1-minute load average (Linux), to tell a disturbed run from a clean one.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn main() -> Result<()> {
     // The same allocator setting `agd` makes at start-up, so this measures its step.
     agd::alloc::retain_freed_memory();
-    let steps = env_usize("AGD_BENCH_STEPS", 3).max(1);
+    let steps = common::env_usize("AGD_BENCH_STEPS", 3).max(1);
     let threads = tch::get_num_threads() as i64;
     println!(
         "ResNet-50 training step, batch {BATCH} at {HEIGHT}×{WIDTH}, CPU, {threads} threads: \
          1 warm-up + {steps} timed steps per side, alternating"
     );
-    // The machine may be shared: say how busy it was, so a disturbed run can be told apart.
-    if let Some(load) = load_average() {
-        let hint = if load > 0.5 {
-            ": other work is running, expect noise (run again when idle)"
-        } else {
-            ""
-        };
-        println!("load average before: {load:.2}{hint}");
-    }
+    common::print_load();
 
     let mut agd = AgdStep::new()?;
-    let mut reference = Reference::start(threads);
-    if let Ok(r) = &reference {
-        if r.threads != threads {
-            println!(
-                "warning: PyTorch runs on {} threads, agd on {threads}",
-                r.threads
-            );
-        }
-    }
-    let (mut agd_all, mut ref_all) = (Vec::new(), Vec::new());
-    let (mut agd_warm, mut ref_warm) = (0.0, None);
-    for i in 0..=steps {
-        let a = agd.step();
-        let p = match &mut reference {
-            Ok(r) => match r.step() {
-                Ok(t) => Some(t),
-                Err(why) => {
-                    reference = Err(why);
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        if i == 0 {
-            // Warm-up: allocations, oneDNN primitives.
-            (agd_warm, ref_warm) = (a.step, p.map(|t| t.step));
-        } else {
-            agd_all.push(a);
-            ref_all.extend(p);
-        }
-    }
+    let mut reference = Reference::start("train_step.py", threads);
+    let runs = common::alternate(
+        steps,
+        PHASES,
+        || Ok((agd.step(), ())),
+        &mut reference,
+        |_, _| {},
+    )?;
     drop(agd);
-    // Every timed step, so the spread (noise on a shared machine) is visible.
-    let list = |all: &[Timing]| {
-        let v: Vec<String> = all.iter().map(|t| format!("{:.2}", t.step)).collect();
-        v.join(" ")
-    };
-    println!("agd steps (s): {}", list(&agd_all));
-    if reference.is_ok() {
-        println!("PyTorch steps (s): {}", list(&ref_all));
-    }
-    let (torch, reference) = match reference {
-        Ok(r) => (format!("PyTorch {}", r.torch), Ok(Timing::median(&ref_all))),
-        Err(why) => {
-            println!("PyTorch reference skipped: {why}");
-            ("PyTorch".to_string(), Err(()))
-        }
-    };
-    let agd_t = Timing::median(&agd_all);
-
-    let s = |x: f64| format!("{x:.2} s");
-    let ratio = |a: f64, p: f64| format!("{:.2}", p / a);
-    let mut rows = Vec::new();
-    let reference_phases = reference.as_ref().ok().map(Timing::phases);
-    for (i, (name, a)) in agd_t.phases().into_iter().enumerate() {
-        let (p, r) = match &reference_phases {
-            Some(ph) => (s(ph[i].1), ratio(a, ph[i].1)),
-            None => ("skipped".into(), "–".into()),
-        };
-        rows.push(vec![name.to_string(), s(a), p, r]);
-    }
-    let img = |secs: f64| format!("{:.2} img/s", BATCH as f64 / secs);
-    rows.push(vec![
-        "images/s".into(),
-        img(agd_t.step),
-        reference.as_ref().map_or("skipped".into(), |r| img(r.step)),
-        "".into(),
-    ]);
-    let (w, wr) = match (reference.is_ok(), ref_warm) {
-        (true, Some(w)) => (s(w), ratio(agd_warm, w)),
-        _ => ("–".into(), "–".into()),
-    };
-    rows.push(vec!["warm-up step (first)".into(), s(agd_warm), w, wr]);
-    println!(
-        "{}",
-        agd::report::table(
-            ["ResNet-50 step", "agd", torch.as_str(), "PyTorch / agd"],
-            rows
-        )
-    );
-    if let Ok(r) = &reference {
-        let x = r.step / agd_t.step;
-        let verdict = if x >= 1.0 {
-            "agd is at least as fast"
-        } else {
-            "agd is slower"
-        };
-        println!("ratio PyTorch / agd = {x:.2} ({verdict}; goal ≥ 1)");
-    }
+    runs.report("ResNet-50 step", PHASES, BATCH, &reference);
+    drop(reference);
 
     // Cargo builds the binary targets for benches too (and sets this path), so the
     // startup is always measured on the binary of the sources being benchmarked.
@@ -433,6 +197,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let st = startup(bin)?;
+    let s = |x: f64| format!("{x:.2} s");
     println!(
         "{}",
         agd::report::table(

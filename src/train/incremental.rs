@@ -13,6 +13,7 @@ use crate::loss::distill::{DistillInput, Distillation};
 use crate::loss::BaseLoss;
 use crate::model::{to_input, Output, ReidModel};
 use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 /// Rows `start..start + len` of every output (the new or the dreamed half of a forward).
@@ -32,6 +33,19 @@ pub enum Views {
     Single,
     /// `incremental-x`: `cross_factor`·d(same view) + (1 − cross_factor)·mean d(other views).
     Augmented { cross_factor: f64 },
+}
+
+/// Wall-clock time of one step's phases, summed over the views
+/// (`benches/incremental_step.rs` compares them with PyTorch's).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// The teacher's forward on every dreamed view.
+    pub teacher: Duration,
+    /// The student's forward and the losses.
+    pub forward: Duration,
+    pub backward: Duration,
+    /// `zero_grad` and the optimiser step.
+    pub optimizer: Duration,
 }
 
 pub struct IncrementalStep {
@@ -80,6 +94,68 @@ impl IncrementalStep {
         };
         Ok(term * self.distillation.factor)
     }
+
+    /// [`Step::step`] that also reports how long each phase took.
+    ///
+    /// Per view: one student forward over new ⊕ dreamed in train mode (BN statistics span
+    /// both halves), CE + triplet on both halves, factor · distillation on the dreamed
+    /// half; each view's loss is back-propagated divided by the number of views, then one
+    /// optimiser step. The reported losses are the last view's, as the reference's.
+    pub fn step_timed(
+        &mut self,
+        model: &ReidModel,
+        opt: &mut Optimizer,
+        (new, dreamed): (Batch, Batch),
+    ) -> Result<(Vec<f64>, Phases)> {
+        let views = new.views.len();
+        if views != dreamed.views.len() {
+            bail!(
+                "new batch has {views} views, dreamed batch {}",
+                dreamed.views.len()
+            );
+        }
+        if matches!(self.views, Views::Augmented { .. }) && views < 2 {
+            bail!("augmented distillation needs at least 2 views (--peers), got {views}");
+        }
+        let mut phases = Phases::default();
+        let device = model.device();
+        let n_new = new.indices.len() as i64;
+        let n_dreamed = dreamed.indices.len() as i64;
+        let dreamed_pids = (dreamed.pids.to_device(device) + self.new_classes).detach();
+        let pids = Tensor::cat(
+            &[new.pids.to_device(device), dreamed_pids.shallow_clone()],
+            0,
+        );
+        let t = Instant::now();
+        let teachers = self.teacher(&dreamed, device);
+        phases.teacher = t.elapsed();
+        let t = Instant::now();
+        opt.zero_grad();
+        phases.optimizer = t.elapsed();
+        let mut reported = Vec::new();
+        for (i, (x, x_dreamed)) in new.views.iter().zip(&dreamed.views).enumerate() {
+            let t = Instant::now();
+            let input = to_input(&Tensor::cat(&[x, x_dreamed], 0), device);
+            let out = model.forward(&input, true);
+            let base = BaseLoss::new(&out.logits, &out.global, &pids);
+            let student = rows(&out, n_new, n_dreamed);
+            let distill = self.distill(&student, &teachers, i, &dreamed_pids)?;
+            let loss = base.total() + &distill;
+            phases.forward += t.elapsed();
+            let t = Instant::now();
+            (loss / views as f64).backward();
+            phases.backward += t.elapsed();
+            reported = vec![
+                base.ce.double_value(&[]),
+                base.triplet.double_value(&[]),
+                distill.double_value(&[]),
+            ];
+        }
+        let t = Instant::now();
+        opt.step();
+        phases.optimizer += t.elapsed();
+        Ok((reported, phases))
+    }
 }
 
 impl Step for IncrementalStep {
@@ -94,52 +170,13 @@ impl Step for IncrementalStep {
         (new.indices.len() + dreamed.indices.len()) * new.views.len()
     }
 
-    /// Per view: one student forward over new ⊕ dreamed in train mode (BN statistics span
-    /// both halves), CE + triplet on both halves, factor · distillation on the dreamed
-    /// half; each view's loss is back-propagated divided by the number of views, then one
-    /// optimiser step. The reported losses are the last view's, as the reference's.
+    /// See [`IncrementalStep::step_timed`].
     fn step(
         &mut self,
         model: &ReidModel,
         opt: &mut Optimizer,
-        (new, dreamed): (Batch, Batch),
+        batch: (Batch, Batch),
     ) -> Result<Vec<f64>> {
-        let views = new.views.len();
-        if views != dreamed.views.len() {
-            bail!(
-                "new batch has {views} views, dreamed batch {}",
-                dreamed.views.len()
-            );
-        }
-        if matches!(self.views, Views::Augmented { .. }) && views < 2 {
-            bail!("augmented distillation needs at least 2 views (--peers), got {views}");
-        }
-        let device = model.device();
-        let n_new = new.indices.len() as i64;
-        let n_dreamed = dreamed.indices.len() as i64;
-        let dreamed_pids = (dreamed.pids.to_device(device) + self.new_classes).detach();
-        let pids = Tensor::cat(
-            &[new.pids.to_device(device), dreamed_pids.shallow_clone()],
-            0,
-        );
-        let teachers = self.teacher(&dreamed, device);
-        opt.zero_grad();
-        let mut reported = Vec::new();
-        for (i, (x, x_dreamed)) in new.views.iter().zip(&dreamed.views).enumerate() {
-            let input = to_input(&Tensor::cat(&[x, x_dreamed], 0), device);
-            let out = model.forward(&input, true);
-            let base = BaseLoss::new(&out.logits, &out.global, &pids);
-            let student = rows(&out, n_new, n_dreamed);
-            let distill = self.distill(&student, &teachers, i, &dreamed_pids)?;
-            let loss = base.total() + &distill;
-            (loss / views as f64).backward();
-            reported = vec![
-                base.ce.double_value(&[]),
-                base.triplet.double_value(&[]),
-                distill.double_value(&[]),
-            ];
-        }
-        opt.step();
-        Ok(reported)
+        self.step_timed(model, opt, batch).map(|(losses, _)| losses)
     }
 }
