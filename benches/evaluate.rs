@@ -52,8 +52,6 @@ struct Phase {
 }
 
 fn main() -> Result<()> {
-    // As the agd binary does first thing: keep freed memory in the process.
-    agd::alloc::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("child") {
         ensure!(args.len() == 4, "usage: evaluate child PHASE DIR");

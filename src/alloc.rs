@@ -4,7 +4,9 @@
 //! with a fresh mapping and unmaps it on free, so each training step page-faults its whole
 //! working set (~3 GB for ResNet-50, batch 32) anew; on this 2-core CPU that kernel work is
 //! a third of the step. Training reaches the same peak every step anyway, so holding on
-//! to it costs nothing. Measured with `cargo bench --bench train_step`.
+//! to it costs nothing. Measured with `cargo bench --bench train_step`. Evaluation is the
+//! opposite case (a few large matrices, allocated once): there the setting made
+//! `cargo bench --bench evaluate` 2.45 s → 3.4 s, so `agd evaluate` runs without it.
 
 /// Tells glibc to never use mmap for large blocks and never trim the heap. A no-op on
 /// other platforms.
@@ -16,7 +18,7 @@ pub fn retain_freed_memory() {
         }
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_MAX: i32 = -4;
-        // SAFETY: mallopt only adjusts allocator tunables; called before any tensor exists.
+        // SAFETY: mallopt only adjusts allocator tunables; called before any tensor exists (first thing in `cli::run`).
         unsafe {
             mallopt(M_MMAP_MAX, 0);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);

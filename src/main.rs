@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    agd::alloc::retain_freed_memory();
     match agd::cli::run(agd::cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -100,6 +100,15 @@ where
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Training and inversion repeat the same large allocations every step: keep freed
+    // memory. Evaluation allocates a few large matrices once, and there the setting costs
+    // time (fresh mappings come zeroed by the kernel, reused heap memory must be cleared).
+    if !matches!(
+        cli.command,
+        Command::Evaluate(_) | Command::Synth(_) | Command::Plot(_)
+    ) {
+        crate::alloc::retain_freed_memory();
+    }
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Invert(args) => invert::run(&args),
