@@ -330,10 +330,10 @@ pub struct DemoArgs {
     /// Dreamed images per task-A identity (default 8; 4 with --quick).
     #[arg(long)]
     pub shots: Option<usize>,
-    /// Inversion iterations at half size (default 100; 4 with --quick).
+    /// Inversion iterations at half size (default 30; 4 with --quick).
     #[arg(long)]
     pub low_res_iters: Option<usize>,
-    /// Inversion iterations at full size (default 60; 4 with --quick).
+    /// Inversion iterations at full size (default 130; 4 with --quick).
     #[arg(long)]
     pub full_res_iters: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]
