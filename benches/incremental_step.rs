@@ -205,7 +205,7 @@ fn main() -> Result<()> {
     common::print_load();
 
     let mut agd = AgdStep::new()?;
-    let mut reference = Reference::start("incremental_step.py", threads);
+    let mut reference = Reference::start("incremental_step.py", threads, &[]);
     let runs = common::alternate(
         steps,
         PHASES,
@@ -214,6 +214,12 @@ fn main() -> Result<()> {
         |losses: &Vec<f64>, theirs| print_losses(losses, theirs),
     )?;
     drop(agd);
-    runs.report("ResNet-50 incremental step", PHASES, 2 * HALF, &reference);
+    runs.report(
+        "ResNet-50 incremental step",
+        PHASES,
+        2 * HALF,
+        &reference,
+        1.0,
+    );
     Ok(())
 }

@@ -174,7 +174,7 @@ fn main() -> Result<()> {
     common::print_load();
 
     let mut agd = AgdStep::new()?;
-    let mut reference = Reference::start("train_step.py", threads);
+    let mut reference = Reference::start("train_step.py", threads, &[]);
     let runs = common::alternate(
         steps,
         PHASES,
@@ -183,7 +183,7 @@ fn main() -> Result<()> {
         |_, _| {},
     )?;
     drop(agd);
-    runs.report("ResNet-50 step", PHASES, BATCH, &reference);
+    runs.report("ResNet-50 step", PHASES, BATCH, &reference, 1.0);
     drop(reference);
 
     // Cargo builds the binary targets for benches too (and sets this path), so the
