@@ -11,7 +11,7 @@ use crate::eval::metrics::{distance_matrix, evaluate, Distance, Labels, Metrics,
 use crate::eval::ranklist;
 use crate::eval::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
 use crate::model::checkpoint::{resolve, Checkpoint};
-use crate::model::{ModelConfig, Pooling, ReidModel};
+use crate::model::{ModelConfig, ReidModel};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -157,22 +157,17 @@ fn checkpoints(args: &EvaluateArgs) -> Result<Vec<PathBuf>> {
 /// do not record them).
 fn model_for(ck: &Checkpoint, args: &EvaluateArgs, device: tch::Device) -> Result<ReidModel> {
     let depth = ck.depth().unwrap_or(args.model.depth);
-    let meta = |k: &str| ck.metadata.get(k).cloned();
     let embedding = ck
         .tensors
         .get("backbone.bn.weight")
         .map(|t| t.size()[0])
         .unwrap_or(args.model.embedding);
+    let (last_stride, pooling) =
+        ck.stride_and_pooling(args.model.last_stride, args.model.last_pooling);
     let config = ModelConfig {
         depth,
-        last_stride: meta("last_stride")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(args.model.last_stride),
-        pooling: match meta("last_pooling").as_deref() {
-            Some("max") => Pooling::Max,
-            Some("avg") => Pooling::Avg,
-            _ => args.model.last_pooling,
-        },
+        last_stride,
+        pooling,
         embedding,
         classes: ck.classes()?,
     };

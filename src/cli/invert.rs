@@ -90,15 +90,7 @@ fn load_teacher(args: &InvertArgs, device: tch::Device, log: &Logger) -> Result<
     let classes = ck
         .classes()
         .with_context(|| format!("--teacher {}", path.display()))?;
-    let last_stride = ck
-        .metadata
-        .get("last_stride")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let pooling = match ck.metadata.get("last_pooling").map(String::as_str) {
-        Some("max") => Pooling::Max,
-        _ => Pooling::Avg,
-    };
+    let (last_stride, pooling) = ck.stride_and_pooling(2, Pooling::Avg);
     let config = ModelConfig {
         depth: args.depth,
         last_stride,
@@ -142,17 +134,8 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     let dir = &args.generation_dir;
     let log = Logger::open(dir, true)
         .with_context(|| format!("--generation-dir {}: cannot write there", dir.display()))?;
-    log.line(format!(
-        "agd invert {}",
-        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
-    ));
-    let seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
-    if args.seed.is_none() {
-        log.line(format!(
-            "no --seed given: using seed {seed} (pass -s {seed} to repeat this run)"
-        ));
-    }
-    tch::manual_seed(seed as i64);
+    super::train::log_command(&log, "invert");
+    let seed = super::train::seed(args.seed, &log);
     let teacher = load_teacher(args, device, &log)?;
     let classes = teacher.config.classes;
 

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use tch::Device;
 
 /// The seed of the run: `--seed`, or one drawn now and logged so the run can be repeated.
-pub fn seed(run: &LoopArgs, log: &Logger) -> u64 {
-    let seed = run.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
-    if run.seed.is_none() {
+pub fn seed(given: Option<u64>, log: &Logger) -> u64 {
+    let seed = given.unwrap_or_else(|| rand::random::<u32>() as u64);
+    if given.is_none() {
         log.line(format!(
             "no --seed given: using seed {seed} (pass -s {seed} to repeat this run)"
         ));
@@ -119,17 +119,22 @@ pub fn resume(
     Ok(ck.epoch + 1)
 }
 
+/// Records the command line at the top of a run's log.
+pub fn log_command(log: &Logger, subcommand: &str) {
+    log.line(format!(
+        "agd {subcommand} {}",
+        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
+    ));
+}
+
 /// What every training subcommand does first: check the flags, open the log (recording
 /// the command line), pick the device, seed the run.
 pub fn start(r: &LoopArgs, subcommand: &str) -> Result<(Device, Logger, u64)> {
     r.validate()?;
     let device = crate::device::select(&r.device.gpu)?;
     let log = Logger::open(&r.logs_dir, true)?;
-    log.line(format!(
-        "agd {subcommand} {}",
-        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
-    ));
-    let seed = seed(r, &log);
+    log_command(&log, subcommand);
+    let seed = seed(r.seed, &log);
     Ok((device, log, seed))
 }
 

@@ -241,6 +241,22 @@ impl Checkpoint {
         Ok(w.size()[0])
     }
 
+    /// Last stride and pooling as the checkpoint's metadata records them (agd's do); the
+    /// given values where it does not (the reference's files).
+    pub fn stride_and_pooling(&self, stride: i64, pooling: Pooling) -> (i64, Pooling) {
+        let stride = self
+            .metadata
+            .get("last_stride")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(stride);
+        let pooling = match self.metadata.get("last_pooling").map(String::as_str) {
+            Some("max") => Pooling::Max,
+            Some("avg") => Pooling::Avg,
+            _ => pooling,
+        };
+        (stride, pooling)
+    }
+
     pub fn depth(&self) -> Option<Depth> {
         if let Some(d) = self.metadata.get("depth").and_then(|d| d.parse().ok()) {
             return Depth::from_number(d);
