@@ -11,7 +11,7 @@
 //! skips the Python side. The reference's environment (numpy, scikit-learn) lives in
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/agd/bench-venv`, created on first use.
 
-use agd::eval::metrics::{distance_matrix, evaluate, Distance, Labels, DEFAULT_TOPK};
+use agd::eval::metrics::{evaluate, evaluate_features, Distance, Labels, DEFAULT_TOPK};
 use agd::eval::rerank::{rerank_chunked, RerankParams, REFERENCE_CHUNK};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,19 @@ fn main() -> Result<()> {
         eprintln!("running agd {phase}…");
         run_json(Command::new(&exe).args(["child", phase]).arg(dir.path()))
     };
-    let agd_eval = agd_child("evaluate")?;
+    // The median of three runs: on a shared machine one run can catch a neighbour's load.
+    let mut runs = (0..3)
+        .map(|_| agd_child("evaluate"))
+        .collect::<Result<Vec<_>>>()?;
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    println!(
+        "agd evaluation runs: {}",
+        runs.iter()
+            .map(|r| format!("{:.2} s", r.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let agd_eval = runs.swap_remove(1);
     let agd_rerank = agd_child("rerank")?;
     let (ref_eval, ref_rerank) = if with_reference {
         let python = reference_python()?;
@@ -141,7 +153,7 @@ fn main() -> Result<()> {
     println!("{table}");
 
     println!(
-        "evaluation: {:.2} s (target ≤ 1.5 s at full scale)",
+        "evaluation: {:.2} s, median of three (target ≤ 1.5 s at full scale)",
         agd_eval.seconds
     );
     if let (Some(e), Some(r)) = (&ref_eval, &ref_rerank) {
@@ -251,15 +263,18 @@ fn child(phase: &str, dir: &Path) -> Result<Phase> {
     std::fs::write("/proc/self/clear_refs", "5")?;
 
     let start = Instant::now();
-    let (dist, rerank_seconds) = match phase {
-        "evaluate" => (distance_matrix(&q, &g, Distance::Cosine)?, 0.0),
+    let (m, rerank_seconds) = match phase {
+        "evaluate" => (
+            evaluate_features(&q, &g, Distance::Cosine, query, gallery, DEFAULT_TOPK)?,
+            0.0,
+        ),
         "rerank" => {
             let d = rerank_chunked(&q, &g, RerankParams::default(), REFERENCE_CHUNK)?;
-            (d, start.elapsed().as_secs_f64())
+            let seconds = start.elapsed().as_secs_f64();
+            (evaluate(&d, query, gallery, DEFAULT_TOPK)?, seconds)
         }
         other => bail!("unknown phase {other}"),
     };
-    let m = evaluate(&dist, query, gallery, DEFAULT_TOPK)?;
     Ok(Phase {
         seconds: start.elapsed().as_secs_f64(),
         rerank_seconds,

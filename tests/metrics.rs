@@ -2,7 +2,8 @@
 //! with known answers, scikit-learn's tie handling, bad input, and the distances.
 
 use agd::eval::metrics::{
-    distance_matrix, distances, evaluate, f_distances, Distance, Labels, Metrics, DEFAULT_TOPK,
+    distance_matrix, distances, evaluate, evaluate_features, f_distances, Distance, Labels,
+    Metrics, DEFAULT_TOPK,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -396,18 +397,25 @@ fn brute_force(dist: &[f32], q: Labels, g: Labels, topk: usize) -> Option<(f64, 
 #[test]
 fn agrees_with_the_spelled_out_procedure_on_heavy_ties() {
     let mut rng = Lcg(7);
-    for case in 0..200 {
+    for case in 0..240 {
+        // Every fourth case has so many distinct match distances that the scorer places
+        // items by binary search instead of counting passes.
+        let big = case % 4 == 3;
         let nq = 1 + rng.below(6) as usize;
-        let ng = 1 + rng.below(30) as usize;
-        let levels = 1 + rng.below(6);
-        let ids = 1 + rng.below(5) as i64;
+        let ng = 1 + rng.below(if big { 400 } else { 30 }) as usize;
+        let levels = 1 + rng.below(if big { 300 } else { 6 });
+        let ids = 1 + rng.below(if big { 2 } else { 5 }) as i64;
         let draw = |rng: &mut Lcg, n: usize, m: i64| -> Vec<i64> {
             (0..n).map(|_| rng.below(m as u64) as i64).collect()
         };
         let (qp, qc) = (draw(&mut rng, nq, ids), draw(&mut rng, nq, 3));
         let (gp, gc) = (draw(&mut rng, ng, ids), draw(&mut rng, ng, 3));
+        // Zero comes in both signs: -0.0 and 0.0 tie, as in numpy.
         let dist: Vec<f32> = (0..nq * ng)
-            .map(|_| rng.below(levels) as f32 * 0.25)
+            .map(|_| match rng.below(levels) {
+                0 if rng.below(2) == 0 => -0.0,
+                l => l as f32 * 0.25,
+            })
             .collect();
         let (q, g) = (
             Labels {
@@ -473,4 +481,142 @@ fn distances_reject_mismatched_features() {
     assert!(e.contains("[2, 3]") && e.contains("[4, 5]"), "{e}");
     let v = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
     assert!(f_distances(&v, &g, Distance::Euclidean).is_err());
+}
+
+/// Identity-clustered random features (with a per-camera shift), as retrieval produces:
+/// the same `seed` gives the same identities, so queries and gallery share them. Drawn
+/// from a local generator, not libtorch's global one, which parallel tests share.
+fn clustered(n: usize, ids: u64, cams: u64, dim: usize, seed: u64) -> (Tensor, Vec<i64>, Vec<i64>) {
+    // Roughly normal: a sum of four uniforms, centred.
+    let normal = |rng: &mut Lcg| {
+        (0..4).map(|_| rng.below(1 << 20) as f32).sum::<f32>() / (1 << 19) as f32 - 4.0
+    };
+    let mut rng = Lcg(seed);
+    let centres: Vec<f32> = (0..ids as usize * dim).map(|_| normal(&mut rng)).collect();
+    let shifts: Vec<f32> = (0..cams as usize * dim)
+        .map(|_| 0.5 * normal(&mut rng))
+        .collect();
+    let mut rng = Lcg(seed ^ (n as u64).wrapping_mul(0x9e37_79b9));
+    let (mut x, mut pids, mut cam) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (p, c) = (rng.below(ids) as usize, rng.below(cams) as usize);
+        for k in 0..dim {
+            x.push(centres[p * dim + k] + shifts[c * dim + k] + 1.5 * normal(&mut rng));
+        }
+        pids.push(p as i64);
+        cam.push(c as i64);
+    }
+    (
+        Tensor::from_slice(&x).view([n as i64, dim as i64]),
+        pids,
+        cam,
+    )
+}
+
+#[test]
+fn streamed_evaluation_equals_the_distance_matrix_path() {
+    // More queries than one block of the streamed path (1,024), so blocks are stitched.
+    let (q, qp, qc) = clustered(1300, 60, 4, 48, 1);
+    let (g, gp, gc) = clustered(700, 60, 4, 48, 1);
+    let (ql, gl) = (
+        Labels {
+            pids: &qp,
+            cams: &qc,
+        },
+        Labels {
+            pids: &gp,
+            cams: &gc,
+        },
+    );
+    for kind in [Distance::Cosine, Distance::Euclidean] {
+        let full = evaluate(
+            &distance_matrix(&q, &g, kind).unwrap(),
+            ql,
+            gl,
+            DEFAULT_TOPK,
+        )
+        .unwrap();
+        let streamed = evaluate_features(&q, &g, kind, ql, gl, DEFAULT_TOPK).unwrap();
+        assert!(full.map > 0.2 && full.map < 0.99, "{kind:?}: {full:?}");
+        assert_close("mAP", streamed.map, full.map, 1e-6);
+        for (s, f) in streamed.cmc.iter().zip(&full.cmc) {
+            assert_close("CMC", *s, *f, 1e-6);
+        }
+        assert_eq!(streamed.valid_queries, full.valid_queries);
+    }
+    // Float64 features take the matrix path and give its numbers.
+    let (q64, g64) = (q.to_kind(Kind::Double), g.to_kind(Kind::Double));
+    let want = evaluate(
+        &distance_matrix(&q64, &g64, Distance::Cosine).unwrap(),
+        ql,
+        gl,
+        DEFAULT_TOPK,
+    )
+    .unwrap();
+    let got = evaluate_features(&q64, &g64, Distance::Cosine, ql, gl, DEFAULT_TOPK).unwrap();
+    assert_eq!(got.map, want.map);
+}
+
+#[test]
+fn streamed_evaluation_rejects_bad_input() {
+    let (q, qp, qc) = clustered(10, 3, 2, 8, 3);
+    let (g, gp, gc) = clustered(12, 3, 2, 8, 3);
+    let ql = Labels {
+        pids: &qp,
+        cams: &qc,
+    };
+    let gl = Labels {
+        pids: &gp,
+        cams: &gc,
+    };
+    let narrow = g.narrow(1, 0, 4);
+    let e = err_of(evaluate_features(
+        &q,
+        &narrow,
+        Distance::Cosine,
+        ql,
+        gl,
+        DEFAULT_TOPK,
+    ));
+    assert!(e.contains("same width"), "{e}");
+    let short = Labels {
+        pids: &gp[..5],
+        cams: &gc[..5],
+    };
+    let e = err_of(evaluate_features(
+        &q,
+        &g,
+        Distance::Cosine,
+        ql,
+        short,
+        DEFAULT_TOPK,
+    ));
+    assert!(
+        e.contains("12 gallery features") && e.contains("5 gallery labels"),
+        "{e}"
+    );
+    let mut bad = Vec::<f32>::try_from(q.reshape([-1])).unwrap();
+    bad[8 * 3] = f32::NAN;
+    let nan = Tensor::from_slice(&bad).view([10, 8]);
+    let e = err_of(evaluate_features(
+        &nan,
+        &g,
+        Distance::Euclidean,
+        ql,
+        gl,
+        DEFAULT_TOPK,
+    ));
+    assert!(e.contains("query 3") && e.contains("NaN"), "{e}");
+    let e = err_of(evaluate_features(
+        &q.narrow(0, 0, 0),
+        &g,
+        Distance::Cosine,
+        Labels {
+            pids: &[],
+            cams: &[],
+        },
+        gl,
+        DEFAULT_TOPK,
+    ));
+    assert!(e.contains("no query has a match"), "{e}");
 }

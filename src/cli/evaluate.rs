@@ -7,7 +7,9 @@ use crate::data::ImageStore;
 use crate::data::{Record, ReidDataset};
 use crate::eval::features::extract;
 use crate::eval::features_file::Features;
-use crate::eval::metrics::{distance_matrix, evaluate, Distance, Labels, Metrics, DEFAULT_TOPK};
+use crate::eval::metrics::{
+    distance_matrix, evaluate, evaluate_features, Distance, Labels, Metrics, DEFAULT_TOPK,
+};
 use crate::eval::ranklist;
 use crate::eval::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
 use crate::model::checkpoint::{resolve, Checkpoint};
@@ -75,34 +77,45 @@ struct Split {
     gallery_labels: (Vec<i64>, Vec<i64>),
 }
 
-/// The distances the protocol ranks by: cosine, or re-ranked raw features.
-fn distances(args: &EvaluateArgs, q: &Tensor, g: &Tensor) -> Result<Vec<f32>> {
-    if !args.re_ranking {
-        return distance_matrix(q, g, Distance::Cosine);
-    }
-    let p = RerankParams::default();
-    if args.one_shot {
-        rerank(q, g, p)
-    } else {
-        rerank_chunked(q, g, p, REFERENCE_CHUNK)
-    }
-}
-
+/// Metrics of one split, and the distance rows of its first `--rank-list-n` queries for
+/// the rank-list pictures (none without `--rank-list`). Plain evaluation never holds the
+/// whole Q×G matrix; re-ranking computes it anyway.
 fn score(args: &EvaluateArgs, s: &Split) -> Result<(Metrics, Vec<f32>)> {
-    let dist = distances(args, &s.query, &s.gallery)?;
-    let m = evaluate(
-        &dist,
-        Labels {
-            pids: &s.query_labels.0,
-            cams: &s.query_labels.1,
-        },
-        Labels {
-            pids: &s.gallery_labels.0,
-            cams: &s.gallery_labels.1,
-        },
+    let query = Labels {
+        pids: &s.query_labels.0,
+        cams: &s.query_labels.1,
+    };
+    let gallery = Labels {
+        pids: &s.gallery_labels.0,
+        cams: &s.gallery_labels.1,
+    };
+    if args.re_ranking {
+        let p = RerankParams::default();
+        let dist = if args.one_shot {
+            rerank(&s.query, &s.gallery, p)?
+        } else {
+            rerank_chunked(&s.query, &s.gallery, p, REFERENCE_CHUNK)?
+        };
+        return Ok((evaluate(&dist, query, gallery, DEFAULT_TOPK)?, dist));
+    }
+    let m = evaluate_features(
+        &s.query,
+        &s.gallery,
+        Distance::Cosine,
+        query,
+        gallery,
         DEFAULT_TOPK,
     )?;
-    Ok((m, dist))
+    let shown = match args.rank_list {
+        Some(_) => args.rank_list_n.min(query.pids.len()) as i64,
+        None => 0,
+    };
+    let rows = distance_matrix(
+        &s.query.f_narrow(0, 0, shown)?,
+        &s.gallery,
+        Distance::Cosine,
+    )?;
+    Ok((m, rows))
 }
 
 fn labels(records: &[Record]) -> (Vec<i64>, Vec<i64>) {

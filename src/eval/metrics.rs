@@ -10,7 +10,6 @@
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::cmp::Ordering;
 use tch::{Device, Kind, Tensor};
 
 /// The CMC ranks reported by the reference (1..=20).
@@ -72,8 +71,7 @@ struct QueryScore {
 /// a match in the gallery outside its own camera (the reference raises there too).
 /// Infinite distances are ordinary, tied, extremes.
 pub fn evaluate(dist: &[f32], query: Labels, gallery: Labels, topk: usize) -> Result<Metrics> {
-    let nq = query.len("query")?;
-    let ng = gallery.len("gallery")?;
+    let (nq, ng) = sides(query, gallery)?;
     let expected = nq
         .checked_mul(ng)
         .with_context(|| format!("{nq} queries × {ng} gallery items overflows"))?;
@@ -82,28 +80,223 @@ pub fn evaluate(dist: &[f32], query: Labels, gallery: Labels, topk: usize) -> Re
         "distance matrix has {} entries, expected {nq} queries × {ng} gallery items = {expected}",
         dist.len()
     );
-    let no_valid = || {
-        anyhow::anyhow!(
-            "no query has a match in the gallery outside its own camera \
-             ({nq} queries, {ng} gallery items)"
-        )
-    };
-    if nq == 0 || ng == 0 {
-        return Err(no_valid());
-    }
-
+    let identities = Identities::new(gallery);
     let scores: Vec<Option<QueryScore>> = dist
         .par_chunks(ng)
-        .zip(query.pids.par_iter().zip(query.cams.par_iter()))
         .enumerate()
-        .map(|(i, (row, (&pid, &cam)))| {
-            if let Some(j) = row.iter().position(|d| d.is_nan()) {
-                bail!("distance of query {i} to gallery item {j} is NaN");
-            }
-            Ok(score_query(row, pid, cam, gallery))
-        })
+        .map(|(i, row)| score_row(i, row, query, &identities))
         .collect::<Result<_>>()?;
+    summarise(&scores, nq, ng, topk)
+}
 
+/// Most query rows per similarity block in [`evaluate_features`]: 1,024 × 15,913 gallery
+/// items is 65 MB, and blocks this tall keep the GEMM at full speed.
+const BLOCK_ROWS: usize = 1024;
+
+/// Metrics of features ranked by `kind`: the numbers of [`evaluate`] on
+/// [`distance_matrix`], without ever holding the Q×G matrix.
+///
+/// On the CPU in float32 the similarities come block by block from one GEMM and each
+/// block's rows are turned into the reference's distances and scored while in cache; the
+/// distances are the same float32 operations [`f_distances`] applies, so only the GEMM's
+/// summation order (as between any two BLAS libraries) differs. Float64 features (the
+/// golden fixtures) and features on a GPU take the [`distance_matrix`] path.
+pub fn evaluate_features(
+    query: &Tensor,
+    gallery: &Tensor,
+    kind: Distance,
+    query_labels: Labels,
+    gallery_labels: Labels,
+    topk: usize,
+) -> Result<Metrics> {
+    let dim = feature_width(query, gallery)?;
+    let on_cpu = query.device() == Device::Cpu && gallery.device() == Device::Cpu;
+    let double = query.kind() == Kind::Double || gallery.kind() == Kind::Double;
+    if !on_cpu || double {
+        let dist = distance_matrix(query, gallery, kind)?;
+        return evaluate(&dist, query_labels, gallery_labels, topk);
+    }
+    let (nq, ng) = sides(query_labels, gallery_labels)?;
+    ensure!(
+        query.size()[0] as usize == nq && gallery.size()[0] as usize == ng,
+        "{} query and {} gallery features, but {nq} query and {ng} gallery labels",
+        query.size()[0],
+        gallery.size()[0]
+    );
+    let q = Operand::new(query, kind)?;
+    let g = Operand::new(gallery, kind)?;
+    let identities = Identities::new(gallery_labels);
+
+    // Equal blocks: a short last block would run the GEMM below its speed.
+    let block_rows = nq.div_ceil(nq.div_ceil(BLOCK_ROWS));
+    let mut block = vec![0f32; block_rows * ng];
+    let mut scores = Vec::with_capacity(nq);
+    for start in (0..nq).step_by(block_rows) {
+        let rows = block_rows.min(nq - start);
+        let block = &mut block[..rows * ng];
+        similarities(
+            &q.data[start * dim..(start + rows) * dim],
+            rows,
+            &g.data,
+            ng,
+            dim,
+            block,
+        );
+        let part: Vec<Option<QueryScore>> = block
+            .par_chunks_mut(ng)
+            .enumerate()
+            .map(|(r, row)| {
+                let i = start + r;
+                match kind {
+                    Distance::Cosine => {
+                        for d in row.iter_mut() {
+                            *d = kind.of_dot(*d, 0.0, 0.0);
+                        }
+                    }
+                    Distance::Euclidean => {
+                        for (d, &gsq) in row.iter_mut().zip(&g.sq) {
+                            *d = kind.of_dot(*d, q.sq[i], gsq);
+                        }
+                    }
+                }
+                score_row(i, row, query_labels, &identities)
+            })
+            .collect::<Result<_>>()?;
+        scores.extend(part);
+    }
+    summarise(&scores, nq, ng, topk)
+}
+
+/// Features as the GEMM reads them: row-major float32 (unit rows for the cosine), with
+/// each row's squared norm for the Euclidean distance (empty for the cosine).
+struct Operand {
+    data: Vec<f32>,
+    sq: Vec<f32>,
+}
+
+impl Operand {
+    fn new(x: &Tensor, kind: Distance) -> Result<Self> {
+        let x = x.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let dim = x.size()[1] as usize;
+        let n = x.numel();
+        if n == 0 {
+            return Ok(Self {
+                data: Vec::new(),
+                sq: vec![0.0; x.size()[0] as usize],
+            });
+        }
+        // SAFETY: `x` is a contiguous float32 CPU tensor of `n` elements, alive and not
+        // written to while `src` is used below.
+        let src = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, n) };
+        let mut data = vec![0f32; n];
+        let sq = match kind {
+            Distance::Cosine => {
+                // [`unit_rows`], copying on rayon's threads: the norm accumulated in
+                // float64 and rounded, then a float32 division.
+                data.par_chunks_mut(dim)
+                    .zip(src.par_chunks(dim))
+                    .for_each(|(row, x)| {
+                        let norm = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                        let norm = (norm as f32).max(1e-12);
+                        row.iter_mut().zip(x).for_each(|(r, &v)| *r = v / norm);
+                    });
+                Vec::new()
+            }
+            Distance::Euclidean => {
+                data.copy_from_slice(src);
+                Vec::<f32>::try_from(x.f_square()?.f_sum_dim_intlist(
+                    [1i64].as_slice(),
+                    false,
+                    Kind::Float,
+                )?)?
+            }
+        };
+        Ok(Self { data, sq })
+    }
+}
+
+/// `out` (m × n, row-major) = `a` (m × D) · `b` (n × D)ᵀ, on all of rayon's threads.
+fn similarities(a: &[f32], m: usize, b: &[f32], n: usize, dim: usize, out: &mut [f32]) {
+    assert!(out.len() == m * n && a.len() == m * dim && b.len() == n * dim);
+    // SAFETY: the three slices hold exactly the m×D, n×D and m×n elements the strides
+    // below address (checked above), and `out` is borrowed mutably, so nothing aliases it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            dim,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            dim as isize,
+            b.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+/// Numbers of queries and gallery items, once their pids and cameras agree and neither
+/// side is empty.
+fn sides(query: Labels, gallery: Labels) -> Result<(usize, usize)> {
+    let (nq, ng) = (query.len("query")?, gallery.len("gallery")?);
+    ensure!(nq > 0 && ng > 0, no_valid_query(nq, ng));
+    Ok((nq, ng))
+}
+
+fn no_valid_query(nq: usize, ng: usize) -> String {
+    format!(
+        "no query has a match in the gallery outside its own camera \
+         ({nq} queries, {ng} gallery items)"
+    )
+}
+
+/// One query's score from its distance row, refusing NaN distances.
+fn score_row(
+    i: usize,
+    row: &[f32],
+    query: Labels,
+    gallery: &Identities,
+) -> Result<Option<QueryScore>> {
+    // A branch-free scan first: NaN is an error, so it is rare.
+    if row.iter().fold(false, |nan, d| nan | d.is_nan()) {
+        let j = row.iter().position(|d| d.is_nan()).unwrap_or_default();
+        bail!("distance of query {i} to gallery item {j} is NaN");
+    }
+    Ok(score_query(row, query.pids[i], query.cams[i], gallery))
+}
+
+/// Gallery items by identity (with their cameras), so that a query finds its matches and
+/// its ignored same-camera shots without scanning the gallery.
+struct Identities {
+    items: std::collections::HashMap<i64, Vec<(usize, i64)>>,
+}
+
+impl Identities {
+    fn new(gallery: Labels) -> Self {
+        let mut items: std::collections::HashMap<i64, Vec<(usize, i64)>> = Default::default();
+        for (j, (&pid, &cam)) in gallery.pids.iter().zip(gallery.cams).enumerate() {
+            items.entry(pid).or_default().push((j, cam));
+        }
+        Self { items }
+    }
+
+    fn of(&self, pid: i64) -> &[(usize, i64)] {
+        self.items.get(&pid).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// mAP over the valid queries and the CMC curve up to `topk`.
+fn summarise(scores: &[Option<QueryScore>], nq: usize, ng: usize, topk: usize) -> Result<Metrics> {
     let mut ap_sum = 0.0;
     let mut valid = 0usize;
     let mut first_at = vec![0usize; topk];
@@ -114,9 +307,7 @@ pub fn evaluate(dist: &[f32], query: Labels, gallery: Labels, topk: usize) -> Re
             *c += 1;
         }
     }
-    if valid == 0 {
-        return Err(no_valid());
-    }
+    ensure!(valid > 0, no_valid_query(nq, ng));
     let cmc = first_at
         .iter()
         .scan(0usize, |acc, &c| {
@@ -134,61 +325,78 @@ pub fn evaluate(dist: &[f32], query: Labels, gallery: Labels, topk: usize) -> Re
 
 /// AP and first-match rank of one query, or `None` when it has no match to find.
 ///
-/// Needs no sort of the gallery: only the P match distances are sorted, and each kept
-/// item is placed among them by binary search, O(G log P).
-fn score_query(row: &[f32], pid: i64, cam: i64, gallery: Labels) -> Option<QueryScore> {
-    let kept = |j: usize| gallery.pids[j] != pid || gallery.cams[j] != cam;
-
-    // Matches, and the first one in stable (distance, index) order.
-    let mut positives = Vec::new();
-    let mut first: Option<(f32, usize)> = None;
-    for (j, &d) in row.iter().enumerate() {
-        if gallery.pids[j] == pid && kept(j) {
-            positives.push(d);
-            if first.is_none_or(|(fd, _)| d < fd) {
-                first = Some((d, j));
-            }
+/// Needs no sort of the gallery: only the P matches are sorted. What AP needs of the other
+/// items is, per distinct match distance t, how many kept items lie at or below t; with
+/// few matches (the usual case) that is one branch-free, vectorised count over the row per
+/// t, otherwise each item is placed among the matches by binary search, O(G log P).
+fn score_query(row: &[f32], pid: i64, cam: i64, gallery: &Identities) -> Option<QueryScore> {
+    // Matches, and the ignored same-camera shots of the query's identity.
+    let (mut positives, mut ignored) = (Vec::new(), Vec::new());
+    for &(j, c) in gallery.of(pid) {
+        if c == cam {
+            ignored.push((row[j], j));
+        } else {
+            positives.push((row[j], j));
         }
     }
-    let (first_d, first_j) = first?;
+    // The first match in stable (distance, index) order; positives are in gallery order.
+    // `<` and `==` (not `total_cmp`) throughout, so that -0.0 and 0.0 tie, as in numpy.
+    let (first_d, first_j) =
+        positives
+            .iter()
+            .copied()
+            .reduce(|first, x| if x.0 < first.0 { x } else { first })?;
+    let before = |&(d, j): &(f32, usize)| d < first_d || (d == first_d && j < first_j);
+    let before_first = count(row, |d| d < first_d)
+        + row[..first_j].iter().filter(|&&d| d == first_d).count()
+        - ignored.iter().filter(|x| before(x)).count();
 
     // Distinct match distances (ascending), each with the number of matches up to it.
-    positives.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+    positives.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let mut groups: Vec<(f32, usize)> = Vec::new();
-    for (n, &d) in positives.iter().enumerate() {
+    for (n, &(d, _)) in positives.iter().enumerate() {
         match groups.last_mut() {
-            // `==` (not bit equality) so that -0.0 and 0.0 tie, as in numpy.
             Some((t, tp)) if *t == d => *tp = n + 1,
             _ => groups.push((d, n + 1)),
         }
     }
 
-    // Kept items per group (distance in (previous, this]), and items ranked before the
-    // first match: strictly closer, or tied with it but earlier in the gallery.
-    let mut bucket = vec![0usize; groups.len()];
-    let mut before_first = 0usize;
-    for (j, &d) in row.iter().enumerate() {
-        if !kept(j) {
-            continue;
+    // Kept items at or below each group's distance.
+    let retrieved: Vec<usize> = if groups.len() <= COUNTING_PASSES {
+        groups
+            .iter()
+            .map(|&(t, _)| {
+                count(row, |d| d <= t) - ignored.iter().filter(|&&(d, _)| d <= t).count()
+            })
+            .collect()
+    } else {
+        let mut bucket = vec![0usize; groups.len()];
+        for &d in row {
+            if let Some(b) = bucket.get_mut(groups.partition_point(|&(x, _)| x < d)) {
+                *b += 1;
+            }
         }
-        let t = groups.partition_point(|&(x, _)| x < d);
-        if let Some(b) = bucket.get_mut(t) {
-            *b += 1;
+        for &(d, _) in &ignored {
+            if let Some(b) = bucket.get_mut(groups.partition_point(|&(x, _)| x < d)) {
+                *b -= 1;
+            }
         }
-        if d < first_d || (d == first_d && j < first_j) {
-            before_first += 1;
-        }
-    }
+        bucket
+            .iter()
+            .scan(0, |acc, &b| {
+                *acc += b;
+                Some(*acc)
+            })
+            .collect()
+    };
 
     // sklearn: AP = Σ_t (R_t − R_{t−1}) · P_t over distinct thresholds; only thresholds
     // holding a match move recall, so the others can be left out.
     let total = positives.len() as f64;
-    let mut retrieved = 0usize;
     let mut prev_tp = 0usize;
     let mut ap = 0.0;
-    for (&(_, tp), &b) in groups.iter().zip(&bucket) {
-        retrieved += b;
-        ap += (tp - prev_tp) as f64 / total * (tp as f64 / retrieved as f64);
+    for (&(_, tp), &r) in groups.iter().zip(&retrieved) {
+        ap += (tp - prev_tp) as f64 / total * (tp as f64 / r as f64);
         prev_tp = tp;
     }
     Some(QueryScore {
@@ -196,6 +404,17 @@ fn score_query(row: &[f32], pid: i64, cam: i64, gallery: Labels) -> Option<Query
         first_match: before_first,
     })
 }
+
+/// Items of `row` for which `pred` holds, counted branch-free in 32-bit lanes (a row has
+/// far fewer than 2³² items), which the compiler vectorises 16 wide.
+#[inline]
+fn count(row: &[f32], pred: impl Fn(f32) -> bool) -> usize {
+    row.iter().map(|&d| pred(d) as u32).sum::<u32>() as usize
+}
+
+/// Up to this many distinct match distances, counting passes over the row beat a binary
+/// search per item (they vectorise and never mispredict).
+const COUNTING_PASSES: usize = 48;
 
 /// Distance between features, as the reference's `pairwise_distance` computes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +424,48 @@ pub enum Distance {
     Cosine,
     /// `sqrt(max(‖x‖² + ‖y‖² − 2x·y, 1e-12))`, the reference's `euclidean_dist`.
     Euclidean,
+}
+
+impl Distance {
+    /// The distance from a dot product `dot` (of unit rows for the cosine) and the two
+    /// squared norms (unused by the cosine), with the float32 operations, in the order, of
+    /// [`f_distances`].
+    /// NaN stays NaN (`f32::max` would hide it; `clamp_min` does not).
+    #[inline]
+    fn of_dot(self, dot: f32, x_sq: f32, y_sq: f32) -> f32 {
+        if dot.is_nan() {
+            return f32::NAN;
+        }
+        match self {
+            Distance::Cosine => 1.0 / (dot.max(-1.0) + 1.0),
+            Distance::Euclidean => {
+                let d = x_sq + y_sq - dot * 2.0;
+                if d.is_nan() {
+                    d
+                } else {
+                    d.max(1e-12).sqrt()
+                }
+            }
+        }
+    }
+}
+
+/// Rows divided by `max(‖x‖, 1e-12)`: a zero feature stays zero instead of NaN.
+fn unit_rows(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
+        .f_clamp_min(1e-12)?;
+    Ok(x.f_div(&norm)?)
+}
+
+/// The common width D of Q×D query and G×D gallery features.
+fn feature_width(query: &Tensor, gallery: &Tensor) -> Result<usize> {
+    let (qs, gs) = (query.size(), gallery.size());
+    ensure!(
+        qs.len() == 2 && gs.len() == 2 && qs[1] == gs[1],
+        "features must be Q×D and G×D matrices of the same width, got query {qs:?} and gallery {gs:?}"
+    );
+    Ok(qs[1] as usize)
 }
 
 /// Q×G distances (f32, CPU, contiguous) of Q×D query and G×D gallery features on any
@@ -225,11 +486,7 @@ pub fn distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Tensor {
 /// reference's value. Cosines rounded below −1 are clamped: the reference's `1 / (1 + cos)`
 /// would turn them into large negative distances and rank opposite features first.
 pub fn f_distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Result<Tensor> {
-    let (qs, gs) = (query.size(), gallery.size());
-    ensure!(
-        qs.len() == 2 && gs.len() == 2 && qs[1] == gs[1],
-        "features must be Q×D and G×D matrices of the same width, got query {qs:?} and gallery {gs:?}"
-    );
+    feature_width(query, gallery)?;
     let work = if query.kind() == Kind::Double || gallery.kind() == Kind::Double {
         Kind::Double
     } else {
@@ -239,13 +496,7 @@ pub fn f_distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Result<T
     let g = gallery.f_to_device(q.device())?.f_to_kind(work)?;
     let d = match kind {
         Distance::Cosine => {
-            let unit = |x: &Tensor| -> Result<Tensor> {
-                let norm = x
-                    .f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
-                    .f_clamp_min(1e-12)?;
-                Ok(x.f_div(&norm)?)
-            };
-            let cos = unit(&q)?.f_mm(&unit(&g)?.f_tr()?)?;
+            let cos = unit_rows(&q)?.f_mm(&unit_rows(&g)?.f_tr()?)?;
             cos.f_clamp_min(-1.0)?.f_add_scalar(1.0)?.f_reciprocal()?
         }
         Distance::Euclidean => {

@@ -51,12 +51,12 @@ impl TestSet {
     ) -> Result<Metrics> {
         let q = features::extract(model, &self.query_images, batch_size, feature, "query");
         let g = features::extract(model, &self.gallery_images, batch_size, feature, "gallery");
-        let dist = metrics::distances(&q, &g, Distance::Cosine);
-        let dist: Vec<f32> = Vec::try_from(dist.flatten(0, -1))?;
         let (qp, qc) = labels(&self.query);
         let (gp, gc) = labels(&self.gallery);
-        metrics::evaluate(
-            &dist,
+        metrics::evaluate_features(
+            &q,
+            &g,
+            Distance::Cosine,
             Labels {
                 pids: &qp,
                 cams: &qc,
