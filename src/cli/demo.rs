@@ -264,8 +264,11 @@ impl Run<'_> {
             &dir.display().to_string(),
             "--shots",
             &s.shots.to_string(),
+            // One image of every identity per batch: `invert` draws distinct identities
+            // when there are enough, so `shots` batches fill every bag with no image
+            // dreamed and then dropped.
             "--bs",
-            "64",
+            &s.ids.to_string(),
             "--iters",
             "1000",
             "--low-res-iters",
