@@ -318,7 +318,7 @@ pub struct DemoArgs {
     /// Small sizes for CI (a few seconds per stage).
     #[arg(long)]
     pub quick: bool,
-    /// Identities per task (default 50; 8 with --quick).
+    /// Identities per task (default 40; 8 with --quick).
     #[arg(long)]
     pub ids: Option<usize>,
     /// Epochs of the base model on task A (default 12; 2 with --quick).
@@ -327,13 +327,13 @@ pub struct DemoArgs {
     /// Epochs of every run on task B (default 6; 1 with --quick).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Dreamed images per task-A identity (default 8; 4 with --quick).
+    /// Dreamed images per task-A identity (default 6; 4 with --quick).
     #[arg(long)]
     pub shots: Option<usize>,
     /// Inversion iterations at half size (default 30; 4 with --quick).
     #[arg(long)]
     pub low_res_iters: Option<usize>,
-    /// Inversion iterations at full size (default 130; 4 with --quick).
+    /// Inversion iterations at full size (default 100; 4 with --quick).
     #[arg(long)]
     pub full_res_iters: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]

@@ -47,15 +47,15 @@ impl Sizes {
             }
         } else {
             Self {
-                ids: 50,
+                ids: 40,
                 images_per_id: 10,
                 cameras: 5,
                 batch_size: 32,
                 base_epochs: 12,
                 epochs: 6,
-                shots: 8,
+                shots: 6,
                 low_res_iters: 30,
-                full_res_iters: 130,
+                full_res_iters: 100,
             }
         };
         Self {
