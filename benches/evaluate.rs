@@ -250,14 +250,8 @@ fn child(phase: &str, dir: &Path) -> Result<Phase> {
         feats.narrow(0, 0, meta.nq as i64),
         feats.narrow(0, meta.nq as i64, meta.ng as i64),
     );
-    let query = Labels {
-        pids: &meta.query_pids,
-        cams: &meta.query_cams,
-    };
-    let gallery = Labels {
-        pids: &meta.gallery_pids,
-        cams: &meta.gallery_cams,
-    };
+    let query = Labels::new(&meta.query_pids, &meta.query_cams);
+    let gallery = Labels::new(&meta.gallery_pids, &meta.gallery_cams);
     let loaded_kib = status_kib("VmRSS")?;
     // Restart the peak-RSS counter: what follows is the phase's own peak.
     std::fs::write("/proc/self/clear_refs", "5")?;

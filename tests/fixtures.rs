@@ -181,14 +181,8 @@ fn check_ranking(file: &str, f: &Value) {
         let dist = distance_matrix(&q, &g, Distance::Cosine).unwrap();
         let m = evaluate(
             &dist,
-            Labels {
-                pids: &qp,
-                cams: &qc,
-            },
-            Labels {
-                pids: &gp,
-                cams: &gc,
-            },
+            Labels::new(&qp, &qc),
+            Labels::new(&gp, &gc),
             DEFAULT_TOPK,
         )
         .unwrap_or_else(|e| panic!("{file}: {e:#}"));

@@ -53,11 +53,8 @@ fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
 fn one_query(dist: &[f32], pids: &[i64], cams: &[i64]) -> Metrics {
     evaluate(
         dist,
-        Labels {
-            pids: &[1],
-            cams: &[0],
-        },
-        Labels { pids, cams },
+        Labels::new(&[1], &[0]),
+        Labels::new(pids, cams),
         DEFAULT_TOPK,
     )
     .expect("evaluate")
@@ -76,14 +73,8 @@ fn raw_dot_product_would_not_match_the_fixture() {
     let (gp, gc) = (ints(&f["gallery_pids"]), ints(&f["gallery_cams"]));
     let m = evaluate(
         &dot,
-        Labels {
-            pids: &qp,
-            cams: &qc,
-        },
-        Labels {
-            pids: &gp,
-            cams: &gc,
-        },
+        Labels::new(&qp, &qc),
+        Labels::new(&gp, &gc),
         DEFAULT_TOPK,
     )
     .unwrap();
@@ -99,14 +90,8 @@ fn perfect_ranking_scores_one() {
     ];
     let m = evaluate(
         &dist,
-        Labels {
-            pids: &[1, 2],
-            cams: &[0, 0],
-        },
-        Labels {
-            pids: &[1, 1, 2, 2, 3],
-            cams: &[1, 2, 1, 2, 1],
-        },
+        Labels::new(&[1, 2], &[0, 0]),
+        Labels::new(&[1, 1, 2, 2, 3], &[1, 2, 1, 2, 1]),
         DEFAULT_TOPK,
     )
     .unwrap();
@@ -153,14 +138,8 @@ fn query_with_only_same_camera_matches_is_skipped() {
     ];
     let m = evaluate(
         &dist,
-        Labels {
-            pids: &[1, 2],
-            cams: &[0, 0],
-        },
-        Labels {
-            pids: &[3, 1, 2],
-            cams: &[1, 0, 1],
-        },
+        Labels::new(&[1, 2], &[0, 0]),
+        Labels::new(&[3, 1, 2], &[1, 0, 1]),
         DEFAULT_TOPK,
     )
     .unwrap();
@@ -174,14 +153,8 @@ fn query_with_only_same_camera_matches_is_skipped() {
 fn no_valid_query_is_an_error() {
     let e = err_of(evaluate(
         &[0.1, 0.2],
-        Labels {
-            pids: &[1],
-            cams: &[0],
-        },
-        Labels {
-            pids: &[1, 2],
-            cams: &[0, 1],
-        },
+        Labels::new(&[1], &[0]),
+        Labels::new(&[1, 2], &[0, 1]),
         DEFAULT_TOPK,
     ));
     assert!(
@@ -190,14 +163,8 @@ fn no_valid_query_is_an_error() {
     );
     let e = err_of(evaluate(
         &[],
-        Labels {
-            pids: &[],
-            cams: &[],
-        },
-        Labels {
-            pids: &[1],
-            cams: &[0],
-        },
+        Labels::new(&[], &[]),
+        Labels::new(&[1], &[0]),
         DEFAULT_TOPK,
     ));
     assert!(e.contains("no query has a match"), "{e}");
@@ -250,14 +217,8 @@ fn cmc_breaks_ties_by_gallery_order() {
 fn first_match_beyond_topk_still_counts_the_query() {
     let m = evaluate(
         &[0.1, 0.2, 0.3, 0.4],
-        Labels {
-            pids: &[1],
-            cams: &[0],
-        },
-        Labels {
-            pids: &[2, 3, 4, 1],
-            cams: &[1; 4],
-        },
+        Labels::new(&[1], &[0]),
+        Labels::new(&[2, 3, 4, 1], &[1; 4]),
         3,
     )
     .unwrap();
@@ -276,14 +237,8 @@ fn rank_outside_the_curve() {
 
 #[test]
 fn bad_shapes_and_nan_are_errors() {
-    let q = Labels {
-        pids: &[1, 2],
-        cams: &[0, 0],
-    };
-    let g = Labels {
-        pids: &[1, 2, 3],
-        cams: &[1, 1, 1],
-    };
+    let q = Labels::new(&[1, 2], &[0, 0]);
+    let g = Labels::new(&[1, 2, 3], &[1, 1, 1]);
     let e = err_of(evaluate(&[0.0; 5], q, g, DEFAULT_TOPK));
     assert!(
         e.contains("5 entries") && e.contains("2 queries × 3 gallery items"),
@@ -291,10 +246,7 @@ fn bad_shapes_and_nan_are_errors() {
     );
     let e = err_of(evaluate(
         &[0.0; 6],
-        Labels {
-            pids: &[1, 2],
-            cams: &[0],
-        },
+        Labels::new(&[1, 2], &[0]),
         g,
         DEFAULT_TOPK,
     ));
@@ -305,10 +257,7 @@ fn bad_shapes_and_nan_are_errors() {
     let e = err_of(evaluate(
         &[0.0; 6],
         q,
-        Labels {
-            pids: &[1, 2, 3],
-            cams: &[1, 1],
-        },
+        Labels::new(&[1, 2, 3], &[1, 1]),
         DEFAULT_TOPK,
     ));
     assert!(e.contains("gallery labels"), "{e}");
@@ -417,16 +366,7 @@ fn agrees_with_the_spelled_out_procedure_on_heavy_ties() {
                 l => l as f32 * 0.25,
             })
             .collect();
-        let (q, g) = (
-            Labels {
-                pids: &qp,
-                cams: &qc,
-            },
-            Labels {
-                pids: &gp,
-                cams: &gc,
-            },
-        );
+        let (q, g) = (Labels::new(&qp, &qc), Labels::new(&gp, &gc));
         let topk = 1 + rng.below(8) as usize;
         match (brute_force(&dist, q, g, topk), evaluate(&dist, q, g, topk)) {
             (None, Err(_)) => {}
@@ -518,16 +458,7 @@ fn streamed_evaluation_equals_the_distance_matrix_path() {
     // More queries than one block of the streamed path (1,024), so blocks are stitched.
     let (q, qp, qc) = clustered(1300, 60, 4, 48, 1);
     let (g, gp, gc) = clustered(700, 60, 4, 48, 1);
-    let (ql, gl) = (
-        Labels {
-            pids: &qp,
-            cams: &qc,
-        },
-        Labels {
-            pids: &gp,
-            cams: &gc,
-        },
-    );
+    let (ql, gl) = (Labels::new(&qp, &qc), Labels::new(&gp, &gc));
     for kind in [Distance::Cosine, Distance::Euclidean] {
         let full = evaluate(
             &distance_matrix(&q, &g, kind).unwrap(),
@@ -561,14 +492,8 @@ fn streamed_evaluation_equals_the_distance_matrix_path() {
 fn streamed_evaluation_rejects_bad_input() {
     let (q, qp, qc) = clustered(10, 3, 2, 8, 3);
     let (g, gp, gc) = clustered(12, 3, 2, 8, 3);
-    let ql = Labels {
-        pids: &qp,
-        cams: &qc,
-    };
-    let gl = Labels {
-        pids: &gp,
-        cams: &gc,
-    };
+    let ql = Labels::new(&qp, &qc);
+    let gl = Labels::new(&gp, &gc);
     let narrow = g.narrow(1, 0, 4);
     let e = err_of(evaluate_features(
         &q,
@@ -579,10 +504,7 @@ fn streamed_evaluation_rejects_bad_input() {
         DEFAULT_TOPK,
     ));
     assert!(e.contains("same width"), "{e}");
-    let short = Labels {
-        pids: &gp[..5],
-        cams: &gc[..5],
-    };
+    let short = Labels::new(&gp[..5], &gc[..5]);
     let e = err_of(evaluate_features(
         &q,
         &g,
@@ -611,10 +533,7 @@ fn streamed_evaluation_rejects_bad_input() {
         &q.narrow(0, 0, 0),
         &g,
         Distance::Cosine,
-        Labels {
-            pids: &[],
-            cams: &[],
-        },
+        Labels::new(&[], &[]),
         gl,
         DEFAULT_TOPK,
     ));

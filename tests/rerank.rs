@@ -76,14 +76,8 @@ impl Fixture {
     fn metrics(&self, dist: &[f32]) -> Metrics {
         evaluate(
             dist,
-            Labels {
-                pids: &self.qp,
-                cams: &self.qc,
-            },
-            Labels {
-                pids: &self.gp,
-                cams: &self.gc,
-            },
+            Labels::new(&self.qp, &self.qc),
+            Labels::new(&self.gp, &self.gc),
             DEFAULT_TOPK,
         )
         .expect("evaluate")
@@ -394,14 +388,8 @@ fn rerank_promotes_a_mutual_neighbour_over_a_one_sided_one() {
     ])
     .view([7, 2]);
     let (gp, gc) = ([2, 2, 2, 2, 1, 1, 1], [1, 1, 1, 1, 1, 2, 3]);
-    let labels = Labels {
-        pids: &gp,
-        cams: &gc,
-    };
-    let query = Labels {
-        pids: &[1],
-        cams: &[0],
-    };
+    let labels = Labels::new(&gp, &gc);
+    let query = Labels::new(&[1], &[0]);
     let raw: Vec<f32> =
         Vec::try_from((&q - &g).square().sum_dim_intlist(1, false, Kind::Float)).unwrap();
     let before = evaluate(&raw, query, labels, DEFAULT_TOPK).unwrap();

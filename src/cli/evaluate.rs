@@ -81,14 +81,8 @@ struct Split {
 /// the rank-list pictures (none without `--rank-list`). Plain evaluation never holds the
 /// whole Q×G matrix; re-ranking computes it anyway.
 fn score(args: &EvaluateArgs, s: &Split) -> Result<(Metrics, Vec<f32>)> {
-    let query = Labels {
-        pids: &s.query_labels.0,
-        cams: &s.query_labels.1,
-    };
-    let gallery = Labels {
-        pids: &s.gallery_labels.0,
-        cams: &s.gallery_labels.1,
-    };
+    let query = Labels::new(&s.query_labels.0, &s.query_labels.1);
+    let gallery = Labels::new(&s.gallery_labels.0, &s.gallery_labels.1);
     if args.re_ranking {
         let p = RerankParams::default();
         let dist = if args.one_shot {

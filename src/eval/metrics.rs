@@ -46,7 +46,12 @@ pub struct Labels<'a> {
     pub cams: &'a [i64],
 }
 
-impl Labels<'_> {
+impl<'a> Labels<'a> {
+    /// One side's person ids and camera ids, index-aligned with its features.
+    pub const fn new(pids: &'a [i64], cams: &'a [i64]) -> Self {
+        Self { pids, cams }
+    }
+
     fn len(&self, side: &str) -> Result<usize> {
         ensure!(
             self.pids.len() == self.cams.len(),

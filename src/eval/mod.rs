@@ -57,14 +57,8 @@ impl TestSet {
             &q,
             &g,
             Distance::Cosine,
-            Labels {
-                pids: &qp,
-                cams: &qc,
-            },
-            Labels {
-                pids: &gp,
-                cams: &gc,
-            },
+            Labels::new(&qp, &qc),
+            Labels::new(&gp, &gc),
             20,
         )
     }
