@@ -15,7 +15,8 @@
 
 mod common;
 
-use agd::inversion::{optim::stage_lr, Coefficients, DreamBatch, Inverter, Stage};
+use agd::inversion::optim::{stage_lr, WARMUP};
+use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage};
 use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
 use anyhow::Result;
 use common::{env_usize, Phases, Reference, Timing};
@@ -69,7 +70,7 @@ impl AgdSide {
     fn step(&mut self) -> Timing {
         let inverter = Inverter::new(&self.teacher, Coefficients::default());
         let t0 = Instant::now();
-        let lr = stage_lr(0.2, self.it, STAGE_ITERS);
+        let lr = stage_lr(0.2, self.it, STAGE_ITERS, WARMUP);
         inverter.step(&mut self.batch, Stage::FullRes, lr, self.it % 2 == 1);
         self.it += 1;
         let mut t = vec![f64::NAN; PHASES.len()];

@@ -87,9 +87,21 @@ fn reference_defaults_per_script() {
         panic!()
     };
     assert_eq!(
-        (v.bs, v.shots, v.iters, v.low_res_iters, v.full_res_iters),
-        (64, 10, 320, 2000, 1000)
+        (
+            v.bs,
+            v.shots,
+            v.iters,
+            v.low_res_iters,
+            v.full_res_iters,
+            v.warmup_iters
+        ),
+        (64, 10, 320, 2000, 1000, 100)
     );
+    let Err(err) = try_parse_from(["agd", "invert", "--warmup-iters", "0"]) else {
+        panic!("a warm-up of 0 iterations must be refused")
+    };
+    let err = err.to_string();
+    assert!(err.contains("--warmup-iters"), "{err}");
     assert_eq!(
         (
             v.r_feature,

@@ -136,15 +136,23 @@ fn adam_on_images_follows_pytorch_and_the_lr_schedule_is_warm_up_then_cosine() {
     }
 
     // lr·(it+1)/100 for it < 100, then a half cosine over the rest of the stage.
-    assert!((stage_lr(0.2, 0, 2000) - 0.002).abs() < 1e-15);
-    assert!((stage_lr(0.2, 99, 2000) - 0.2).abs() < 1e-15);
-    assert!((stage_lr(0.2, 100, 2000) - 0.2).abs() < 1e-15);
-    assert!((stage_lr(0.2, 1050, 2000) - 0.1).abs() < 1e-12);
-    assert!(stage_lr(0.2, 1999, 2000) < 1e-5);
+    assert!((stage_lr(0.2, 0, 2000, 100) - 0.002).abs() < 1e-15);
+    assert!((stage_lr(0.2, 99, 2000, 100) - 0.2).abs() < 1e-15);
+    assert!((stage_lr(0.2, 100, 2000, 100) - 0.2).abs() < 1e-15);
+    assert!((stage_lr(0.2, 1050, 2000, 100) - 0.1).abs() < 1e-12);
+    assert!(stage_lr(0.2, 1999, 2000, 100) < 1e-5);
     assert!(
-        (stage_lr(0.2, 4, 10) - 0.01).abs() < 1e-15,
+        (stage_lr(0.2, 4, 10, 100) - 0.01).abs() < 1e-15,
         "short stages stay in warm-up"
     );
+    // --warmup-iters 10 on a 100-iteration stage: full rate at 9, half way down at 54.5.
+    assert!((stage_lr(0.2, 9, 100, 10) - 0.2).abs() < 1e-15);
+    assert!(
+        (stage_lr(0.2, 55, 100, 10) - 0.1 * (1.0 + (std::f64::consts::PI * 45.0 / 90.0).cos()))
+            .abs()
+            < 1e-12
+    );
+    assert!(stage_lr(0.2, 99, 100, 10) < 1e-3);
 }
 
 #[test]

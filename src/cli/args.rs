@@ -212,6 +212,10 @@ pub struct InvertArgs {
     /// Iterations at full size (hard-coded 1000 in the reference).
     #[arg(long, default_value_t = 1000)]
     pub full_res_iters: usize,
+    /// Learning-rate warm-up of each stage, in iterations (hard-coded 100 in the
+    /// reference); then a half cosine to 0 at the stage's end.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub warmup_iters: u64,
     #[arg(long, default_value_t = 256)]
     pub height: usize,
     #[arg(long, default_value_t = 128)]

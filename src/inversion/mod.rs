@@ -17,7 +17,7 @@ pub mod store;
 use crate::data::transforms::{MEAN, STD};
 use crate::model::ReidModel;
 use anyhow::{bail, Result};
-use optim::{stage_lr, Adam};
+use optim::{stage_lr, Adam, WARMUP};
 use prior::{ImagePrior, PriorWeights};
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
@@ -48,12 +48,16 @@ impl Default for Coefficients {
     }
 }
 
-/// The optimisation of one batch: base learning rate and the two stages' lengths.
+/// The optimisation of one batch: base learning rate, the two stages' lengths and each
+/// stage's warm-up.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stages {
     pub lr: f64,
     pub low_res_iters: usize,
     pub full_res_iters: usize,
+    /// Short stages need a short warm-up: a 100-iteration stage with the reference's
+    /// 100-iteration warm-up ends at the full rate and never settles.
+    pub warmup_iters: usize,
 }
 
 impl Default for Stages {
@@ -63,6 +67,7 @@ impl Default for Stages {
             lr: 0.2,
             low_res_iters: 2000,
             full_res_iters: 1000,
+            warmup_iters: WARMUP,
         }
     }
 }
@@ -262,7 +267,7 @@ impl<'a> Inverter<'a> {
             (Stage::FullRes, stages.full_res_iters),
         ] {
             for it in 0..iters {
-                let lr = stage_lr(stages.lr, it, iters);
+                let lr = stage_lr(stages.lr, it, iters, stages.warmup_iters);
                 let flip = rng.gen::<f64>() > 0.5;
                 let report = self.step(batch, stage, lr, flip);
                 on_step(&Progress {

@@ -8,16 +8,17 @@ use tch::Tensor;
 /// Adam's coefficients for the images (the reference's, not the training optimiser's).
 pub const BETAS: (f64, f64) = (0.5, 0.9);
 pub const EPS: f64 = 1e-8;
-/// Warm-up iterations of each stage's learning rate.
+/// The reference's warm-up of each stage's learning rate, in iterations (hard-coded there).
 pub const WARMUP: usize = 100;
 
 /// lr at iteration `it` (0-based) of a stage of `iters` iterations: linear warm-up over
-/// [`WARMUP`] iterations, then a half cosine down to 0 at the stage's end.
-pub fn stage_lr(base: f64, it: usize, iters: usize) -> f64 {
-    if it < WARMUP {
-        base * (it + 1) as f64 / WARMUP as f64
+/// `warmup` iterations, then a half cosine down to 0 at the stage's end. A stage no longer
+/// than its warm-up never leaves it (and ends at the full rate), as in the reference.
+pub fn stage_lr(base: f64, it: usize, iters: usize, warmup: usize) -> f64 {
+    if it < warmup {
+        base * (it + 1) as f64 / warmup as f64
     } else {
-        let (e, es) = ((it - WARMUP) as f64, (iters - WARMUP) as f64);
+        let (e, es) = ((it - warmup) as f64, (iters - warmup) as f64);
         0.5 * (1.0 + (std::f64::consts::PI * e / es).cos()) * base
     }
 }
