@@ -4,6 +4,7 @@
 
 use crate::data::synth::Style;
 pub use crate::eval::features::OutputFeature;
+use crate::inversion::optim::WARMUP;
 pub use crate::model::{Depth, Pooling};
 pub use crate::train::optimizer::OptimizerKind;
 use clap::Args;
@@ -214,7 +215,7 @@ pub struct InvertArgs {
     pub full_res_iters: usize,
     /// Learning-rate warm-up of each stage, in iterations (hard-coded 100 in the
     /// reference); then a half cosine to 0 at the stage's end.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = WARMUP as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub warmup_iters: u64,
     #[arg(long, default_value_t = 256)]
     pub height: usize,
