@@ -145,7 +145,7 @@ fn adam_on_images_follows_pytorch_and_the_lr_schedule_is_warm_up_then_cosine() {
         (stage_lr(0.2, 4, 10, 100) - 0.01).abs() < 1e-15,
         "short stages stay in warm-up"
     );
-    // --warmup-iters 10 on a 100-iteration stage: full rate at 9, half way down at 54.5.
+    // --warmup-iters 10 on a 100-iteration stage: full rate at 9, half way down (0.1) at 55.
     assert!((stage_lr(0.2, 9, 100, 10) - 0.2).abs() < 1e-15);
     assert!(
         (stage_lr(0.2, 55, 100, 10) - 0.1 * (1.0 + (std::f64::consts::PI * 45.0 / 90.0).cos()))

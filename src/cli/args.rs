@@ -215,8 +215,9 @@ pub struct InvertArgs {
     pub full_res_iters: usize,
     /// Learning-rate warm-up of each stage, in iterations (hard-coded 100 in the
     /// reference); then a half cosine to 0 at the stage's end.
-    #[arg(long, default_value_t = WARMUP as u64, value_parser = clap::value_parser!(u64).range(1..))]
-    pub warmup_iters: u64,
+    #[arg(long, default_value_t = WARMUP,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub warmup_iters: usize,
     #[arg(long, default_value_t = 256)]
     pub height: usize,
     #[arg(long, default_value_t = 128)]

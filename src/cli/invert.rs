@@ -72,7 +72,7 @@ impl InvertArgs {
             lr: self.lr,
             low_res_iters: self.low_res_iters,
             full_res_iters: self.full_res_iters,
-            warmup_iters: self.warmup_iters as usize,
+            warmup_iters: self.warmup_iters,
         }
     }
 }
