@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut images = 0;
     for batch in loader.epoch(0) {
+        let batch = batch?;
         images += batch.views[0].size()[0] as usize;
     }
     let secs = start.elapsed().as_secs_f64();

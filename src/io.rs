@@ -62,6 +62,18 @@ pub fn write_atomic_with(
     result
 }
 
+/// Encodes `img` as PNG and writes it atomically: the one PNG writer of contact sheets,
+/// previews, rank lists and charts.
+pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("cannot encode {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
 /// Creates `dir` (and its parents), with an error that names it.
 pub fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))

@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod cli;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod inversion;
@@ -16,4 +17,5 @@ pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod stage;
 pub mod train;

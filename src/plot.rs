@@ -250,9 +250,7 @@ fn render_png(
         root.present()?;
     }
     let image = image::RgbImage::from_raw(width, height, buffer).expect("buffer of width*height*3");
-    let mut png = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-    crate::io::write_atomic(out_png, &png)
+    crate::io::write_png(out_png, &image)
 }
 
 /// Draws `out_png` (1200×400) from a run's `metrics.csv`: loss terms, learning rate, and
@@ -362,11 +360,13 @@ pub fn training_curves(metrics_csv: &Path, out_png: &Path) -> Result<()> {
 }
 
 /// One method's line of a results table; values are fractions in [0, 1].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ResultRow {
     pub method: String,
+    #[serde(rename = "old_mAP")]
     pub old_map: f64,
     pub old_rank1: f64,
+    #[serde(rename = "new_mAP")]
     pub new_map: f64,
     pub new_rank1: f64,
 }

@@ -64,10 +64,31 @@ pub struct ModelArgs {
     pub embedding: i64,
 }
 
-/// The training loop shared by `train`, `incremental` and `incremental-x`. Defaults are
-/// `train`'s; the incremental subcommands override theirs.
+/// Model flags of a stage that starts from a checkpoint (`incremental`, `invert`,
+/// `evaluate`): the checkpoint decides every value it records, so these are only needed
+/// for the reference's files, which do not record last stride and pooling. A value that
+/// contradicts the checkpoint is an error.
 #[derive(Args, Clone, Debug)]
-pub struct LoopArgs {
+pub struct CheckpointModelArgs {
+    /// Global pooling of layer4 [default: the checkpoint's, else avg].
+    #[arg(long, value_enum)]
+    pub last_pooling: Option<Pooling>,
+    /// Stride of layer4 [default: the checkpoint's, else 2].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=2))]
+    pub last_stride: Option<i64>,
+    /// ResNet depth [default: the checkpoint's].
+    #[arg(long, value_enum)]
+    pub depth: Option<Depth>,
+    /// Embedding width [default: the checkpoint's].
+    #[arg(long)]
+    pub embedding: Option<i64>,
+}
+
+/// The training loop shared by `train` (model flags [`ModelArgs`]), `incremental` and
+/// `incremental-x` (model flags [`CheckpointModelArgs`]). Defaults are `train`'s; the
+/// incremental subcommands override theirs.
+#[derive(Args, Clone, Debug)]
+pub struct LoopArgs<M: Args> {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Seed of every random stream; without it a seed is drawn and logged.
@@ -113,14 +134,14 @@ pub struct LoopArgs {
     #[command(flatten)]
     pub augment: AugmentArgs,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: M,
 }
 
 /// `agd train`.
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
-    pub run: LoopArgs,
+    pub run: LoopArgs<ModelArgs>,
     /// ImageNet weights for the ResNet (safetensors or torch .pth/.pt state dict with
     /// torchvision names); default: a `resnet<depth>*` file in backbone_weights/, if any.
     #[arg(long, value_name = "PATH")]
@@ -131,7 +152,7 @@ pub struct TrainArgs {
 #[derive(Args, Clone, Debug)]
 pub struct IncrementalArgs {
     #[command(flatten)]
-    pub run: LoopArgs,
+    pub run: LoopArgs<CheckpointModelArgs>,
     /// The task-1 checkpoint (file or logs folder).
     #[arg(long, value_name = "PATH", default_value = "logs/msmt17")]
     pub previous: PathBuf,
@@ -179,10 +200,8 @@ pub struct InvertArgs {
     /// A generation folder to complete (counts what is there).
     #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Depth::R50)]
-    pub depth: Depth,
-    #[arg(long, default_value_t = 2048)]
-    pub embedding: i64,
+    #[command(flatten)]
+    pub model: CheckpointModelArgs,
     /// The task-1 checkpoint (file or logs folder).
     #[arg(long, value_name = "PATH", default_value = "logs/msmt17")]
     pub teacher: PathBuf,
@@ -271,7 +290,7 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 10)]
     pub rank_list_n: usize,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: CheckpointModelArgs,
 }
 
 /// `agd synth`: a Market-style dataset of rendered people.

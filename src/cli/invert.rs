@@ -1,259 +1,40 @@
-//! `agd invert`: DeepInversion of the task-1 model (SPEC §7). Batches of `--bs` targets are
-//! dreamed until every identity has `--shots` images or `--iters` batches were made; the
-//! images go to `--generation-dir` as `<pid>_<unique>.jpg` beside a `log.txt`.
+//! `agd invert`: flags → [`InvertPlan`]; the stage runs in [`crate::inversion::run`].
 
 use super::args::InvertArgs;
-use crate::data::rng::{stream, tag};
+use super::train::ModelFlags;
 use crate::inversion::prior::PriorWeights;
-use crate::inversion::store::{contact_sheet, Bags, CONTACT_SHEET};
-use crate::inversion::{denormalize, Coefficients, DreamBatch, Inverter, Progress, Stages};
-use crate::logging::Logger;
-use crate::model::checkpoint::{resolve, Checkpoint};
-use crate::model::{ModelConfig, Pooling, ReidModel};
-use anyhow::{bail, Context, Result};
-use std::time::Instant;
-
-/// Log every this many iterations (and each stage's last), as the reference prints every 10.
-const LOG_EVERY: usize = 100;
+use crate::inversion::{Coefficients, InvertPlan, Stages};
 
 impl InvertArgs {
-    /// Checks that need no file, so a mistyped number fails at once.
-    fn validate(&self) -> Result<()> {
-        if self.shots == 0 {
-            bail!("--shots 0: at least one image per identity is needed");
-        }
-        if self.bs == 0 {
-            bail!("--bs 0: a batch needs at least one image");
-        }
-        if self.full_res_iters == 0 {
-            bail!("--full-res-iters 0: images are kept from the full-size stage, which needs at least one iteration");
-        }
-        if self.height < 16 || self.width < 16 {
-            bail!(
-                "--height {} --width {}: images must be at least 16×16",
-                self.height,
-                self.width
-            );
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("--lr {}: must be a positive number", self.lr);
-        }
-        let coefficients = [
-            ("--r-feature", self.r_feature),
-            ("--first-bn-multiplier", self.first_bn_multiplier),
-            ("--tv-l1", self.tv_l1),
-            ("--tv-l2", self.tv_l2),
-            ("--l2", self.l2),
-            ("--main-loss-multiplier", self.main_loss_multiplier),
-        ];
-        for (flag, v) in coefficients {
-            if !(v >= 0.0 && v.is_finite()) {
-                bail!("{flag} {v}: must be a non-negative number");
-            }
-        }
-        Ok(())
-    }
-
-    fn coefficients(&self) -> Coefficients {
-        Coefficients {
-            r_feature: self.r_feature,
-            first_bn_multiplier: self.first_bn_multiplier,
-            main_loss_multiplier: self.main_loss_multiplier,
-            prior: PriorWeights {
-                tv_l1: self.tv_l1,
-                tv_l2: self.tv_l2,
-                l2: self.l2,
+    pub fn plan(&self) -> InvertPlan {
+        InvertPlan {
+            gpu: self.device.gpu.clone(),
+            seed: self.seed,
+            bs: self.bs,
+            generation_dir: self.generation_dir.clone(),
+            shots: self.shots,
+            iters: self.iters,
+            resume: self.resume.clone(),
+            teacher: self.teacher.clone(),
+            model: self.model.choice(),
+            coefficients: Coefficients {
+                r_feature: self.r_feature,
+                first_bn_multiplier: self.first_bn_multiplier,
+                main_loss_multiplier: self.main_loss_multiplier,
+                prior: PriorWeights {
+                    tv_l1: self.tv_l1,
+                    tv_l2: self.tv_l2,
+                    l2: self.l2,
+                },
             },
-        }
-    }
-
-    fn stages(&self) -> Stages {
-        Stages {
-            lr: self.lr,
-            low_res_iters: self.low_res_iters,
-            full_res_iters: self.full_res_iters,
-            warmup_iters: self.warmup_iters,
-        }
-    }
-}
-
-/// The teacher: the checkpoint's model, shaped by --depth/--embedding and, where the
-/// checkpoint records them (agd's do), its last stride and pooling — the reference's
-/// fixed stride 2 and average pooling otherwise.
-fn load_teacher(args: &InvertArgs, device: tch::Device, log: &Logger) -> Result<ReidModel> {
-    let path = resolve(&args.teacher, "--teacher")?;
-    let ck = Checkpoint::load(&path).with_context(|| {
-        format!(
-            "--teacher {}: not a checkpoint agd can read",
-            path.display()
-        )
-    })?;
-    let classes = ck
-        .classes()
-        .with_context(|| format!("--teacher {}", path.display()))?;
-    let (last_stride, pooling) = ck.stride_and_pooling(2, Pooling::Avg);
-    let config = ModelConfig {
-        depth: args.depth,
-        last_stride,
-        pooling,
-        embedding: args.embedding,
-        classes,
-    };
-    let mut model = ReidModel::new(config, device)?;
-    model.load_checkpoint(&ck).context("--teacher")?;
-    log.line(format!(
-        "teacher {}: ResNet-{}, {classes} identities, epoch {}",
-        path.display(),
-        args.depth.number(),
-        ck.epoch
-    ));
-    Ok(model)
-}
-
-fn progress_text(p: &Progress) -> String {
-    let r = &p.report;
-    format!(
-        "loss {:.4}  CE {:.4}  BN {:.4}  prior {:.4}  acc {:.0}%",
-        r.total,
-        r.ce,
-        r.bn,
-        r.prior,
-        100.0 * r.accuracy
-    )
-}
-
-pub fn run(args: &InvertArgs) -> Result<()> {
-    args.validate()?;
-    let device = crate::device::select(&args.device.gpu)?;
-    // The teacher must exist before anything is created on disk.
-    resolve(&args.teacher, "--teacher")?;
-    if let Some(dir) = &args.resume {
-        if !dir.is_dir() {
-            bail!("--resume {}: no such folder", dir.display());
-        }
-    }
-    let dir = &args.generation_dir;
-    let log = Logger::open(dir, true)
-        .with_context(|| format!("--generation-dir {}: cannot write there", dir.display()))?;
-    super::train::log_command(&log, "invert");
-    let seed = super::train::seed(args.seed, &log);
-    let teacher = load_teacher(args, device, &log)?;
-    let classes = teacher.config.classes;
-
-    let mut bags = Bags::new(classes, args.shots);
-    match &args.resume {
-        Some(from) => {
-            let n = bags
-                .count_existing(from)
-                .with_context(|| format!("--resume {}", from.display()))?;
-            log.line(format!(
-                "resume: {n} images in {}; {} identities still short of {} images",
-                from.display(),
-                bags.identities_left(),
-                args.shots
-            ));
-        }
-        None => {
-            // Only a note: without --resume the folder's contents are not this run's concern.
-            let n = Bags::new(classes, args.shots)
-                .count_existing(dir)
-                .unwrap_or(0);
-            if n > 0 {
-                log.line(format!(
-                    "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them)",
-                    dir.display(),
-                    dir.display()
-                ));
-            }
-        }
-    }
-    log.line(format!(
-        "dreaming {} images for {} identities short of {} shots, in batches of {} (at most {} batches), \
-         {} + {} iterations each, on {}",
-        bags.images_left(),
-        bags.identities_left(),
-        args.shots,
-        args.bs,
-        args.iters,
-        args.low_res_iters,
-        args.full_res_iters,
-        crate::device::describe(device)
-    ));
-
-    let inverter = Inverter::new(&teacher, args.coefficients());
-    let stages = args.stages();
-    let per_batch = (args.low_res_iters + args.full_res_iters) as u64;
-    let started = Instant::now();
-    let mut batches = 0;
-    let mut written = 0;
-    while !bags.is_done() && batches < args.iters {
-        let b = batches as u64;
-        let targets = bags.draw_targets(args.bs, &mut stream(seed, &[tag::INVERT_TARGETS, b]));
-        let mut batch = DreamBatch::new(&targets, args.height, args.width, device);
-        let pb = crate::progress::bar(per_batch, format!("batch {}", batches + 1));
-        let t0 = Instant::now();
-        let kept = inverter.dream(
-            &mut batch,
-            &stages,
-            &mut stream(seed, &[tag::INVERT_FLIPS, b]),
-            |p| {
-                pb.set_prefix(format!("{} {}", p.stage.name(), progress_text(p)));
-                pb.inc(1);
-                if p.iteration % LOG_EVERY == 0 || p.iteration + 1 == p.stage_iters {
-                    pb.suspend(|| {
-                        log.line(format!(
-                            "[batch {}][{} {}/{}] lr {:.4}  {}",
-                            batches + 1,
-                            p.stage.name(),
-                            p.iteration + 1,
-                            p.stage_iters,
-                            p.lr,
-                            progress_text(p)
-                        ))
-                    });
-                }
+            stages: Stages {
+                lr: self.lr,
+                low_res_iters: self.low_res_iters,
+                full_res_iters: self.full_res_iters,
+                warmup_iters: self.warmup_iters,
             },
-        )?;
-        pb.finish_and_clear();
-        let accuracy = inverter.accuracy(&kept, &batch.targets);
-        let best = batch.best().map_or(f64::NAN, |(l, _)| l);
-        let paths = bags.save(dir, &targets, &denormalize(&kept))?;
-        written += paths.len();
-        batches += 1;
-        log.line(format!(
-            "batch {batches}: kept loss {best:.4}, teacher accuracy {:.1}%, wrote {} images ({:.1} s); \
-             {} images of {} identities to go",
-            100.0 * accuracy,
-            paths.len(),
-            t0.elapsed().as_secs_f64(),
-            bags.images_left(),
-            bags.identities_left()
-        ));
+            height: self.height,
+            width: self.width,
+        }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    if written > 0 || args.resume.as_deref() == Some(dir.as_path()) {
-        let sheet = contact_sheet(dir, 8, args.shots.min(10), 128, 64)?;
-        let path = dir.join(CONTACT_SHEET);
-        crate::io::create_dir(path.parent().expect("a subfolder"))?;
-        super::synth::write_png(&path, &sheet)?;
-        log.line(format!("contact sheet: {}", path.display()));
-    }
-    if bags.is_done() {
-        log.line(format!(
-            "done: {written} images written in {batches} {} ({elapsed:.1} s); every identity has {} images in {}",
-            if batches == 1 { "batch" } else { "batches" },
-            args.shots,
-            dir.display()
-        ));
-    } else {
-        log.line(format!(
-            "stopped after --iters {} batches ({elapsed:.1} s, {written} images written): {} images of {} identities still missing; \
-             run again with --resume {} to complete them",
-            args.iters,
-            bags.images_left(),
-            bags.identities_left(),
-            dir.display()
-        ));
-    }
-    Ok(())
 }

@@ -3,11 +3,10 @@
 pub mod args;
 mod demo;
 pub mod evaluate;
-mod incremental;
 mod invert;
 mod plot;
 mod synth;
-mod train;
+pub mod train;
 
 use anyhow::Result;
 use args::*;
@@ -99,24 +98,17 @@ where
     Cli::from_arg_matches(&command().try_get_matches_from(args)?)
 }
 
+/// Maps the command line to its plan and runs the stage. Each stage sets its own memory
+/// policy ([`crate::alloc`]).
 pub fn run(cli: Cli) -> Result<()> {
-    // Training and inversion repeat the same large allocations every step: keep freed
-    // memory. Evaluation allocates a few large matrices once, and there the setting costs
-    // time (fresh mappings come zeroed by the kernel, reused heap memory must be cleared).
-    if !matches!(
-        cli.command,
-        Command::Evaluate(_) | Command::Synth(_) | Command::Plot(_)
-    ) {
-        crate::alloc::retain_freed_memory();
-    }
     match cli.command {
-        Command::Train(args) => train::run(&args),
-        Command::Invert(args) => invert::run(&args),
-        Command::Incremental(args) => incremental::run(&args, false),
-        Command::IncrementalX(args) => incremental::run(&args, true),
+        Command::Train(args) => crate::train::run_base(&args.plan()).map(drop),
+        Command::Invert(args) => crate::inversion::run(&args.plan()),
+        Command::Incremental(args) => crate::train::run_incremental(&args.plan(false)?).map(drop),
+        Command::IncrementalX(args) => crate::train::run_incremental(&args.plan(true)?).map(drop),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(args) => crate::demo::run(&args.plan()).map(drop),
         Command::Plot(args) => plot::run(&args),
     }
 }

@@ -1,7 +1,7 @@
 //! `agd synth`.
 
 use super::args::SynthArgs;
-use crate::data::synth::{self, SynthConfig, SynthSummary};
+use crate::data::synth::{self, SynthConfig};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -22,43 +22,6 @@ impl SynthArgs {
     }
 }
 
-/// The summary as a table: what was written where.
-pub fn summary_table(name: &str, s: &SynthSummary) -> comfy_table::Table {
-    crate::report::table(
-        ["dataset", "split", "ids", "images"],
-        [
-            [
-                name.to_string(),
-                "train".into(),
-                s.train_ids.to_string(),
-                s.train_images.to_string(),
-            ],
-            [
-                name.to_string(),
-                "query".into(),
-                s.test_ids.to_string(),
-                s.query_images.to_string(),
-            ],
-            [
-                name.to_string(),
-                "gallery".into(),
-                format!("{} + distractors", s.test_ids),
-                format!("{} (+{} junk)", s.gallery_images, s.junk),
-            ],
-        ],
-    )
-}
-
-/// Encodes an image as PNG and writes it atomically.
-pub fn write_png(path: &std::path::Path, img: &image::RgbImage) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    crate::io::write_atomic(path, &bytes)
-}
-
 pub fn run(args: &SynthArgs) -> Result<()> {
     let cfg = args.config();
     cfg.validate()?;
@@ -67,11 +30,11 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let summary = synth::generate(&dir, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     let preview = dir.join("preview.png");
-    write_png(&preview, &synth::preview(&cfg, 8, 8))?;
+    crate::io::write_png(&preview, &synth::preview(&cfg, 8, 8))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!("{}", summary_table(&args.dataset, &summary));
+        println!("{}", summary.table(&args.dataset));
         let total = summary.train_images + summary.query_images + summary.gallery_images;
         println!(
             "wrote {total} images ({}x{}, {} cameras, style {:?}) to {} in {seconds:.2} s; preview: {}",

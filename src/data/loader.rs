@@ -10,8 +10,9 @@ use super::rng::{stream, tag};
 use super::sampler::{order_by_camera, IdentitySampler};
 use super::transforms::{test_into, TrainTransform};
 use super::{ImageStore, Record};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use tch::Tensor;
@@ -60,19 +61,25 @@ pub struct Batch {
 }
 
 /// Runs `make` for every job on a producer thread, at most `prefetch` results ahead.
+/// A panic while making a result (a bad image size, a bug) is caught and handed to the
+/// consumer as that result's error, so a run stops with it instead of ending its epoch
+/// early as if the data had run out.
 fn spawn_stream<J, T>(
     prefetch: usize,
     jobs: impl Iterator<Item = J> + Send + 'static,
     make: impl Fn(J) -> T + Send + 'static,
-) -> Receiver<T>
+) -> Receiver<Result<T>>
 where
     T: Send + 'static,
 {
     let (tx, rx) = sync_channel(prefetch.max(1));
     std::thread::spawn(move || {
         for job in jobs {
+            let made = std::panic::catch_unwind(AssertUnwindSafe(|| make(job)))
+                .map_err(|panic| anyhow!("the batch producer failed: {}", panic_text(&panic)));
+            let failed = made.is_err();
             // The consumer hung up (end of epoch, error, Ctrl-C): stop quietly.
-            if tx.send(make(job)).is_err() {
+            if tx.send(made).is_err() || failed {
                 break;
             }
         }
@@ -80,20 +87,54 @@ where
     rx
 }
 
-/// A bounded iterator over a producer thread's results.
+/// The message of a caught panic (a `&str` or `String` payload, as `panic!` makes).
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A bounded iterator over a producer thread's results. A producer that fails, or that
+/// stops before the promised number of results, yields an error: a consumer never
+/// mistakes a dead producer for the end of the data.
 pub struct Stream<T> {
-    rx: Receiver<T>,
+    rx: Receiver<Result<T>>,
     remaining: usize,
+    produced: usize,
+}
+
+impl<T> Stream<T> {
+    fn new(rx: Receiver<Result<T>>, remaining: usize) -> Self {
+        Self {
+            rx,
+            remaining,
+            produced: 0,
+        }
+    }
 }
 
 impl<T> Iterator for Stream<T> {
-    type Item = T;
-    fn next(&mut self) -> Option<T> {
+    type Item = Result<T>;
+    fn next(&mut self) -> Option<Result<T>> {
         if self.remaining == 0 {
             return None;
         }
         self.remaining -= 1;
-        self.rx.recv().ok()
+        let item = match self.rx.recv() {
+            Ok(made) => made,
+            Err(_) => Err(anyhow!(
+                "the batch producer stopped after {} batches, before the data ran out",
+                self.produced
+            )),
+        };
+        if item.is_err() {
+            // Nothing follows an error.
+            self.remaining = 0;
+        }
+        self.produced += 1;
+        Some(item)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.remaining, Some(self.remaining))
@@ -205,7 +246,7 @@ impl TrainLoader {
             plan.into_iter().enumerate(),
             move |(b, idx)| this.build(epoch, b as u64, idx),
         );
-        Stream { rx, remaining }
+        Stream::new(rx, remaining)
     }
 
     /// An endless stream that restarts (a new sampler pass) whenever it runs out, starting
@@ -225,10 +266,7 @@ impl TrainLoader {
         let rx = spawn_stream(self.cfg.prefetch, jobs, move |(cycle, b, idx)| {
             this.build(cycle, b, idx)
         });
-        Stream {
-            rx,
-            remaining: usize::MAX,
-        }
+        Stream::new(rx, usize::MAX)
     }
 }
 
@@ -250,9 +288,12 @@ impl PairedLoader {
     }
 
     /// The (new, dreamed) batch pairs of `epoch`.
-    pub fn epoch(&self, epoch: u64) -> impl ExactSizeIterator<Item = (Batch, Batch)> {
+    pub fn epoch(&self, epoch: u64) -> impl ExactSizeIterator<Item = Result<(Batch, Batch)>> {
         let dreamed = self.dreamed.cycled(self.dreamed_offset(epoch));
-        self.new.epoch(epoch).zip(dreamed)
+        self.new
+            .epoch(epoch)
+            .zip(dreamed)
+            .map(|(new, dreamed)| Ok((new?, dreamed?)))
     }
 }
 
@@ -288,9 +329,37 @@ impl TestLoader {
                 .for_each(|(out, i)| test_into(store.image(i), h, w, out));
             Tensor::from_slice(&data).view([range.len() as i64, 3, h as i64, w as i64])
         });
-        Stream {
-            rx,
-            remaining: n.div_ceil(bs),
-        }
+        Stream::new(rx, n.div_ceil(bs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_producer_is_an_error_not_the_end_of_the_data() {
+        let rx = spawn_stream(2, 0..5u32, |i| {
+            assert!(i != 2, "image {i} has no pixels");
+            i
+        });
+        let got: Vec<Result<u32>> = Stream::new(rx, 5).collect();
+        assert_eq!(got.len(), 3, "nothing follows the error");
+        assert_eq!(got[0].as_ref().unwrap(), &0);
+        assert_eq!(got[1].as_ref().unwrap(), &1);
+        let err = got[2].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("batch producer failed") && err.contains("image 2 has no pixels"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_producer_that_stops_early_is_an_error() {
+        let rx = spawn_stream(2, 0..2u32, |i| i);
+        let got: Vec<Result<u32>> = Stream::new(rx, 4).collect();
+        assert_eq!(got.len(), 3);
+        let err = got[2].as_ref().unwrap_err().to_string();
+        assert!(err.contains("stopped after 2 batches"), "{err}");
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::data::{ImageStore, TestLoader};
 use crate::model::{to_input, ReidModel};
+use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -13,6 +14,16 @@ pub enum OutputFeature {
     Global,
 }
 
+impl OutputFeature {
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFeature::Embedding => "embedding",
+            OutputFeature::Global => "global",
+        }
+    }
+}
+
 /// N×D features of every image in `store`, in order, on the model's device.
 pub fn extract(
     model: &ReidModel,
@@ -20,12 +31,13 @@ pub fn extract(
     batch_size: usize,
     feature: OutputFeature,
     what: &str,
-) -> Tensor {
+) -> Result<Tensor> {
     let loader = TestLoader::new(store.clone(), batch_size);
     let pb = crate::progress::bar(store.len() as u64, what.to_string());
     let mut parts = Vec::new();
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for batch in loader.batches() {
+            let batch = batch?;
             let n = batch.size()[0] as u64;
             let out = model.forward(&to_input(&batch, model.device()), false);
             parts.push(match feature {
@@ -34,7 +46,8 @@ pub fn extract(
             });
             pb.inc(n);
         }
-    });
+        Ok(())
+    })?;
     pb.finish_and_clear();
-    Tensor::cat(&parts, 0)
+    Ok(Tensor::cat(&parts, 0))
 }

@@ -3,8 +3,14 @@
 pub mod features;
 pub mod features_file;
 pub mod metrics;
+pub mod plan;
 pub mod ranklist;
 pub mod rerank;
+mod run;
+pub mod union;
+
+pub use plan::EvalPlan;
+pub use run::{run, EvalRow};
 
 use crate::data::{ImageStore, Record, ReidDataset};
 use crate::model::ReidModel;
@@ -49,8 +55,8 @@ impl TestSet {
         batch_size: usize,
         feature: OutputFeature,
     ) -> Result<Metrics> {
-        let q = features::extract(model, &self.query_images, batch_size, feature, "query");
-        let g = features::extract(model, &self.gallery_images, batch_size, feature, "gallery");
+        let q = features::extract(model, &self.query_images, batch_size, feature, "query")?;
+        let g = features::extract(model, &self.gallery_images, batch_size, feature, "gallery")?;
         let (qp, qc) = labels(&self.query);
         let (gp, gc) = labels(&self.gallery);
         metrics::evaluate_features(

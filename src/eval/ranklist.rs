@@ -78,12 +78,7 @@ pub fn write(
             }
             let stem = q.path.file_stem().unwrap_or_default().to_string_lossy();
             let path = dir.join(format!("{i:04}_{stem}.png"));
-            let mut bytes = Vec::new();
-            canvas.write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )?;
-            crate::io::write_atomic(&path, &bytes)?;
+            crate::io::write_png(&path, &canvas)?;
             Ok(path)
         })
         .collect()

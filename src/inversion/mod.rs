@@ -11,8 +11,13 @@
 
 pub mod bn;
 pub mod optim;
+pub mod plan;
 pub mod prior;
+mod run;
 pub mod store;
+
+pub use plan::InvertPlan;
+pub use run::run;
 
 use crate::data::transforms::{MEAN, STD};
 use crate::model::ReidModel;

@@ -241,19 +241,17 @@ impl Checkpoint {
         Ok(w.size()[0])
     }
 
-    /// Last stride and pooling as the checkpoint's metadata records them (agd's do); the
-    /// given values where it does not (the reference's files).
-    pub fn stride_and_pooling(&self, stride: i64, pooling: Pooling) -> (i64, Pooling) {
+    /// Last stride and pooling as the checkpoint's metadata records them (agd's do; the
+    /// reference's files do not).
+    pub fn recorded_stride_and_pooling(&self) -> (Option<i64>, Option<Pooling>) {
         let stride = self
             .metadata
             .get("last_stride")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(stride);
-        let pooling = match self.metadata.get("last_pooling").map(String::as_str) {
-            Some("max") => Pooling::Max,
-            Some("avg") => Pooling::Avg,
-            _ => pooling,
-        };
+            .and_then(|s| s.parse().ok());
+        let pooling = self
+            .metadata
+            .get("last_pooling")
+            .and_then(|p| Pooling::from_name(p));
         (stride, pooling)
     }
 
@@ -278,14 +276,7 @@ pub fn model_metadata(config: &ModelConfig) -> BTreeMap<String, String> {
         ("classes".into(), config.classes.to_string()),
         ("embedding".into(), config.embedding.to_string()),
         ("last_stride".into(), config.last_stride.to_string()),
-        (
-            "last_pooling".into(),
-            match config.pooling {
-                Pooling::Avg => "avg",
-                Pooling::Max => "max",
-            }
-            .into(),
-        ),
+        ("last_pooling".into(), config.pooling.name().into()),
     ])
 }
 

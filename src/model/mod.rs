@@ -5,11 +5,13 @@
 
 pub mod backbone;
 pub mod checkpoint;
+pub mod choice;
 pub mod layers;
 pub mod params;
 pub mod pth;
 
 pub use backbone::Depth;
+pub use choice::ModelChoice;
 pub use layers::BnStat;
 pub use params::{Group, Params, Role};
 
@@ -24,6 +26,22 @@ use tch::{Device, Kind, Tensor};
 pub enum Pooling {
     Avg,
     Max,
+}
+
+impl Pooling {
+    /// The flag's and the checkpoint metadata's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Avg => "avg",
+            Pooling::Max => "max",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Pooling::Avg, Pooling::Max]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
 }
 
 /// The model's shape: everything a checkpoint must agree with.

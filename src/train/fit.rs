@@ -3,11 +3,11 @@
 //! periodic evaluation, `log.txt`, `metrics.csv` and its picture `curves.png`. Each
 //! subcommand supplies its step.
 
+pub use super::checkpoint::{restore, save_checkpoint};
 use super::optimizer::Optimizer;
 use super::schedule::learning_rate;
 use crate::eval::{features::OutputFeature, TestSet};
 use crate::logging::Logger;
-use crate::model::checkpoint::{model_metadata, safetensors_bytes, LATEST};
 use crate::model::ReidModel;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -82,32 +82,6 @@ fn append_metrics(path: &std::path::Path, header: &str, epoch: usize, row: &str)
     crate::io::write_atomic(path, (lines.join("\n") + "\n").as_bytes())
 }
 
-/// Saves model and optimiser state as `<logs>/checkpoint.safetensors` (and a numbered copy).
-pub fn save_checkpoint(
-    cfg: &FitConfig,
-    model: &ReidModel,
-    opt: &Optimizer,
-    epoch: usize,
-    numbered: bool,
-) -> Result<()> {
-    let mut tensors = model.state();
-    tensors.extend(opt.state_tensors());
-    let mut meta = model_metadata(&model.config);
-    meta.insert("epoch".into(), epoch.to_string());
-    meta.insert("optimizer".into(), opt.kind.name().into());
-    meta.insert("optimizer_steps".into(), opt.steps().to_string());
-    meta.insert("args".into(), cfg.args.clone());
-    let bytes = safetensors_bytes(&tensors, &meta)?;
-    crate::io::write_atomic(&cfg.logs_dir.join(LATEST), &bytes)?;
-    if numbered {
-        let copy = cfg
-            .logs_dir
-            .join(format!("checkpoint-epoch{epoch}.safetensors"));
-        crate::io::write_atomic(&copy, &bytes)?;
-    }
-    Ok(())
-}
-
 /// Runs epochs `start_epoch..=epochs`; `batches(e)` yields the batches of epoch e (0-based
 /// for the data streams). Returns the last evaluation, if any.
 pub fn fit<S, I>(
@@ -121,7 +95,7 @@ pub fn fit<S, I>(
 ) -> Result<Option<EpochEval>>
 where
     S: Step,
-    I: ExactSizeIterator<Item = S::Batch>,
+    I: ExactSizeIterator<Item = Result<S::Batch>>,
 {
     let names = step.loss_names();
     let csv = cfg.logs_dir.join("metrics.csv");
@@ -138,6 +112,7 @@ where
         let start = Instant::now();
         let (mut sums, mut steps, mut images) = (vec![0.0; names.len()], 0usize, 0usize);
         for batch in iter {
+            let batch = batch?;
             images += step.batch_images(&batch);
             let losses = step.step(model, opt, batch)?;
             for (s, l) in sums.iter_mut().zip(&losses) {

@@ -1,8 +1,15 @@
-//! Training: the learning-rate schedule, the optimiser, and the one loop that serves
-//! `train`, `incremental` and `incremental-x` (each supplies only its step).
+//! Training: the learning-rate schedule, the optimiser, the one loop that serves
+//! `train`, `incremental` and `incremental-x` (each supplies only its step), and those
+//! stages as library functions over their plans.
 
 pub mod base;
+pub mod checkpoint;
 pub mod fit;
 pub mod incremental;
 pub mod optimizer;
+pub mod plan;
+mod run;
 pub mod schedule;
+
+pub use plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+pub use run::{run_base, run_incremental, Trained};

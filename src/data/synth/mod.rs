@@ -109,6 +109,36 @@ pub struct SynthSummary {
     pub cameras: usize,
 }
 
+impl SynthSummary {
+    /// The summary as a table: what was written where.
+    pub fn table(&self, name: &str) -> comfy_table::Table {
+        let s = self;
+        crate::report::table(
+            ["dataset", "split", "ids", "images"],
+            [
+                [
+                    name.to_string(),
+                    "train".into(),
+                    s.train_ids.to_string(),
+                    s.train_images.to_string(),
+                ],
+                [
+                    name.to_string(),
+                    "query".into(),
+                    s.test_ids.to_string(),
+                    s.query_images.to_string(),
+                ],
+                [
+                    name.to_string(),
+                    "gallery".into(),
+                    format!("{} + distractors", s.test_ids),
+                    format!("{} (+{} junk)", s.gallery_images, s.junk),
+                ],
+            ],
+        )
+    }
+}
+
 /// The three Market-1501 folders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {

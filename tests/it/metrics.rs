@@ -6,14 +6,9 @@ use agd::eval::metrics::{
     Metrics, DEFAULT_TOPK,
 };
 use serde_json::Value;
-use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
-fn fixture_dir() -> PathBuf {
-    std::env::var_os("AGD_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")))
-}
+use super::util::fixture_dir;
 
 fn matrix(v: &Value) -> Tensor {
     let rows = v.as_array().expect("rows");
@@ -34,12 +29,7 @@ fn ints(v: &Value) -> Vec<i64> {
         .collect()
 }
 
-fn err_of<T>(r: anyhow::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
-    }
-}
+use super::util::err_of;
 
 fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
     assert!(

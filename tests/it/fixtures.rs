@@ -7,11 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
-fn fixture_dir() -> PathBuf {
-    std::env::var_os("AGD_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")))
-}
+use super::util::fixture_dir;
 
 /// A nested JSON array as a float64 tensor.
 fn tensor(v: &Value) -> Tensor {

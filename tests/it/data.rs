@@ -39,12 +39,7 @@ fn market(root: &Path, name: &str, train: &[&str], query: &[&str], gallery: &[&s
     dir
 }
 
-fn err_of<T>(r: anyhow::Result<T>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
-    }
-}
+use super::util::err_of;
 
 #[test]
 fn market_names_parse_like_the_reference() {
@@ -451,8 +446,8 @@ fn tensors_equal(a: &tch::Tensor, b: &tch::Tensor) -> bool {
 #[test]
 fn loader_batches_are_reproducible_views_share_samples_and_cameras_are_ordered() {
     let counts = [8, 8, 8, 8, 4, 4];
-    let a: Vec<_> = loader_fixture(&counts, 2, 5, 0).epoch(1).collect();
-    let b: Vec<_> = loader_fixture(&counts, 2, 5, 0).epoch(1).collect();
+    let a: Vec<_> = loader_fixture(&counts, 2, 5, 0).epoch(1).map(Result::unwrap).collect();
+    let b: Vec<_> = loader_fixture(&counts, 2, 5, 0).epoch(1).map(Result::unwrap).collect();
     assert_eq!(a.len(), b.len());
     assert!(!a.is_empty());
     for (x, y) in a.iter().zip(&b) {
@@ -473,7 +468,7 @@ fn loader_batches_are_reproducible_views_share_samples_and_cameras_are_ordered()
         let distinct: HashSet<_> = pids.iter().collect();
         assert_eq!(distinct.len(), 2);
     }
-    let c: Vec<_> = loader_fixture(&counts, 2, 6, 0).epoch(1).collect();
+    let c: Vec<_> = loader_fixture(&counts, 2, 6, 0).epoch(1).map(Result::unwrap).collect();
     assert!(a
         .iter()
         .zip(&c)
@@ -487,8 +482,8 @@ fn paired_loader_cycles_dreamed_batches_across_epochs_and_resumes_exactly() {
         new: loader_fixture(&[8, 8, 8, 8, 8, 8], 1, 3, 0),
         dreamed: loader_fixture(&[4, 4], 1, 3, 1),
     };
-    let e0: Vec<_> = paired.epoch(0).collect();
-    let e1: Vec<_> = paired.epoch(1).collect();
+    let e0: Vec<_> = paired.epoch(0).map(Result::unwrap).collect();
+    let e1: Vec<_> = paired.epoch(1).map(Result::unwrap).collect();
     assert_eq!(e0.len(), paired.new.batches_in_epoch(0));
     assert!(e0.len() > 1);
     // The dreamed loader restarts when exhausted: every pair gets a full dreamed batch.
@@ -498,7 +493,7 @@ fn paired_loader_cycles_dreamed_batches_across_epochs_and_resumes_exactly() {
     }
     // Epoch 1 continues the dreamed stream where epoch 0 stopped: the same as drawing
     // e0.len() + e1.len() batches from one uninterrupted cycled stream.
-    let continuous: Vec<_> = paired.dreamed.cycled(0).take(e0.len() + e1.len()).collect();
+    let continuous: Vec<_> = paired.dreamed.cycled(0).map(Result::unwrap).take(e0.len() + e1.len()).collect();
     for ((_, d), c) in e0.iter().chain(&e1).zip(&continuous) {
         assert!(tensors_equal(&d.views[0], &c.views[0]));
     }

@@ -6,16 +6,14 @@ use agd::eval::{features::OutputFeature, TestSet};
 use agd::model::checkpoint::Checkpoint;
 use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tch::Device;
 
 const H: usize = 64;
 const W: usize = 32;
 
-fn agd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agd"))
-}
+use super::util::agd;
 
 fn synth(root: &Path, ids: usize) {
     let out = agd()

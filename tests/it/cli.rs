@@ -1,15 +1,7 @@
 //! The `agd` command line as a user meets it.
 
 use agd::cli::{args::Depth, try_parse_from, Command};
-use std::process::Command as Process;
-
-fn agd(args: &[&str]) -> std::process::Output {
-    Process::new(env!("CARGO_BIN_EXE_agd"))
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("agd runs without LD_LIBRARY_PATH")
-}
+use super::util::agd_output as agd;
 
 #[test]
 fn help_lists_every_subcommand() {

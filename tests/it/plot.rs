@@ -6,7 +6,6 @@ use agd::plot::{results_chart, training_curves, ResultRow};
 use image::{Rgb, RgbImage};
 use std::ops::Range;
 use std::path::Path;
-use std::process::Command;
 
 const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
 const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
@@ -155,8 +154,9 @@ fn malformed_metrics_name_the_file_and_line() {
     assert!(err.contains("nope.csv"), "{err}");
 }
 
+/// `agd plot args…`.
 fn agd(args: &[&Path]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_agd"))
+    super::util::agd()
         .arg("plot")
         .args(args)
         .output()

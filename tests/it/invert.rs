@@ -12,7 +12,6 @@ use agd::model::checkpoint::Checkpoint;
 use agd::model::{BnStat, Depth, ModelConfig, Pooling, ReidModel};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -218,18 +217,13 @@ fn only_the_images_are_optimised_and_the_loss_is_the_spec_sum() {
 // ---------------------------------------------------------------------------------------
 // The command.
 
-fn agd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agd"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use super::util::agd_output as agd;
 
 /// Child processes run libtorch on one thread: on a small shared machine, two OpenMP
 /// threads that wait for each other at every operator while other work holds a core make
 /// these tiny models many times slower (measured: 19 s against 2 s for the same steps).
 fn run_ok(args: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_agd"))
+    let out = super::util::agd()
         .env("OMP_NUM_THREADS", "1")
         .args(args)
         .output()
@@ -523,7 +517,7 @@ fn dreamed_accuracy(logs: &Path, gen: &Path, classes: i64, shots: usize) -> f64 
     let store = Arc::new(ImageStore::load(&dreamed.records, H, W, "dreamed").unwrap());
     let mut correct = 0;
     let mut seen = 0;
-    for x in TestLoader::new(store, 16).batches() {
+    for x in TestLoader::new(store, 16).batches().map(Result::unwrap) {
         let pred = tch::no_grad(|| model.forward(&x, false).logits.argmax(1, false));
         for i in 0..x.size()[0] {
             let want = dreamed.records[seen].pid;

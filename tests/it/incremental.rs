@@ -12,7 +12,7 @@ use agd::train::fit::Step;
 use agd::train::incremental::{IncrementalStep, Views};
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, OnceLock};
 use tch::{Device, Tensor};
 
@@ -22,13 +22,7 @@ const W: usize = 32;
 const OLD_IDS: usize = 6;
 const NEW_IDS: usize = 5;
 
-fn agd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agd"))
-}
-
-fn configs_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"))
-}
+use super::util::{agd, configs_dir, strings};
 
 fn run(args: &[String]) -> Output {
     agd().args(args).output().unwrap()
@@ -45,9 +39,6 @@ fn run_ok(args: &[String]) -> String {
     text
 }
 
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
 
 fn small_config(classes: i64) -> ModelConfig {
     ModelConfig {
@@ -174,7 +165,7 @@ fn batches_sized(w: &World, peers: usize, size: (usize, usize)) -> (Batch, Batch
     let dreamed = Dreamed::load(&w.dreamed, 40).unwrap();
     let mut a = loader(&new.train, peers, 0, size).epoch(0);
     let mut b = loader(&dreamed.records, peers, 1, size).epoch(0);
-    (a.next().unwrap(), b.next().unwrap())
+    (a.next().unwrap().unwrap(), b.next().unwrap().unwrap())
 }
 
 /// A copy of `b` with all its views (`Views::Augmented`) or only the first.

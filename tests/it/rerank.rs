@@ -6,7 +6,6 @@
 use agd::eval::metrics::{evaluate, Labels, Metrics, DEFAULT_TOPK};
 use agd::eval::rerank::{rerank, rerank_chunked, RerankParams};
 use serde_json::Value;
-use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
 /// The fixture's tolerances for a float32 re-ranking against the reference's float16
@@ -15,9 +14,7 @@ const DIST_TOL: f64 = 3e-3;
 const METRIC_TOL: f64 = 2e-3;
 
 fn fixture() -> Value {
-    let dir = std::env::var_os("AGD_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")));
+    let dir = super::util::fixture_dir();
     serde_json::from_str(&std::fs::read_to_string(dir.join("ranking.json")).unwrap()).unwrap()
 }
 

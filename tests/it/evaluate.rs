@@ -6,15 +6,9 @@ use agd::train::fit::{save_checkpoint, FitConfig};
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::Device;
 
-fn agd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_agd"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use super::util::agd_output as agd;
 
 fn ok(args: &[&str]) -> String {
     let out = agd(args);

@@ -6,12 +6,10 @@
 use agd::loss::distill::{
     Collapse, DistillInput, DistillKind, Distillation, PodnetCriterion, TYPES,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-fn configs_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"))
-}
+use super::util::configs_dir;
 
 fn parse(yaml: &str) -> Distillation {
     Distillation::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e:#}"))

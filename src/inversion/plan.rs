@@ -1,0 +1,138 @@
+//! The plan of `agd invert` (SPEC §7), defaulted as the reference's `main_inversion.py`.
+
+use super::{Coefficients, Stages};
+use crate::model::ModelChoice;
+use crate::stage::Argv;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvertPlan {
+    /// `-g` values: GPU ids, or `cpu`.
+    pub gpu: Vec<String>,
+    pub seed: Option<u64>,
+    /// Images optimised together.
+    pub bs: usize,
+    /// Where dreamed images go.
+    pub generation_dir: PathBuf,
+    /// Images per identity.
+    pub shots: usize,
+    /// Most batches to generate.
+    pub iters: usize,
+    /// A generation folder to complete (counts what is there).
+    pub resume: Option<PathBuf>,
+    /// The task-1 checkpoint (file or logs folder).
+    pub teacher: PathBuf,
+    pub model: ModelChoice,
+    pub coefficients: Coefficients,
+    pub stages: Stages,
+    pub height: usize,
+    pub width: usize,
+}
+
+pub const DEFAULT_GENERATION_DIR: &str = "generations";
+pub const DEFAULT_TEACHER: &str = "logs/msmt17";
+
+impl Default for InvertPlan {
+    fn default() -> Self {
+        Self {
+            gpu: vec!["0".into()],
+            seed: None,
+            bs: 64,
+            generation_dir: DEFAULT_GENERATION_DIR.into(),
+            shots: 10,
+            iters: 320,
+            resume: None,
+            teacher: DEFAULT_TEACHER.into(),
+            model: ModelChoice::default(),
+            coefficients: Coefficients::default(),
+            stages: Stages::default(),
+            height: 256,
+            width: 128,
+        }
+    }
+}
+
+impl InvertPlan {
+    /// Checks that need no file, so a mistyped number fails at once.
+    pub fn validate(&self) -> Result<()> {
+        if self.shots == 0 {
+            bail!("--shots 0: at least one image per identity is needed");
+        }
+        if self.bs == 0 {
+            bail!("--bs 0: a batch needs at least one image");
+        }
+        if self.stages.full_res_iters == 0 {
+            bail!("--full-res-iters 0: images are kept from the full-size stage, which needs at least one iteration");
+        }
+        if self.stages.warmup_iters == 0 {
+            bail!("--warmup-iters 0: a stage warms up for at least one iteration");
+        }
+        if self.height < 16 || self.width < 16 {
+            bail!(
+                "--height {} --width {}: images must be at least 16×16",
+                self.height,
+                self.width
+            );
+        }
+        if !(self.stages.lr > 0.0 && self.stages.lr.is_finite()) {
+            bail!("--lr {}: must be a positive number", self.stages.lr);
+        }
+        let c = &self.coefficients;
+        let coefficients = [
+            ("--r-feature", c.r_feature),
+            ("--first-bn-multiplier", c.first_bn_multiplier),
+            ("--tv-l1", c.prior.tv_l1),
+            ("--tv-l2", c.prior.tv_l2),
+            ("--l2", c.prior.l2),
+            ("--main-loss-multiplier", c.main_loss_multiplier),
+        ];
+        for (flag, v) in coefficients {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("{flag} {v}: must be a non-negative number");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn argv(&self) -> Argv {
+        let d = Self::default();
+        let (c, dc) = (&self.coefficients, &d.coefficients);
+        let (s, ds) = (&self.stages, &d.stages);
+        let mut argv = Argv::new("invert");
+        argv.list("-g", &self.gpu, &d.gpu)
+            .opt("-s", self.seed)
+            .path("--teacher", &self.teacher, DEFAULT_TEACHER)
+            .path(
+                "--generation-dir",
+                &self.generation_dir,
+                DEFAULT_GENERATION_DIR,
+            )
+            .opt_path("--resume", self.resume.as_deref())
+            .differs("--shots", &self.shots, &d.shots)
+            .differs("--bs", &self.bs, &d.bs)
+            .differs("--iters", &self.iters, &d.iters)
+            .differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
+            .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
+            .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
+            .differs("--lr", &s.lr, &ds.lr)
+            .differs("--r-feature", &c.r_feature, &dc.r_feature)
+            .differs(
+                "--first-bn-multiplier",
+                &c.first_bn_multiplier,
+                &dc.first_bn_multiplier,
+            )
+            .differs(
+                "--main-loss-multiplier",
+                &c.main_loss_multiplier,
+                &dc.main_loss_multiplier,
+            )
+            .differs("--tv-l1", &c.prior.tv_l1, &dc.prior.tv_l1)
+            .differs("--tv-l2", &c.prior.tv_l2, &dc.prior.tv_l2)
+            .differs("--l2", &c.prior.l2, &dc.prior.l2)
+            .differs("--height", &self.height, &d.height)
+            .differs("--width", &self.width, &d.width);
+        crate::train::plan::render_model(&mut argv, &self.model);
+        argv
+    }
+}

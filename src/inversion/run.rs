@@ -1,0 +1,189 @@
+//! `agd invert` as a library stage: DeepInversion of the task-1 model (SPEC §7). Batches
+//! of `bs` targets are dreamed until every identity has `shots` images or `iters` batches
+//! were made; the images go to `generation_dir` as `<pid>_<unique>.jpg` beside a `log.txt`.
+
+use super::plan::InvertPlan;
+use super::store::{contact_sheet, Bags, CONTACT_SHEET};
+use super::{denormalize, DreamBatch, Inverter, Progress};
+use crate::data::rng::{stream, tag};
+use crate::logging::Logger;
+use crate::model::checkpoint::{resolve, Checkpoint};
+use crate::model::ReidModel;
+use crate::stage::open_log;
+use anyhow::{bail, Context, Result};
+use std::time::Instant;
+
+/// Log every this many iterations (and each stage's last), as the reference prints every 10.
+const LOG_EVERY: usize = 100;
+
+/// The teacher: the model `teacher` holds, shaped by the checkpoint ([`ModelChoice`]).
+///
+/// [`ModelChoice`]: crate::model::ModelChoice
+fn load_teacher(plan: &InvertPlan, device: tch::Device, log: &Logger) -> Result<ReidModel> {
+    let path = resolve(&plan.teacher, "--teacher")?;
+    let ck = Checkpoint::load(&path).with_context(|| {
+        format!(
+            "--teacher {}: not a checkpoint agd can read",
+            path.display()
+        )
+    })?;
+    let model = ReidModel::from_checkpoint(&ck, &plan.model, device).context("--teacher")?;
+    log.line(format!(
+        "teacher {}: ResNet-{}, {} identities, epoch {}",
+        path.display(),
+        model.config.depth.number(),
+        model.config.classes,
+        ck.epoch
+    ));
+    Ok(model)
+}
+
+fn progress_text(p: &Progress) -> String {
+    let r = &p.report;
+    format!(
+        "loss {:.4}  CE {:.4}  BN {:.4}  prior {:.4}  acc {:.0}%",
+        r.total,
+        r.ce,
+        r.bn,
+        r.prior,
+        100.0 * r.accuracy
+    )
+}
+
+/// `agd invert`: dreams batches until every identity has `shots` images or `iters`
+/// batches were made.
+pub fn run(args: &InvertPlan) -> Result<()> {
+    args.validate()?;
+    let device = crate::device::select(&args.gpu)?;
+    // The teacher must exist before anything is created on disk.
+    resolve(&args.teacher, "--teacher")?;
+    if let Some(dir) = &args.resume {
+        if !dir.is_dir() {
+            bail!("--resume {}: no such folder", dir.display());
+        }
+    }
+    let dir = &args.generation_dir;
+    let log = open_log(dir, &args.argv(), true)
+        .with_context(|| format!("--generation-dir {}: cannot write there", dir.display()))?;
+    crate::alloc::retain_freed_memory();
+    let seed = crate::stage::seed(args.seed, &log);
+    let teacher = load_teacher(args, device, &log)?;
+    let classes = teacher.config.classes;
+
+    let mut bags = Bags::new(classes, args.shots);
+    match &args.resume {
+        Some(from) => {
+            let n = bags
+                .count_existing(from)
+                .with_context(|| format!("--resume {}", from.display()))?;
+            log.line(format!(
+                "resume: {n} images in {}; {} identities still short of {} images",
+                from.display(),
+                bags.identities_left(),
+                args.shots
+            ));
+        }
+        None => {
+            // Only a note: without --resume the folder's contents are not this run's concern.
+            let n = Bags::new(classes, args.shots)
+                .count_existing(dir)
+                .unwrap_or(0);
+            if n > 0 {
+                log.line(format!(
+                    "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them)",
+                    dir.display(),
+                    dir.display()
+                ));
+            }
+        }
+    }
+    log.line(format!(
+        "dreaming {} images for {} identities short of {} shots, in batches of {} (at most {} batches), \
+         {} + {} iterations each, on {}",
+        bags.images_left(),
+        bags.identities_left(),
+        args.shots,
+        args.bs,
+        args.iters,
+        args.stages.low_res_iters,
+        args.stages.full_res_iters,
+        crate::device::describe(device)
+    ));
+
+    let inverter = Inverter::new(&teacher, args.coefficients);
+    let stages = args.stages;
+    let per_batch = (args.stages.low_res_iters + args.stages.full_res_iters) as u64;
+    let started = Instant::now();
+    let mut batches = 0;
+    let mut written = 0;
+    while !bags.is_done() && batches < args.iters {
+        let b = batches as u64;
+        let targets = bags.draw_targets(args.bs, &mut stream(seed, &[tag::INVERT_TARGETS, b]));
+        let mut batch = DreamBatch::new(&targets, args.height, args.width, device);
+        let pb = crate::progress::bar(per_batch, format!("batch {}", batches + 1));
+        let t0 = Instant::now();
+        let kept = inverter.dream(
+            &mut batch,
+            &stages,
+            &mut stream(seed, &[tag::INVERT_FLIPS, b]),
+            |p| {
+                pb.set_prefix(format!("{} {}", p.stage.name(), progress_text(p)));
+                pb.inc(1);
+                if p.iteration % LOG_EVERY == 0 || p.iteration + 1 == p.stage_iters {
+                    pb.suspend(|| {
+                        log.line(format!(
+                            "[batch {}][{} {}/{}] lr {:.4}  {}",
+                            batches + 1,
+                            p.stage.name(),
+                            p.iteration + 1,
+                            p.stage_iters,
+                            p.lr,
+                            progress_text(p)
+                        ))
+                    });
+                }
+            },
+        )?;
+        pb.finish_and_clear();
+        let accuracy = inverter.accuracy(&kept, &batch.targets);
+        let best = batch.best().map_or(f64::NAN, |(l, _)| l);
+        let paths = bags.save(dir, &targets, &denormalize(&kept))?;
+        written += paths.len();
+        batches += 1;
+        log.line(format!(
+            "batch {batches}: kept loss {best:.4}, teacher accuracy {:.1}%, wrote {} images ({:.1} s); \
+             {} images of {} identities to go",
+            100.0 * accuracy,
+            paths.len(),
+            t0.elapsed().as_secs_f64(),
+            bags.images_left(),
+            bags.identities_left()
+        ));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if written > 0 || args.resume.as_deref() == Some(dir.as_path()) {
+        let sheet = contact_sheet(dir, 8, args.shots.min(10), 128, 64)?;
+        let path = dir.join(CONTACT_SHEET);
+        crate::io::create_dir(path.parent().expect("a subfolder"))?;
+        crate::io::write_png(&path, &sheet)?;
+        log.line(format!("contact sheet: {}", path.display()));
+    }
+    if bags.is_done() {
+        log.line(format!(
+            "done: {written} images written in {batches} {} ({elapsed:.1} s); every identity has {} images in {}",
+            if batches == 1 { "batch" } else { "batches" },
+            args.shots,
+            dir.display()
+        ));
+    } else {
+        log.line(format!(
+            "stopped after --iters {} batches ({elapsed:.1} s, {written} images written): {} images of {} identities still missing; \
+             run again with --resume {} to complete them",
+            args.iters,
+            bags.images_left(),
+            bags.identities_left(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}

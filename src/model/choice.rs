@@ -1,0 +1,141 @@
+//! One policy for "the model a checkpoint holds", used wherever a run starts from a
+//! checkpoint (`--resume`, `--previous`, `--teacher`, `--ckpt`): the checkpoint decides
+//! every value it can tell; what the user asked for only fills the gaps, and a request
+//! that contradicts the checkpoint is an error naming both values. Users then never repeat
+//! a training run's shape (`--last-stride 1`) to every later stage.
+
+use super::checkpoint::Checkpoint;
+use super::{Depth, ModelConfig, Pooling, ReidModel};
+use anyhow::Result;
+use std::path::PathBuf;
+use tch::Device;
+
+/// The model shape a run asks for; `None` leaves a value to the checkpoint, or to the
+/// reference's default for a fresh model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelChoice {
+    pub depth: Option<Depth>,
+    pub last_stride: Option<i64>,
+    pub pooling: Option<Pooling>,
+    pub embedding: Option<i64>,
+}
+
+/// The reference's model: ResNet-50, last stride 2, average pooling.
+pub const DEFAULT_DEPTH: Depth = Depth::R50;
+pub const DEFAULT_LAST_STRIDE: i64 = 2;
+pub const DEFAULT_POOLING: Pooling = Pooling::Avg;
+
+/// A requested value that the checkpoint contradicts. Typed so that callers can tell it
+/// from an unreadable file; its message names the flag that carries the request.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: the checkpoint holds a model with {what} {saved}, but {flag} {asked} was given (leave the flag out: the checkpoint decides)", path.display())]
+pub struct Contradiction {
+    pub path: PathBuf,
+    pub what: &'static str,
+    pub flag: &'static str,
+    pub saved: String,
+    pub asked: String,
+}
+
+impl ModelChoice {
+    /// The same choice with every value given.
+    pub fn of(config: &ModelConfig) -> Self {
+        Self {
+            depth: Some(config.depth),
+            last_stride: Some(config.last_stride),
+            pooling: Some(config.pooling),
+            embedding: Some(config.embedding),
+        }
+    }
+
+    /// A fresh model's shape: the values asked for, the reference's defaults for the rest
+    /// (the embedding defaults to the backbone's feature width, which it must equal).
+    pub fn fresh(&self, classes: i64) -> ModelConfig {
+        let depth = self.depth.unwrap_or(DEFAULT_DEPTH);
+        ModelConfig {
+            depth,
+            last_stride: self.last_stride.unwrap_or(DEFAULT_LAST_STRIDE),
+            pooling: self.pooling.unwrap_or(DEFAULT_POOLING),
+            embedding: self.embedding.unwrap_or(depth.feature_width()),
+            classes,
+        }
+    }
+
+    /// The shape of the model `ck` holds. Depth, classes and embedding come from its
+    /// tensors (or agd's metadata); last stride and pooling from agd's metadata. The
+    /// reference's `.pth.tar` files do not record those two and their tensors cannot tell
+    /// them, so there the choice decides (default: the reference's 2 and avg).
+    pub fn for_checkpoint(&self, ck: &Checkpoint) -> Result<ModelConfig> {
+        let classes = ck.classes()?;
+        let depth = agree(ck, "depth", "--depth", ck.depth(), self.depth, |d| {
+            d.number().to_string()
+        })?;
+        let saved_embedding = ck.tensors.get("backbone.bn.weight").map(|t| t.size()[0]);
+        let embedding = agree(
+            ck,
+            "embedding",
+            "--embedding",
+            saved_embedding,
+            self.embedding,
+            |e| e.to_string(),
+        )?;
+        let (saved_stride, saved_pooling) = ck.recorded_stride_and_pooling();
+        let last_stride = agree(
+            ck,
+            "last stride",
+            "--last-stride",
+            saved_stride,
+            self.last_stride,
+            |s| s.to_string(),
+        )?;
+        let pooling = agree(
+            ck,
+            "pooling",
+            "--last-pooling",
+            saved_pooling,
+            self.pooling,
+            |p| p.name().to_string(),
+        )?;
+        let fresh = Self {
+            depth,
+            last_stride,
+            pooling,
+            embedding,
+        }
+        .fresh(classes);
+        Ok(fresh)
+    }
+}
+
+/// The checkpoint's value where it has one (a differing request is a [`Contradiction`]),
+/// else the request.
+fn agree<T: PartialEq + Copy>(
+    ck: &Checkpoint,
+    what: &'static str,
+    flag: &'static str,
+    saved: Option<T>,
+    asked: Option<T>,
+    show: impl Fn(T) -> String,
+) -> Result<Option<T>> {
+    match (saved, asked) {
+        (Some(s), Some(a)) if s != a => Err(Contradiction {
+            path: ck.path.clone(),
+            what,
+            flag,
+            saved: show(s),
+            asked: show(a),
+        }
+        .into()),
+        (Some(s), _) => Ok(Some(s)),
+        (None, a) => Ok(a),
+    }
+}
+
+impl ReidModel {
+    /// The model `ck` holds, shaped by [`ModelChoice::for_checkpoint`], with its weights.
+    pub fn from_checkpoint(ck: &Checkpoint, choice: &ModelChoice, device: Device) -> Result<Self> {
+        let mut model = Self::new(choice.for_checkpoint(ck)?, device)?;
+        model.load_checkpoint(ck)?;
+        Ok(model)
+    }
+}

@@ -1,0 +1,128 @@
+//! What every pipeline stage shares: the plan it runs renders the `agd` command line that
+//! reproduces it ([`Argv`]), the stage's `log.txt` starts with that line, and the run's
+//! seed is fixed (drawn and logged when none was given).
+//!
+//! Stages are library functions over plain plans (`train::run_base`,
+//! `train::run_incremental`, `inversion::run`, `eval::run`, `demo::run`); the CLI only
+//! maps flags to plans, and the demo builds plans directly.
+
+use crate::logging::Logger;
+use anyhow::Result;
+use std::fmt::Display;
+use std::path::Path;
+
+/// A plan's command line, built flag by flag. Flags equal to the subcommand's default are
+/// left out, so the line says what is particular to the run; the CLI tests parse rendered
+/// lines back and compare the plans, so a rendering that would rerun something else
+/// fails them.
+#[derive(Clone, Debug)]
+pub struct Argv(Vec<String>);
+
+impl Argv {
+    /// `agd <subcommand>`.
+    pub fn new(subcommand: &str) -> Self {
+        Self(vec![subcommand.to_string()])
+    }
+
+    /// `name value`, always.
+    pub fn flag(&mut self, name: &str, value: impl Display) -> &mut Self {
+        self.0.push(name.to_string());
+        self.0.push(value.to_string());
+        self
+    }
+
+    /// `name value` when `value` is not the default.
+    pub fn differs<T: PartialEq + Display>(
+        &mut self,
+        name: &str,
+        value: &T,
+        default: &T,
+    ) -> &mut Self {
+        if value != default {
+            self.flag(name, value);
+        }
+        self
+    }
+
+    /// `name value` when there is a value.
+    pub fn opt<T: Display>(&mut self, name: &str, value: Option<T>) -> &mut Self {
+        if let Some(v) = value {
+            self.flag(name, v);
+        }
+        self
+    }
+
+    /// `name path` when the path is not the default.
+    pub fn path(&mut self, name: &str, value: &Path, default: &str) -> &mut Self {
+        if value != Path::new(default) {
+            self.flag(name, value.display());
+        }
+        self
+    }
+
+    /// `name path` when there is one.
+    pub fn opt_path(&mut self, name: &str, value: Option<&Path>) -> &mut Self {
+        self.opt(name, value.map(Path::display))
+    }
+
+    /// `name v1 v2 …` when the values are not the default.
+    pub fn list<T: PartialEq + Display>(
+        &mut self,
+        name: &str,
+        values: &[T],
+        default: &[T],
+    ) -> &mut Self {
+        if values != default {
+            self.0.push(name.to_string());
+            self.0.extend(values.iter().map(ToString::to_string));
+        }
+        self
+    }
+
+    /// `name` when `on`.
+    pub fn switch(&mut self, name: &str, on: bool) -> &mut Self {
+        if on {
+            self.0.push(name.to_string());
+        }
+        self
+    }
+
+    /// The arguments after `agd`.
+    pub fn args(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `agd …`, quoted for a POSIX shell so it can be pasted.
+    pub fn command_line(&self) -> String {
+        let quoted: Vec<String> = self
+            .0
+            .iter()
+            .map(|a| {
+                shlex::try_quote(a)
+                    .map(|q| q.into_owned())
+                    .unwrap_or_else(|_| a.replace('\0', ""))
+            })
+            .collect();
+        format!("agd {}", quoted.join(" "))
+    }
+}
+
+/// Opens a stage's `log.txt` in `dir` and records the command line that reproduces it.
+pub fn open_log(dir: &Path, argv: &Argv, echo: bool) -> Result<Logger> {
+    let log = Logger::open(dir, echo)?;
+    log.line(argv.command_line());
+    Ok(log)
+}
+
+/// The seed of a run: the given one, or one drawn now and logged so the run can be
+/// repeated. Seeds libtorch's generator too.
+pub fn seed(given: Option<u64>, log: &Logger) -> u64 {
+    let seed = given.unwrap_or_else(|| rand::random::<u32>() as u64);
+    if given.is_none() {
+        log.line(format!(
+            "no --seed given: using seed {seed} (pass -s {seed} to repeat this run)"
+        ));
+    }
+    tch::manual_seed(seed as i64);
+    seed
+}

@@ -1,0 +1,249 @@
+//! Plans of the training stages: `agd train` ([`BasePlan`]), `agd incremental` and
+//! `agd incremental-x` ([`IncrementalPlan`]). Plain values, defaulted as the reference's
+//! scripts default them (`main.py` for the base model, `main_incremental*.py` for the
+//! incremental steps), each able to render the command line that reruns it.
+
+use super::optimizer::OptimizerKind;
+use crate::data::{Erasing, LoaderConfig, TrainTransform};
+use crate::model::{Depth, ModelChoice, Pooling};
+use crate::stage::Argv;
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// The training loop shared by every training stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopPlan {
+    /// `-g` values: GPU ids, or `cpu`.
+    pub gpu: Vec<String>,
+    /// None: drawn and logged.
+    pub seed: Option<u64>,
+    pub data_root: PathBuf,
+    pub dataset: String,
+    pub height: usize,
+    pub width: usize,
+    pub batch_size: usize,
+    /// A checkpoint (file or logs folder) to continue from.
+    pub resume: Option<PathBuf>,
+    pub epochs: usize,
+    /// Epochs at which the learning rate is multiplied by 0.1.
+    pub epochs_decay: Vec<usize>,
+    pub logs_dir: PathBuf,
+    /// Keep a numbered checkpoint every this many epochs.
+    pub save_freq: usize,
+    pub optimizer: OptimizerKind,
+    pub warmup: usize,
+    pub learning_rate: f64,
+    /// Evaluate every this many epochs (0: never).
+    pub evaluate: usize,
+    /// Independently augmented views of each sample.
+    pub peers: usize,
+    /// Random-erasing probability and largest area.
+    pub re: f64,
+    pub re_area: f64,
+    pub model: ModelChoice,
+}
+
+impl LoopPlan {
+    /// `main.py`'s defaults (the base model).
+    pub fn base_defaults() -> Self {
+        Self {
+            gpu: vec!["0".into()],
+            seed: None,
+            data_root: "data".into(),
+            dataset: "msmt17".into(),
+            height: 256,
+            width: 128,
+            batch_size: 128,
+            resume: None,
+            epochs: 90,
+            epochs_decay: vec![61],
+            logs_dir: "logs".into(),
+            save_freq: 1000,
+            optimizer: OptimizerKind::Sgd,
+            warmup: 10,
+            learning_rate: 0.01,
+            evaluate: 10,
+            peers: 1,
+            re: 0.5,
+            re_area: 0.4,
+            model: ModelChoice::default(),
+        }
+    }
+
+    /// `main_incremental*.py`'s defaults, where they differ from `main.py`'s.
+    pub fn incremental_defaults(augmented: bool) -> Self {
+        Self {
+            dataset: "market".into(),
+            batch_size: 64,
+            epochs: 80,
+            epochs_decay: vec![41],
+            save_freq: 100,
+            warmup: 0,
+            peers: if augmented { 2 } else { 1 },
+            ..Self::base_defaults()
+        }
+    }
+
+    pub fn loader_config(&self, seed: u64) -> LoaderConfig {
+        let erasing = Erasing {
+            probability: self.re,
+            max_area: self.re_area,
+        };
+        LoaderConfig::new(
+            self.batch_size,
+            self.peers,
+            TrainTransform { erasing },
+            seed,
+        )
+    }
+
+    /// Checks that need no data, so mistakes surface before minutes of loading.
+    pub fn validate(&self) -> Result<()> {
+        super::schedule::validate(self.warmup, &self.epochs_decay)?;
+        if self.epochs == 0 {
+            bail!("--epochs 0: nothing to train");
+        }
+        if !(0.0..=1.0).contains(&self.re) {
+            bail!("--re {}: a probability must be in [0, 1]", self.re);
+        }
+        if !(Erasing::MIN_AREA..=1.0).contains(&self.re_area) {
+            bail!(
+                "--re-area {}: must be in [{}, 1]",
+                self.re_area,
+                Erasing::MIN_AREA
+            );
+        }
+        Ok(())
+    }
+
+    /// The loop's flags that differ from `defaults`.
+    fn render(&self, argv: &mut Argv, d: &Self) {
+        argv.list("-g", &self.gpu, &d.gpu)
+            .opt("-s", self.seed)
+            .path("--data-root", &self.data_root, "data")
+            .differs("--dataset", &self.dataset, &d.dataset)
+            .differs("--height", &self.height, &d.height)
+            .differs("--width", &self.width, &d.width)
+            .differs("-b", &self.batch_size, &d.batch_size)
+            .opt_path("--resume", self.resume.as_deref())
+            .differs("--epochs", &self.epochs, &d.epochs)
+            .list("--epochs-decay", &self.epochs_decay, &d.epochs_decay)
+            .path("--logs-dir", &self.logs_dir, "logs")
+            .differs("--save-freq", &self.save_freq, &d.save_freq)
+            .differs("--optimizer", &self.optimizer.name(), &d.optimizer.name())
+            .differs("--warmup", &self.warmup, &d.warmup)
+            .differs("--learning-rate", &self.learning_rate, &d.learning_rate)
+            .differs("--evaluate", &self.evaluate, &d.evaluate)
+            .differs("--peers", &self.peers, &d.peers)
+            .differs("--re", &self.re, &d.re)
+            .differs("--re-area", &self.re_area, &d.re_area);
+        render_model(argv, &self.model);
+    }
+}
+
+/// The model flags a choice gives.
+pub fn render_model(argv: &mut Argv, m: &ModelChoice) {
+    argv.opt("--depth", m.depth.map(Depth::number))
+        .opt("--embedding", m.embedding)
+        .opt("--last-stride", m.last_stride)
+        .opt("--last-pooling", m.pooling.map(Pooling::name));
+}
+
+/// `agd train`: the base model on task 1 (SPEC §1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BasePlan {
+    pub run: LoopPlan,
+    /// ImageNet weights; None: a `resnet<depth>*` file in `backbone_weights/`, if any.
+    pub pretrained: Option<PathBuf>,
+}
+
+impl Default for BasePlan {
+    fn default() -> Self {
+        Self {
+            run: LoopPlan::base_defaults(),
+            pretrained: None,
+        }
+    }
+}
+
+impl BasePlan {
+    pub fn argv(&self) -> Argv {
+        let mut argv = Argv::new("train");
+        self.run.render(&mut argv, &LoopPlan::base_defaults());
+        argv.opt_path("--pretrained", self.pretrained.as_deref());
+        argv
+    }
+}
+
+/// How task 2 is learnt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Learning {
+    /// The forgetting baseline (`main_finetune.py`): new data only.
+    Finetune,
+    /// Distillation of the old model on dreamed images, with a `--algo-config`.
+    Distill {
+        algo_config: PathBuf,
+        inversion_dir: PathBuf,
+        /// Dreamed images used per old identity.
+        exemplars: usize,
+    },
+}
+
+/// `agd incremental` / `agd incremental-x` (SPEC §5, §6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncrementalPlan {
+    pub run: LoopPlan,
+    /// Augmented distillation across `peers` views (`incremental-x`, AGD).
+    pub augmented: bool,
+    /// The task-1 checkpoint (file or logs folder).
+    pub previous: PathBuf,
+    pub learning: Learning,
+    /// Also evaluate on the old task's dataset.
+    pub old_dataset: Option<String>,
+}
+
+/// Defaults of the reference's `main_incremental.py` for these paths.
+pub const DEFAULT_PREVIOUS: &str = "logs/msmt17";
+pub const DEFAULT_INVERSION_DIR: &str = "data/generations_r50_msmt17";
+pub const DEFAULT_EXEMPLARS: usize = 40;
+
+impl IncrementalPlan {
+    pub fn subcommand(&self) -> &'static str {
+        if self.augmented {
+            "incremental-x"
+        } else {
+            "incremental"
+        }
+    }
+
+    pub fn argv(&self) -> Argv {
+        let mut argv = Argv::new(self.subcommand());
+        self.run
+            .render(&mut argv, &LoopPlan::incremental_defaults(self.augmented));
+        argv.path("--previous", &self.previous, DEFAULT_PREVIOUS);
+        match &self.learning {
+            Learning::Finetune => {
+                argv.switch("--finetune", true);
+            }
+            Learning::Distill {
+                algo_config,
+                inversion_dir,
+                exemplars,
+            } => {
+                argv.flag("--algo-config", algo_config.display())
+                    .path("--inversion-dir", inversion_dir, DEFAULT_INVERSION_DIR)
+                    .differs("--exemplars", exemplars, &DEFAULT_EXEMPLARS);
+            }
+        }
+        argv.opt("--old-dataset", self.old_dataset.as_deref());
+        argv
+    }
+
+    /// The dreamed images' folder, when the plan distils.
+    pub fn inversion_dir(&self) -> Option<&Path> {
+        match &self.learning {
+            Learning::Finetune => None,
+            Learning::Distill { inversion_dir, .. } => Some(inversion_dir),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The training stages as library functions: [`run_base`] (`agd train`) and
+//! [`run_incremental`] (`agd incremental`, `agd incremental-x`). Each opens its logs
+//! folder, records the command line that reproduces it, and runs the one loop
+//! ([`super::fit::fit`]) with its step.
+
+use super::base::BaseStep;
+use super::fit::{fit, EpochEval, FitConfig};
+use super::incremental::{IncrementalStep, Views};
+use super::optimizer::Optimizer;
+use super::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use crate::data::{Dreamed, ImageStore, PairedLoader, Record, ReidDataset, TrainLoader};
+use crate::eval::TestSet;
+use crate::logging::Logger;
+use crate::loss::distill::Distillation;
+use crate::model::checkpoint::{resolve, Checkpoint, LATEST};
+use crate::model::ReidModel;
+use crate::stage::{open_log, Argv};
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use tch::Device;
+
+/// What a finished training stage reports: its last evaluation (none with `--evaluate 0`).
+pub struct Trained {
+    pub eval: Option<EpochEval>,
+}
+
+/// What every training stage does first: check the plan, pick the device, open the log
+/// (recording the command line), seed the run, keep freed memory.
+fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
+    r.validate()?;
+    let device = crate::device::select(&r.gpu)?;
+    let log = open_log(&r.logs_dir, argv, true)?;
+    crate::alloc::retain_freed_memory();
+    let seed = crate::stage::seed(r.seed, &log);
+    Ok((device, log, seed))
+}
+
+/// The checkpoint `resume` names, read before anything is written.
+fn resumed(r: &LoopPlan) -> Result<Option<Checkpoint>> {
+    r.resume
+        .as_ref()
+        .map(|path| Checkpoint::load(&resolve(path, "--resume")?))
+        .transpose()
+}
+
+/// Continues a run from its checkpoint: weights, optimiser state, next epoch (1 without).
+fn resume(
+    ck: Option<&Checkpoint>,
+    model: &mut ReidModel,
+    opt: &mut Optimizer,
+    log: &Logger,
+) -> Result<usize> {
+    let Some(ck) = ck else {
+        return Ok(1);
+    };
+    let epoch = super::fit::restore(ck, model, opt)?;
+    log.line(format!(
+        "resumed from {} after epoch {}",
+        ck.path.display(),
+        epoch
+    ));
+    Ok(epoch + 1)
+}
+
+fn fit_config(r: &LoopPlan, start_epoch: usize, argv: &Argv) -> FitConfig {
+    FitConfig {
+        logs_dir: r.logs_dir.clone(),
+        epochs: r.epochs,
+        start_epoch,
+        base_lr: r.learning_rate,
+        warmup: r.warmup,
+        milestones: r.epochs_decay.clone(),
+        evaluate_every: r.evaluate,
+        save_freq: r.save_freq,
+        eval_batch_size: 128,
+        args: argv.command_line(),
+    }
+}
+
+/// The line a training log starts with: the data it learns from and the device.
+fn describe(dataset: &ReidDataset, device: Device) -> String {
+    format!(
+        "{}: {} training images of {} ids, {} query, {} gallery; device {}",
+        dataset.name,
+        dataset.train.len(),
+        dataset.num_train_ids,
+        dataset.query.len(),
+        dataset.gallery.len(),
+        crate::device::describe(device)
+    )
+}
+
+/// The test sets a run evaluates on (none when `evaluate` is 0).
+fn test_sets(r: &LoopPlan, datasets: &[&ReidDataset]) -> Result<Vec<TestSet>> {
+    if r.evaluate == 0 {
+        return Ok(Vec::new());
+    }
+    datasets
+        .iter()
+        .map(|d| TestSet::load(d, r.height, r.width))
+        .collect()
+}
+
+/// What every training stage does last: the final evaluation as a table, and where the
+/// checkpoint is.
+fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Trained {
+    if let Some(results) = &eval {
+        let table = crate::report::table(
+            ["dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20"],
+            results.iter().map(|(name, m)| {
+                let mut row = vec![name.clone(), format!("{:.1}%", 100.0 * m.map)];
+                row.extend([1, 5, 10, 20].map(|k| format!("{:.1}%", 100.0 * m.rank(k))));
+                row
+            }),
+        );
+        log.line(table.to_string());
+    }
+    log.line(format!("checkpoint: {}", r.logs_dir.join(LATEST).display()));
+    Trained { eval }
+}
+
+fn all_done(r: &LoopPlan, log: &Logger) -> Trained {
+    log.line(format!("all {} epochs are done already", r.epochs));
+    Trained { eval: None }
+}
+
+/// A P×K training loader over `records`, its images decoded once at the run's size.
+fn loader(
+    r: &LoopPlan,
+    records: &[Record],
+    seed: u64,
+    stream_id: u64,
+    what: &str,
+) -> Result<TrainLoader> {
+    let store = ImageStore::load(records, r.height, r.width, what)?;
+    TrainLoader::new(
+        Arc::new(records.to_vec()),
+        Arc::new(store),
+        r.loader_config(seed),
+        stream_id,
+    )
+}
+
+/// `agd train`: the base model on task 1 (SPEC §1).
+pub fn run_base(plan: &BasePlan) -> Result<Trained> {
+    let r = &plan.run;
+    let argv = plan.argv();
+    let resumed = resumed(r)?;
+    let (device, log, seed) = start(r, &argv)?;
+    let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
+    log.line(describe(&dataset, device));
+    let classes = dataset.num_train_ids as i64;
+    // A resumed run is the model its checkpoint holds, whatever the flags left out.
+    let config = match &resumed {
+        Some(ck) => r.model.for_checkpoint(ck).context("--resume")?,
+        None => r.model.fresh(classes),
+    };
+    let mut model = ReidModel::new(crate::model::ModelConfig { classes, ..config }, device)?;
+    let mut opt = Optimizer::new(&model, r.optimizer);
+    let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
+    if start_epoch == 1 {
+        let note = model.load_imagenet(plan.pretrained.as_deref())?;
+        log.line(note);
+    }
+    if start_epoch > r.epochs {
+        return Ok(all_done(r, &log));
+    }
+    let loader = loader(r, &dataset.train, seed, 0, "train")?;
+    let test_sets = test_sets(r, &[&dataset])?;
+    let eval = fit(
+        &fit_config(r, start_epoch, &argv),
+        &model,
+        &mut opt,
+        &mut BaseStep,
+        |e| loader.epoch(e),
+        &test_sets,
+        &log,
+    )?;
+    Ok(finish(r, eval, &log))
+}
+
+/// The distillation config and how views are mixed, checked before any data is read.
+fn distillation(plan: &IncrementalPlan) -> Result<Option<(Distillation, Views)>> {
+    let r = &plan.run;
+    let Learning::Distill { algo_config, .. } = &plan.learning else {
+        if plan.augmented {
+            bail!("--finetune: the fine-tuning baseline has no views to mix; use `agd incremental --finetune`");
+        }
+        if r.peers != 1 {
+            bail!("--peers {}: fine-tuning sees one view", r.peers);
+        }
+        return Ok(None);
+    };
+    let config = Distillation::load(algo_config)?;
+    let views = if plan.augmented {
+        if r.peers < 2 {
+            bail!(
+                "--peers {}: augmented distillation needs at least 2 views",
+                r.peers
+            );
+        }
+        let cross_factor = config.cross_factor.with_context(|| {
+            format!(
+                "{}: incremental-x needs `cross_factor` under `distillation` (e.g. configs/inverXion.yaml)",
+                algo_config.display()
+            )
+        })?;
+        Views::Augmented { cross_factor }
+    } else {
+        if r.peers != 1 {
+            bail!(
+                "--peers {}: agd incremental sees one view; use agd incremental-x for several",
+                r.peers
+            );
+        }
+        Views::Single
+    };
+    Ok(Some((config, views)))
+}
+
+/// Dreamed pids are the old model's class indices: any beyond its classifier is an error.
+fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
+    if let Some(r) = dreamed.records.iter().find(|r| r.pid >= old_classes) {
+        bail!(
+            "{}: pid {} but the old model (--previous) has only {old_classes} classes",
+            r.path.display(),
+            r.pid
+        );
+    }
+    Ok(())
+}
+
+/// `agd incremental` / `agd incremental-x`: the student starts as the old model with its
+/// classifier expanded by the new classes and learns the new task while the old model's
+/// geometry on the dreamed images is distilled into it (SPEC §5, §6).
+pub fn run_incremental(plan: &IncrementalPlan) -> Result<Trained> {
+    let r = &plan.run;
+    let argv = plan.argv();
+    let distill = distillation(plan)?;
+    let previous = Checkpoint::load(&resolve(&plan.previous, "--previous")?)?;
+    let old_config = r.model.for_checkpoint(&previous).context("--previous")?;
+    let resumed = resumed(r)?;
+    let (device, log, seed) = start(r, &argv)?;
+    let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
+    log.line(describe(&dataset, device));
+    let load_old = || -> Result<ReidModel> {
+        let mut m = ReidModel::new(old_config, device)?;
+        m.load_checkpoint(&previous).context("--previous")?;
+        Ok(m)
+    };
+    let old = load_old()?;
+    let old_classes = old.config.classes;
+    let new_classes = dataset.num_train_ids as i64;
+    let mut model = load_old()?;
+    model.expand_classifier(new_classes);
+    log.line(format!(
+        "student: {} (epoch {}) with {old_classes} old classes + {new_classes} new",
+        previous.path.display(),
+        previous.epoch
+    ));
+    let mut opt = Optimizer::new(&model, r.optimizer);
+    let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
+    if start_epoch > r.epochs {
+        return Ok(all_done(r, &log));
+    }
+    let old_dataset = match &plan.old_dataset {
+        Some(name) => Some(ReidDataset::load(&r.data_root, name)?),
+        None => None,
+    };
+    let mut evaluated = vec![&dataset];
+    evaluated.extend(old_dataset.as_ref());
+    let test_sets = test_sets(r, &evaluated)?;
+    let new_loader = loader(r, &dataset.train, seed, 0, "train")?;
+    let fit_cfg = fit_config(r, start_epoch, &argv);
+    let eval = match (distill, &plan.learning) {
+        (
+            Some((distillation, views)),
+            Learning::Distill {
+                inversion_dir,
+                exemplars,
+                ..
+            },
+        ) => {
+            let dreamed = Dreamed::load(inversion_dir, *exemplars)?;
+            check_dreamed(&dreamed, old_classes)?;
+            log_distillation(&log, &dreamed, &distillation, views);
+            let paired = PairedLoader {
+                new: new_loader,
+                dreamed: loader(r, &dreamed.records, seed, 1, "dreamed")?,
+            };
+            let mut step = IncrementalStep {
+                old,
+                distillation,
+                new_classes,
+                views,
+            };
+            fit(
+                &fit_cfg,
+                &model,
+                &mut opt,
+                &mut step,
+                |e| paired.epoch(e),
+                &test_sets,
+                &log,
+            )?
+        }
+        _ => {
+            log.line("fine-tuning baseline: new data only, no dreamed images, no distillation");
+            fit(
+                &fit_cfg,
+                &model,
+                &mut opt,
+                &mut BaseStep,
+                |e| new_loader.epoch(e),
+                &test_sets,
+                &log,
+            )?
+        }
+    };
+    Ok(finish(r, eval, &log))
+}
+
+fn log_distillation(log: &Logger, dreamed: &Dreamed, distillation: &Distillation, views: Views) {
+    let mix = match views {
+        Views::Single => String::new(),
+        Views::Augmented { cross_factor } => format!(", cross factor {cross_factor}"),
+    };
+    log.line(format!(
+        "dreamed: {} images of {} old ids from {}; distillation {} × {}{mix}",
+        dreamed.records.len(),
+        dreamed.num_ids,
+        dreamed.dir.display(),
+        distillation.type_name(),
+        distillation.factor
+    ));
+}
