@@ -41,6 +41,13 @@ impl Logger {
         if self.echo {
             println!("{text}");
         }
+        self.record(text);
+    }
+
+    /// Appends `text` to the log file only: detail the terminal shows as a progress bar
+    /// (every training step), kept in the file so a run can be followed and read back.
+    pub fn record(&self, text: impl AsRef<str>) {
+        let text = text.as_ref();
         if let Ok(mut f) = self.file.lock() {
             // A full disk must not kill a training run over its log; the checkpoint
             // writes will report it.

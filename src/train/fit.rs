@@ -111,6 +111,7 @@ where
         let pb = bar(iter.len() as u64, epoch, cfg.epochs);
         let start = Instant::now();
         let (mut sums, mut steps, mut images) = (vec![0.0; names.len()], 0usize, 0usize);
+        let len = iter.len();
         for batch in iter {
             let batch = batch?;
             images += step.batch_images(&batch);
@@ -125,7 +126,12 @@ where
                 .zip(&losses)
                 .map(|(n, l)| format!("{n} {l:.3}"))
                 .collect();
-            pb.set_message(format!("{} lr {lr:.2e} {rate:.1} img/s", terms.join(" ")));
+            let terms = terms.join(" ");
+            log.record(format!(
+                "epoch {epoch}/{} step {steps}/{len}: {terms}",
+                cfg.epochs
+            ));
+            pb.set_message(format!("{terms} lr {lr:.2e} {rate:.1} img/s"));
             pb.inc(1);
         }
         pb.finish_and_clear();

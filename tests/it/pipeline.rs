@@ -1,1 +1,401 @@
-//! placeholder
+//! The pipeline's house: every stage's plan renders the command line that reruns it, the
+//! line reaches the stage's `log.txt` and the demo's output, a pasted line reruns the
+//! stage, and a model's shape comes from its checkpoint (a contradicting flag is one
+//! error naming both values).
+
+use super::util::{agd, agd_output, strings};
+use agd::cli::{try_parse_from, Command};
+use agd::eval::EvalPlan;
+use agd::inversion::InvertPlan;
+use agd::model::checkpoint::Checkpoint;
+use agd::model::{Depth, ModelChoice, Pooling};
+use agd::train::optimizer::OptimizerKind;
+use agd::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The plan a command line (`agd …`, as logged) maps to.
+enum Plan {
+    Base(BasePlan),
+    Incremental(IncrementalPlan),
+    Invert(InvertPlan),
+    Eval(EvalPlan),
+}
+
+fn plan_of(line: &str) -> Plan {
+    let words = shlex::split(line).unwrap_or_else(|| panic!("not a shell line: {line}"));
+    assert_eq!(words[0], "agd", "{line}");
+    let cli = try_parse_from(&words).unwrap_or_else(|e| panic!("{line}: {e}"));
+    match cli.command {
+        Command::Train(a) => Plan::Base(a.plan()),
+        Command::Incremental(a) => Plan::Incremental(a.plan(false).unwrap()),
+        Command::IncrementalX(a) => Plan::Incremental(a.plan(true).unwrap()),
+        Command::Invert(a) => Plan::Invert(a.plan()),
+        Command::Evaluate(a) => Plan::Eval(a.plan()),
+        _ => panic!("{line}: not a stage"),
+    }
+}
+
+fn every_model_value() -> ModelChoice {
+    ModelChoice {
+        depth: Some(Depth::R34),
+        last_stride: Some(1),
+        pooling: Some(Pooling::Max),
+        embedding: Some(512),
+    }
+}
+
+/// A loop plan with every value off its default.
+fn custom_loop() -> LoopPlan {
+    LoopPlan {
+        gpu: vec!["cpu".into()],
+        seed: Some(7),
+        data_root: "/data with space/root".into(),
+        dataset: "task-b".into(),
+        height: 64,
+        width: 32,
+        batch_size: 16,
+        resume: Some("logs/it's here".into()),
+        epochs: 3,
+        epochs_decay: vec![2, 3],
+        logs_dir: "out/x".into(),
+        save_freq: 2,
+        optimizer: OptimizerKind::Adam,
+        warmup: 1,
+        learning_rate: 0.0003,
+        evaluate: 0,
+        peers: 3,
+        re: 0.25,
+        re_area: 0.3,
+        model: every_model_value(),
+    }
+}
+
+#[test]
+fn every_plan_renders_a_command_line_that_parses_back_to_it() {
+    let mut bases = vec![BasePlan::default()];
+    bases.push(BasePlan {
+        run: custom_loop(),
+        pretrained: Some("backbone_weights/resnet34.pth".into()),
+    });
+    for plan in bases {
+        let line = plan.argv().command_line();
+        match plan_of(&line) {
+            Plan::Base(back) => assert_eq!(back, plan, "{line}"),
+            _ => panic!("{line}"),
+        }
+    }
+    let distill = Learning::Distill {
+        algo_config: "configs/inverXion.yaml".into(),
+        inversion_dir: "gen".into(),
+        exemplars: 6,
+    };
+    for augmented in [false, true] {
+        for learning in [Learning::Finetune, distill.clone()] {
+            if augmented && learning == Learning::Finetune {
+                continue;
+            }
+            for run in [
+                LoopPlan::incremental_defaults(augmented),
+                custom_loop(),
+            ] {
+                let plan = IncrementalPlan {
+                    run,
+                    augmented,
+                    previous: "logs/base".into(),
+                    learning: learning.clone(),
+                    old_dataset: Some("task-a".into()),
+                };
+                let line = plan.argv().command_line();
+                match plan_of(&line) {
+                    Plan::Incremental(back) => assert_eq!(back, plan, "{line}"),
+                    _ => panic!("{line}"),
+                }
+            }
+        }
+    }
+    let mut invert = InvertPlan {
+        gpu: vec!["cpu".into()],
+        seed: Some(3),
+        bs: 8,
+        generation_dir: "gen dir".into(),
+        shots: 4,
+        iters: 9,
+        resume: Some("gen dir".into()),
+        teacher: "logs/base".into(),
+        model: every_model_value(),
+        height: 64,
+        width: 32,
+        ..InvertPlan::default()
+    };
+    invert.coefficients.prior.tv_l2 = 0.003;
+    invert.coefficients.r_feature = 0.05;
+    invert.stages.low_res_iters = 30;
+    invert.stages.warmup_iters = 10;
+    for plan in [InvertPlan::default(), invert] {
+        let line = plan.argv().command_line();
+        match plan_of(&line) {
+            Plan::Invert(back) => assert_eq!(back, plan, "{line}"),
+            _ => panic!("{line}"),
+        }
+    }
+    let eval = EvalPlan {
+        gpu: vec!["cpu".into()],
+        datasets: vec!["a".into(), "a+b".into()],
+        ckpt: "logs".into(),
+        recursive: true,
+        re_ranking: true,
+        one_shot: true,
+        json: true,
+        output: true,
+        rank_list: Some("ranks".into()),
+        rank_list_n: 4,
+        model: ModelChoice {
+            last_stride: Some(1),
+            ..ModelChoice::default()
+        },
+        ..EvalPlan::default()
+    };
+    for plan in [EvalPlan::default(), eval] {
+        let line = plan.argv().command_line();
+        match plan_of(&line) {
+            Plan::Eval(back) => assert_eq!(back, plan, "{line}"),
+            _ => panic!("{line}"),
+        }
+    }
+}
+
+/// A finished `agd demo --quick`, shared by the tests below (its base model has last
+/// stride 1, which no later stage is told).
+fn demo() -> &'static PathBuf {
+    static DEMO: OnceLock<PathBuf> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-demo");
+        let _ = std::fs::remove_dir_all(&out);
+        let run = agd_output(&["demo", "--quick", "-g", "cpu", "--out", out.to_str().unwrap()]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    })
+}
+
+fn first_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_demo_prints_and_logs_one_reproducible_command_per_stage() {
+    let out = demo();
+    let demo_log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    for (stage, subcommand) in [
+        ("base", "train"),
+        ("dreamed", "invert"),
+        ("finetune", "incremental"),
+        ("gd", "incremental"),
+        ("simgd", "incremental"),
+        ("agd", "incremental-x"),
+    ] {
+        // The stage's own log starts with the command that ran it, not the demo's.
+        let line = first_line(&out.join(stage).join("log.txt"));
+        assert!(
+            line.starts_with(&format!("agd {subcommand} ")),
+            "{stage}: {line}"
+        );
+        assert!(
+            demo_log.contains(&format!("$ {line}\n")),
+            "{stage}: the demo printed what the stage logged: {line}"
+        );
+        // The line is the stage's plan: it names the stage's own folder.
+        let folder = out.join(stage).display().to_string();
+        match plan_of(&line) {
+            Plan::Base(p) => assert_eq!(p.run.logs_dir.display().to_string(), folder),
+            Plan::Incremental(p) => {
+                assert_eq!(p.run.logs_dir.display().to_string(), folder);
+                assert_eq!(p.run.model, ModelChoice::default(), "{line}");
+            }
+            Plan::Invert(p) => assert_eq!(p.generation_dir.display().to_string(), folder),
+            Plan::Eval(_) => panic!("{line}"),
+        }
+    }
+    // Only the base model is told its shape; every later stage reads it from there.
+    let base = first_line(&out.join("base/log.txt"));
+    assert!(base.contains("--last-stride 1"), "{base}");
+    for stage in ["dreamed", "finetune", "agd"] {
+        let line = first_line(&out.join(stage).join("log.txt"));
+        assert!(!line.contains("--last-stride"), "{line}");
+    }
+    assert_eq!(
+        demo_log.matches("$ agd evaluate").count(),
+        5,
+        "one evaluation per model"
+    );
+}
+
+#[test]
+fn a_pasted_stage_command_reruns_that_stage() {
+    let out = demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_agd")).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // Evaluation: the printed line, through a shell, gives the numbers the demo reported.
+    let demo_log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    let line = demo_log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("$ "))
+        .filter(|l| l.starts_with("agd train"))
+        .expect("the base model's command");
+    let eval_line = demo_log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("$ "))
+        .find(|l| l.starts_with("agd evaluate"))
+        .expect("an evaluate command");
+    let shell = |line: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", line])
+            .env("PATH", &path)
+            .env_remove("LD_LIBRARY_PATH")
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let json_line = format!("{eval_line} --json");
+    let ran = shell(&json_line);
+    assert!(
+        ran.status.success(),
+        "{json_line}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&ran.stdout).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+            .unwrap();
+    let base = &results["rows"][0];
+    assert_eq!(base["method"], "base");
+    assert_eq!(rows[0]["dataset"], "task-a");
+    assert_eq!(rows[0]["mAP"], base["old_mAP"], "{json_line}");
+    assert_eq!(rows[1]["mAP"], base["new_mAP"], "{json_line}");
+
+    // Training: the base model's line, pasted, trains the same model again (seeded).
+    let base_ck = out.join("base/checkpoint.safetensors");
+    let before = Checkpoint::load(&base_ck).unwrap();
+    let saved = tmp.path().join("before.safetensors");
+    std::fs::copy(&base_ck, &saved).unwrap();
+    let ran = shell(line);
+    assert!(
+        ran.status.success(),
+        "{line}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let after = Checkpoint::load(&base_ck).unwrap();
+    assert_eq!(after.epoch, before.epoch);
+    for (name, t) in &before.tensors {
+        assert!(t.equal(&after.tensors[name]), "{name} differs after the rerun");
+    }
+    std::fs::copy(&saved, &base_ck).unwrap();
+}
+
+#[test]
+fn a_model_trained_with_last_stride_1_continues_without_the_flag() {
+    let out = demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("ft");
+    let mut args = strings(&[
+        "incremental",
+        "--finetune",
+        "-g",
+        "cpu",
+        "-s",
+        "1",
+        "--dataset",
+        "task-b",
+        "--height",
+        "64",
+        "--width",
+        "32",
+        "-b",
+        "16",
+        "--epochs",
+        "1",
+        "--evaluate",
+        "0",
+    ]);
+    args.extend([
+        "--data-root".into(),
+        out.join("data").display().to_string(),
+        "--previous".into(),
+        out.join("base").display().to_string(),
+        "--logs-dir".into(),
+        logs.display().to_string(),
+    ]);
+    let ran = agd().args(&args).output().unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let ck = Checkpoint::load(&logs.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.metadata["last_stride"], "1");
+    assert_eq!(ck.metadata["depth"], "34");
+
+    // A flag that contradicts the checkpoint is one error naming both values, before
+    // anything is written.
+    let other = tmp.path().join("contradicted");
+    let mut contradicted = args.clone();
+    contradicted.extend(strings(&["--last-stride", "2"]));
+    contradicted.extend(["--logs-dir".into(), other.display().to_string()]);
+    let ran = agd().args(&contradicted).output().unwrap();
+    assert!(!ran.status.success());
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--previous")
+            && err.contains("last stride 1")
+            && err.contains("--last-stride 2"),
+        "{err}"
+    );
+    assert!(!other.exists(), "a run that cannot start creates nothing");
+
+    // The same policy for --teacher and --ckpt.
+    let ran = agd_output(&[
+        "invert",
+        "-g",
+        "cpu",
+        "--teacher",
+        out.join("base").to_str().unwrap(),
+        "--generation-dir",
+        tmp.path().join("gen").to_str().unwrap(),
+        "--depth",
+        "50",
+    ]);
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        !ran.status.success() && err.contains("depth 34") && err.contains("--depth 50"),
+        "{err}"
+    );
+    let ran = agd_output(&[
+        "evaluate",
+        "-g",
+        "cpu",
+        "--ckpt",
+        out.join("base").to_str().unwrap(),
+        "--data-root",
+        out.join("data").to_str().unwrap(),
+        "--dataset",
+        "task-a",
+        "--last-pooling",
+        "max",
+    ]);
+    let err = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        !ran.status.success() && err.contains("pooling avg") && err.contains("--last-pooling max"),
+        "{err}"
+    );
+}

@@ -1,7 +1,8 @@
 //! The reference's own `checkpoint.pth.tar` (torch.save of {backbone: state_dict,
 //! classifier: state_dict, epoch}) loads into agd's model, tensor for tensor. The file is
 //! written by PyTorch itself when a Python with torch is at hand — always the case under
-//! `make test`, which installs one — from a model agd initialised.
+//! `make test`, which installs one — from a model agd initialised. Without such a Python
+//! the test fails rather than passing unrun.
 
 use agd::model::checkpoint::{resolve, Checkpoint};
 use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
@@ -38,10 +39,12 @@ torch.save({"backbone": parts["backbone"], "classifier": parts["classifier"], "e
 
 #[test]
 fn reference_checkpoint_pth_tar_loads_into_the_model() {
-    let Some(python) = python_with_torch() else {
-        eprintln!("skipped: no Python with torch to write a reference checkpoint");
-        return;
-    };
+    // `make test` always has the cached torch venv: a missing Python is a broken setup,
+    // and a test that passed without running would hide it.
+    let python = python_with_torch().expect(
+        "no Python that can import torch (VIRTUAL_ENV/bin/python or python3): run the tests \
+         through `make test` or scripts/with-libtorch, which install one",
+    );
     let tmp = tempfile::tempdir().unwrap();
     let cfg = ModelConfig {
         depth: Depth::R34,

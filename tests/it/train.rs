@@ -7,13 +7,13 @@ use agd::model::checkpoint::Checkpoint;
 use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tch::Device;
 
 const H: usize = 64;
 const W: usize = 32;
 
-use super::util::agd;
+use super::util::{agd, read_or_empty, wait_until};
 
 fn synth(root: &Path, ids: usize) {
     let out = agd()
@@ -184,15 +184,6 @@ fn training_lowers_the_loss_and_beats_an_untrained_model() {
     );
 }
 
-/// Waits until `path` exists (or panics after `limit`).
-fn wait_for(path: &Path, limit: Duration) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(start.elapsed() < limit, "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn assert_same_weights(a: &Path, b: &Path) {
     let (a, b) = (Checkpoint::load(a).unwrap(), Checkpoint::load(b).unwrap());
     assert_eq!(a.epoch, b.epoch);
@@ -215,18 +206,19 @@ fn a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_one() {
     let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
     run_ok(&train_args(&root, &straight, 3, &[]));
 
-    // Start the same run, SIGKILL it during epoch 2 (after epoch 1's checkpoint exists).
+    // Start the same run and SIGKILL it once its log shows step 1 of epoch 2: epoch 1's
+    // checkpoint is written, epoch 2 has begun and has steps left, whatever the speed of
+    // the machine.
     let mut child = agd()
         .args(train_args(&root, &killed, 3, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(
-        &killed.join("checkpoint.safetensors"),
-        Duration::from_secs(300),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let log = killed.join("log.txt");
+    wait_until("step 1 of epoch 2 in the log", Duration::from_secs(600), || {
+        read_or_empty(&log).contains("epoch 2/3 step 1/")
+    });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = Checkpoint::load(&killed.join("checkpoint.safetensors")).unwrap();
