@@ -8,6 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::ops::Range;
+use crate::train::metrics_csv::MetricsCsv;
 use std::path::Path;
 
 /// The family name the embedded font is registered under (plotters' default family).
@@ -47,76 +48,6 @@ fn register_font() -> Result<()> {
 /// (x, y) points of one series.
 type Points = Vec<(f64, f64)>;
 
-/// `metrics.csv` as `train::fit` writes it: `epoch,lr,<losses…>,<set>_mAP,<set>_rank1,…`,
-/// one row per epoch, empty cells where an epoch was not evaluated.
-struct Metrics {
-    columns: Vec<String>,
-    rows: Vec<Vec<Option<f64>>>,
-}
-
-impl Metrics {
-    fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let (h, header) = lines
-            .next()
-            .with_context(|| format!("{}: empty, expected a header line", path.display()))?;
-        let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
-        if columns.len() < 2 || columns[0] != "epoch" || columns[1] != "lr" {
-            bail!(
-                "{}:{}: expected a header starting with `epoch,lr`, found {header:?}",
-                path.display(),
-                h + 1
-            );
-        }
-        let mut rows = Vec::new();
-        for (i, line) in lines {
-            let at = format!("{}:{}", path.display(), i + 1);
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            if cells.len() != columns.len() {
-                bail!(
-                    "{at}: {} cells, but the header has {}",
-                    cells.len(),
-                    columns.len()
-                );
-            }
-            let row = cells
-                .iter()
-                .zip(&columns)
-                .map(|(cell, name)| match cell.is_empty() {
-                    true => Ok(None),
-                    false => cell
-                        .parse()
-                        .map(Some)
-                        .map_err(|_| anyhow!("{at}: {name} {cell:?} is not a number")),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if row[0].is_none() || row[1].is_none() {
-                bail!("{at}: epoch and lr must have values");
-            }
-            rows.push(row);
-        }
-        if rows.is_empty() {
-            bail!("{}: no epochs yet", path.display());
-        }
-        Ok(Self { columns, rows })
-    }
-
-    /// (epoch, value) of column `name` where it has a finite value.
-    fn series(&self, name: &str) -> Points {
-        let Some(c) = self.columns.iter().position(|n| n == name) else {
-            return Vec::new();
-        };
-        self.rows
-            .iter()
-            .filter_map(|r| Some((r[0]?, r[c].filter(|v| v.is_finite())?)))
-            .collect()
-    }
-}
 
 /// A range holding `values` (and 0) with a 5 % margin; an empty or flat series still gets
 /// a band of height 1 so that the axis can be drawn.
@@ -256,7 +187,10 @@ fn render_png(
 /// Draws `out_png` (1200×400) from a run's `metrics.csv`: loss terms, learning rate, and
 /// mAP / rank-1 per test set over the epochs.
 pub fn training_curves(metrics_csv: &Path, out_png: &Path) -> Result<()> {
-    let m = Metrics::read(metrics_csv)?;
+    let m = MetricsCsv::read(metrics_csv)?;
+    if m.rows.is_empty() {
+        bail!("{}: no epochs yet", metrics_csv.display());
+    }
     let epochs = m.rows.iter().filter_map(|r| r[0]);
     let first = epochs.clone().fold(f64::INFINITY, f64::min);
     let last = epochs.fold(f64::NEG_INFINITY, f64::max);

@@ -7,8 +7,61 @@ pub use crate::eval::features::OutputFeature;
 use crate::inversion::optim::WARMUP;
 pub use crate::model::{Depth, Pooling};
 pub use crate::train::optimizer::OptimizerKind;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use std::path::PathBuf;
+
+/// A library enum as a flag value: the library knows no command line, so its names (as
+/// the reference's scripts spell them) are given here.
+pub trait FlagValue: Copy + Send + Sync + 'static {
+    /// Every value with its name and any other accepted spellings.
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])];
+}
+
+/// clap's parser of a [`FlagValue`]: the names are listed in `--help` and in errors.
+pub fn flag_value<T: FlagValue>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(
+        T::ALL
+            .iter()
+            .map(|(_, name, aliases)| PossibleValue::new(*name).aliases(aliases.iter().copied())),
+    )
+    .map(|given: String| {
+        T::ALL
+            .iter()
+            .find(|(_, name, aliases)| *name == given || aliases.contains(&given.as_str()))
+            .map(|(v, _, _)| *v)
+            .expect("PossibleValuesParser accepts only listed names")
+    })
+}
+
+impl FlagValue for Depth {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] =
+        &[(Depth::R34, "34", &[]), (Depth::R50, "50", &[])];
+}
+
+impl FlagValue for Pooling {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] =
+        &[(Pooling::Avg, "avg", &[]), (Pooling::Max, "max", &[])];
+}
+
+impl FlagValue for OptimizerKind {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
+        (OptimizerKind::Sgd, "SGD", &["sgd"]),
+        (OptimizerKind::Adam, "Adam", &["adam"]),
+    ];
+}
+
+impl FlagValue for OutputFeature {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
+        (OutputFeature::Embedding, "embedding", &[]),
+        (OutputFeature::Global, "global", &[]),
+    ];
+}
+
+impl FlagValue for Style {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] =
+        &[(Style::Street, "street", &[]), (Style::Mall, "mall", &[])];
+}
 
 /// `-g/--gpu`.
 #[derive(Args, Clone, Debug)]
@@ -51,13 +104,13 @@ pub struct AugmentArgs {
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Global pooling of layer4.
-    #[arg(long, value_enum, default_value_t = Pooling::Avg)]
+    #[arg(long, value_parser = flag_value::<Pooling>(), default_value = "avg")]
     pub last_pooling: Pooling,
     /// Stride of layer4.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=2))]
     pub last_stride: i64,
     /// ResNet depth.
-    #[arg(long, value_enum, default_value_t = Depth::R50)]
+    #[arg(long, value_parser = flag_value::<Depth>(), default_value = "50")]
     pub depth: Depth,
     /// Embedding width; must equal the backbone's feature width (2048 for 50, 512 for 34).
     #[arg(long, default_value_t = 2048)]
@@ -71,13 +124,13 @@ pub struct ModelArgs {
 #[derive(Args, Clone, Debug)]
 pub struct CheckpointModelArgs {
     /// Global pooling of layer4 [default: the checkpoint's, else avg].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = flag_value::<Pooling>())]
     pub last_pooling: Option<Pooling>,
     /// Stride of layer4 [default: the checkpoint's, else 2].
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..=2))]
     pub last_stride: Option<i64>,
     /// ResNet depth [default: the checkpoint's].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = flag_value::<Depth>())]
     pub depth: Option<Depth>,
     /// Embedding width [default: the checkpoint's].
     #[arg(long)]
@@ -115,7 +168,7 @@ pub struct LoopArgs<M: Args> {
     /// Keep a numbered checkpoint every this many epochs.
     #[arg(long, default_value_t = 1000)]
     pub save_freq: usize,
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    #[arg(long, value_parser = flag_value::<OptimizerKind>(), default_value = "SGD")]
     pub optimizer: OptimizerKind,
     /// Warm-up epochs.
     #[arg(long, default_value_t = 10)]
@@ -267,7 +320,7 @@ pub struct EvaluateArgs {
     /// Evaluate every checkpoint under --ckpt.
     #[arg(long)]
     pub recursive: bool,
-    #[arg(long, value_enum, default_value_t = OutputFeature::Embedding)]
+    #[arg(long, value_parser = flag_value::<OutputFeature>(), default_value = "embedding")]
     pub output_feature: OutputFeature,
     /// Print results as JSON.
     #[arg(long)]
@@ -327,7 +380,7 @@ pub struct SynthArgs {
     #[arg(short = 's', long, default_value_t = 0)]
     pub seed: u64,
     /// Visual world: two styles make two different tasks.
-    #[arg(long, value_enum, default_value_t = Style::Street)]
+    #[arg(long, value_parser = flag_value::<Style>(), default_value = "street")]
     pub style: Style,
     /// Print the summary as JSON.
     #[arg(long)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tch::Tensor;
 
 /// Which output serves as the feature (`--output-feature`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFeature {
     Embedding,
     Global,

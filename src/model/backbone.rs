@@ -7,11 +7,9 @@ use super::params::Scope;
 use tch::Tensor;
 
 /// ResNet depth: 50 (Bottleneck blocks) or 34 (BasicBlocks), both [3, 4, 6, 3].
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Depth {
-    #[value(name = "34")]
     R34,
-    #[value(name = "50")]
     R50,
 }
 

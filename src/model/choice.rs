@@ -67,8 +67,8 @@ impl ModelChoice {
     /// them, so there the choice decides (default: the reference's 2 and avg).
     pub fn for_checkpoint(&self, ck: &Checkpoint) -> Result<ModelConfig> {
         let classes = ck.classes()?;
-        let depth = agree(ck, "depth", "--depth", ck.depth(), self.depth, |d| {
-            d.number().to_string()
+        let depth = agree(ck, "backbone", "--depth", ck.depth(), self.depth, |d| {
+            (format!("ResNet-{}", d.number()), d.number().to_string())
         })?;
         let saved_embedding = ck.tensors.get("backbone.bn.weight").map(|t| t.size()[0]);
         let embedding = agree(
@@ -77,7 +77,7 @@ impl ModelChoice {
             "--embedding",
             saved_embedding,
             self.embedding,
-            |e| e.to_string(),
+            |e| (e.to_string(), e.to_string()),
         )?;
         let (saved_stride, saved_pooling) = ck.recorded_stride_and_pooling();
         let last_stride = agree(
@@ -86,7 +86,7 @@ impl ModelChoice {
             "--last-stride",
             saved_stride,
             self.last_stride,
-            |s| s.to_string(),
+            |s| (s.to_string(), s.to_string()),
         )?;
         let pooling = agree(
             ck,
@@ -94,7 +94,7 @@ impl ModelChoice {
             "--last-pooling",
             saved_pooling,
             self.pooling,
-            |p| p.name().to_string(),
+            |p| (p.name().to_string(), p.name().to_string()),
         )?;
         let fresh = Self {
             depth,
@@ -108,22 +108,23 @@ impl ModelChoice {
 }
 
 /// The checkpoint's value where it has one (a differing request is a [`Contradiction`]),
-/// else the request.
+/// else the request. `show` gives a value as the checkpoint is described and as the flag
+/// spells it.
 fn agree<T: PartialEq + Copy>(
     ck: &Checkpoint,
     what: &'static str,
     flag: &'static str,
     saved: Option<T>,
     asked: Option<T>,
-    show: impl Fn(T) -> String,
+    show: impl Fn(T) -> (String, String),
 ) -> Result<Option<T>> {
     match (saved, asked) {
         (Some(s), Some(a)) if s != a => Err(Contradiction {
             path: ck.path.clone(),
             what,
             flag,
-            saved: show(s),
-            asked: show(a),
+            saved: show(s).0,
+            asked: show(a).1,
         }
         .into()),
         (Some(s), _) => Ok(Some(s)),

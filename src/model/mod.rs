@@ -22,7 +22,7 @@ use params::Scope;
 use tch::{Device, Kind, Tensor};
 
 /// Global pooling of layer4.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pooling {
     Avg,
     Max,

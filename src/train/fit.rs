@@ -4,6 +4,7 @@
 //! subcommand supplies its step.
 
 pub use super::checkpoint::{restore, save_checkpoint};
+use super::metrics_csv::{self, MetricsCsv};
 use super::optimizer::Optimizer;
 use super::schedule::learning_rate;
 use crate::eval::{features::OutputFeature, TestSet};
@@ -62,26 +63,6 @@ fn bar(len: u64, epoch: usize, epochs: usize) -> ProgressBar {
     pb
 }
 
-/// Rewrites `metrics.csv` with the rows of earlier epochs kept (a resumed run drops the
-/// rows of epochs it runs again) and this epoch's row added.
-fn append_metrics(path: &std::path::Path, header: &str, epoch: usize, row: &str) -> Result<()> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            l.split(',')
-                .next()
-                .and_then(|e| e.parse::<usize>().ok())
-                .is_some_and(|e| e < epoch)
-        })
-        .map(str::to_string)
-        .collect();
-    lines.insert(0, header.to_string());
-    lines.push(row.to_string());
-    crate::io::write_atomic(path, (lines.join("\n") + "\n").as_bytes())
-}
-
 /// Runs epochs `start_epoch..=epochs`; `batches(e)` yields the batches of epoch e (0-based
 /// for the data streams). Returns the last evaluation, if any.
 pub fn fit<S, I>(
@@ -98,11 +79,8 @@ where
     I: ExactSizeIterator<Item = Result<S::Batch>>,
 {
     let names = step.loss_names();
-    let csv = cfg.logs_dir.join("metrics.csv");
-    let mut header = format!("epoch,lr,{}", names.join(","));
-    for t in test_sets {
-        header.push_str(&format!(",{0}_mAP,{0}_rank1", t.name));
-    }
+    let csv = cfg.logs_dir.join(metrics_csv::FILE);
+    let columns = MetricsCsv::columns(&names, test_sets.iter().map(|t| t.name.as_str()));
     let mut last_eval = None;
     for epoch in cfg.start_epoch..=cfg.epochs {
         let lr = learning_rate(cfg.base_lr, epoch, cfg.warmup, &cfg.milestones);
@@ -148,14 +126,8 @@ where
             images as f64 / start.elapsed().as_secs_f64().max(1e-9),
             start.elapsed().as_secs_f64()
         ));
-        let mut row = format!(
-            "{epoch},{lr},{}",
-            means
-                .iter()
-                .map(|m| m.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let mut row = vec![Some(epoch as f64), Some(lr)];
+        row.extend(means.iter().map(|&m| Some(m)));
         let evaluate =
             cfg.evaluate_every > 0 && (epoch % cfg.evaluate_every == 0 || epoch == cfg.epochs);
         if evaluate && !test_sets.is_empty() {
@@ -171,12 +143,12 @@ where
                     100.0 * m.rank(10),
                     m.valid_queries
                 ));
-                row.push_str(&format!(",{},{}", m.map, m.rank(1)));
+                row.extend([Some(m.map), Some(m.rank(1))]);
                 results.push((t.name.clone(), m));
             }
             last_eval = Some(results);
         } else {
-            row.push_str(&",".repeat(2 * test_sets.len()));
+            row.extend(vec![None; 2 * test_sets.len()]);
         }
         save_checkpoint(
             cfg,
@@ -185,7 +157,7 @@ where
             epoch,
             cfg.save_freq > 0 && epoch % cfg.save_freq == 0,
         )?;
-        append_metrics(&csv, &header, epoch, &row)?;
+        MetricsCsv::record(&csv, &columns, row)?;
         // A picture is a convenience: failing to draw it must not end a training run.
         let curves = cfg.logs_dir.join("curves.png");
         if let Err(err) = crate::plot::training_curves(&csv, &curves) {

@@ -6,6 +6,7 @@ pub mod base;
 pub mod checkpoint;
 pub mod fit;
 pub mod incremental;
+pub mod metrics_csv;
 pub mod optimizer;
 pub mod plan;
 mod run;

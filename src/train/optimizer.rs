@@ -7,11 +7,9 @@ use crate::model::{Group, ReidModel};
 use anyhow::{bail, Result};
 use tch::Tensor;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerKind {
-    #[value(name = "SGD", alias = "sgd")]
     Sgd,
-    #[value(name = "Adam", alias = "adam")]
     Adam,
 }
 

@@ -377,7 +377,7 @@ fn a_model_trained_with_last_stride_1_continues_without_the_flag() {
     ]);
     let err = String::from_utf8_lossy(&ran.stderr);
     assert!(
-        !ran.status.success() && err.contains("depth 34") && err.contains("--depth 50"),
+        !ran.status.success() && err.contains("ResNet-34") && err.contains("--depth 50"),
         "{err}"
     );
     let ran = agd_output(&[

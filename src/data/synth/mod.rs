@@ -26,7 +26,7 @@ use std::path::Path;
 
 /// The world the images come from; two styles give two different tasks.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Style {
