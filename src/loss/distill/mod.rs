@@ -1,4 +1,7 @@
-//! Distillation losses of SPEC §4 and their YAML config (`--algo-config`).
+//! Distillation losses of SPEC §4: the maths. Their YAML config (`--algo-config`) is read into
+//! the [`Distillation`] defined here by `config.rs` (`Distillation::load`), kept apart so that
+//! the schema and its error messages can change without touching a loss; it also says how to
+//! add a type.
 //!
 //! Each loss compares the student's outputs with the old model's (the teacher's) on the same
 //! images; the trainers weight it by `factor` (and, in `incremental-x`, mix the same-view and
@@ -9,11 +12,13 @@
 //! squared norms, `F.normalize`'s 1e-12 on the norm, `torch.pdist`), so the golden fixtures
 //! match in float64.
 
+mod config;
+
+pub use config::TYPES;
+
 use crate::model::Output;
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use serde_yaml::Value;
+use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
 use tch::{Kind, Reduction, Tensor};
 
 /// What a distillation loss looks at, for the student or the teacher on the same images.
@@ -52,6 +57,7 @@ pub enum Collapse {
 }
 
 impl Collapse {
+    /// The config's names: the `collapse` setting is read by them, and `name` reports them.
     const NAMES: [(&'static str, Collapse); 6] = [
         ("spatial", Collapse::Spatial),
         ("channel", Collapse::Channel),
@@ -107,6 +113,7 @@ pub enum PodnetCriterion {
 }
 
 impl PodnetCriterion {
+    /// The config's names: the `criterion` setting is read by them, and `name` reports them.
     const NAMES: [(&'static str, PodnetCriterion); 4] = [
         ("cosine", PodnetCriterion::Cosine),
         ("triangle", PodnetCriterion::Triangle),
@@ -152,21 +159,8 @@ pub enum DistillKind {
     No,
 }
 
-/// Every config `type`, in the order the SPEC lists them.
-pub const TYPES: [&str; 10] = [
-    "cosine",
-    "triangle",
-    "res-triangle",
-    "sim-res",
-    "l1",
-    "l2",
-    "relation",
-    "hinton",
-    "podnet",
-    "no",
-];
-
-/// The `distillation` section of an `--algo-config` file.
+/// The `distillation` section of an `--algo-config` file (read by `Distillation::load` or
+/// `Distillation::parse`, in `config.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Distillation {
     pub kind: DistillKind,
@@ -177,159 +171,6 @@ pub struct Distillation {
 }
 
 impl Distillation {
-    /// Reads an `--algo-config` YAML file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the distillation config {}", path.display()))?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// Parses an `--algo-config` document; `origin` (the file name) prefixes every error.
-    /// Unknown keys anywhere are errors, so a misspelt setting never silently falls back to
-    /// a default.
-    pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let root: Value =
-            serde_yaml::from_str(text).map_err(|e| anyhow!("{origin}: not valid YAML: {e}"))?;
-        let top = Section::new(
-            origin,
-            "",
-            " at the top level",
-            &root,
-            &["distillation"],
-            false,
-        )?;
-        let section = top.require("distillation")?;
-        let dist = Section::new(
-            origin,
-            "distillation",
-            "",
-            section,
-            &["type", "factor", "config", "cross_factor"],
-            false,
-        )?;
-
-        let type_value = dist.require("type")?;
-        let type_name = match type_value {
-            Value::String(s) => TYPES.iter().find(|t| **t == s.as_str()).copied(),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            let got = match type_value {
-                Value::String(s) => format!("unknown type {s:?}"),
-                other => format!("{} is not a type name", describe(other)),
-            };
-            anyhow!(
-                "{origin}: distillation.type: {got}; expected one of: {}",
-                TYPES.join(", ")
-            )
-        })?;
-
-        let factor = dist.number("factor", dist.require("factor")?)?;
-        if factor < 0.0 {
-            bail!("{origin}: distillation.factor: {factor} is negative; expected a weight >= 0");
-        }
-        let cross_factor = match dist.get("cross_factor") {
-            None => None,
-            Some(v) => {
-                let c = dist.number("cross_factor", v)?;
-                if !(0.0..=1.0).contains(&c) {
-                    bail!(
-                        "{origin}: distillation.cross_factor: {c} is outside [0, 1]; it is the \
-                         weight of the same-view teacher"
-                    );
-                }
-                Some(c)
-            }
-        };
-
-        let empty = Value::Null;
-        let config_value = dist.get("config").unwrap_or(&empty);
-        let allowed: &[&str] = match type_name {
-            "relation" => &["normalize", "p"],
-            "hinton" => &["T"],
-            "podnet" => &[
-                "collapse",
-                "criterion",
-                "embedding_factor",
-                "attention_factor",
-            ],
-            _ => &[],
-        };
-        let scope = format!(" for type `{type_name}`");
-        let config = Section::new(
-            origin,
-            "distillation.config",
-            &scope,
-            config_value,
-            allowed,
-            true,
-        )?;
-
-        let kind = match type_name {
-            "cosine" => DistillKind::Cosine,
-            "triangle" => DistillKind::Triangle,
-            "res-triangle" => DistillKind::ResTriangle,
-            "sim-res" => DistillKind::SimRes,
-            "l1" => DistillKind::L1,
-            "l2" => DistillKind::L2,
-            "no" => DistillKind::No,
-            "relation" => {
-                // The reference's defaults: plain (unnormalised) Euclidean distances.
-                let normalize = match config.get("normalize") {
-                    None => false,
-                    Some(Value::Bool(b)) => *b,
-                    Some(v) => return Err(config.expected("normalize", "true or false", v)),
-                };
-                let p = match config.get("p") {
-                    None => 2.0,
-                    Some(v) => config.number("p", v)?,
-                };
-                if p < 0.0 {
-                    bail!("{origin}: distillation.config.p: {p} is negative; expected p >= 0");
-                }
-                DistillKind::Relation { normalize, p }
-            }
-            // hinton's T and podnet's four settings have no default in the reference either.
-            "hinton" => {
-                let temperature = config.number("T", config.require("T")?)?;
-                if temperature <= 0.0 {
-                    bail!(
-                        "{origin}: distillation.config.T: {temperature}; the temperature must \
-                         be > 0"
-                    );
-                }
-                DistillKind::Hinton { temperature }
-            }
-            "podnet" => {
-                let collapse = config.choice("collapse", &Collapse::NAMES)?;
-                let criterion = config.choice("criterion", &PodnetCriterion::NAMES)?;
-                let weight = |key: &str| -> Result<f64> {
-                    let w = config.number(key, config.require(key)?)?;
-                    if w < 0.0 {
-                        bail!(
-                            "{origin}: distillation.config.{key}: {w} is negative; expected >= 0"
-                        );
-                    }
-                    Ok(w)
-                };
-                let embedding_factor = weight("embedding_factor")?;
-                let attention_factor = weight("attention_factor")?;
-                DistillKind::Podnet {
-                    collapse,
-                    criterion,
-                    embedding_factor,
-                    attention_factor,
-                }
-            }
-            other => unreachable!("type {other} is in TYPES"),
-        };
-        Ok(Self {
-            kind,
-            factor,
-            cross_factor,
-        })
-    }
-
     /// The config's `type`.
     pub fn type_name(&self) -> &'static str {
         match self.kind {
@@ -614,121 +455,4 @@ fn same_shape(name: &str, what: &str, s: &Tensor, t: &Tensor) -> Result<()> {
         t.size()
     );
     Ok(())
-}
-
-/// One YAML mapping of the config, its keys checked against those allowed, for errors that
-/// name the file and the full key.
-struct Section<'v> {
-    origin: &'v str,
-    path: &'v str,
-    entries: BTreeMap<&'v str, &'v Value>,
-}
-
-impl<'v> Section<'v> {
-    /// `scope` completes "unknown key `k`…" (" at the top level", " for type `cosine`").
-    fn new(
-        origin: &'v str,
-        path: &'v str,
-        scope: &str,
-        value: &'v Value,
-        allowed: &[&str],
-        null_is_empty: bool,
-    ) -> Result<Self> {
-        let at = if path.is_empty() {
-            "the top level".to_string()
-        } else {
-            format!("`{path}`")
-        };
-        let map = match value {
-            Value::Mapping(m) => Some(m),
-            Value::Null if null_is_empty => None,
-            other => bail!("{origin}: {at} must be a mapping, got {}", describe(other)),
-        };
-        let mut entries = BTreeMap::new();
-        for (k, v) in map.into_iter().flatten() {
-            let Value::String(key) = k else {
-                bail!("{origin}: {at}: keys must be names, got {}", describe(k));
-            };
-            if !allowed.contains(&key.as_str()) {
-                let expected = if allowed.is_empty() {
-                    "it takes no settings".to_string()
-                } else {
-                    format!("expected one of: {}", allowed.join(", "))
-                };
-                bail!(
-                    "{origin}: unknown key `{}`{scope}; {expected}",
-                    join(path, key)
-                );
-            }
-            entries.insert(key.as_str(), v);
-        }
-        Ok(Self {
-            origin,
-            path,
-            entries,
-        })
-    }
-
-    fn get(&self, key: &str) -> Option<&'v Value> {
-        self.entries.get(key).copied()
-    }
-
-    fn require(&self, key: &str) -> Result<&'v Value> {
-        self.get(key)
-            .ok_or_else(|| anyhow!("{}: missing key `{}`", self.origin, join(self.path, key)))
-    }
-
-    fn expected(&self, key: &str, what: &str, got: &Value) -> anyhow::Error {
-        anyhow!(
-            "{}: {}: expected {what}, got {}",
-            self.origin,
-            join(self.path, key),
-            describe(got)
-        )
-    }
-
-    /// A finite number (YAML integers count).
-    fn number(&self, key: &str, v: &Value) -> Result<f64> {
-        match v {
-            Value::Number(n) => n
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .ok_or_else(|| self.expected(key, "a finite number", v)),
-            _ => Err(self.expected(key, "a number", v)),
-        }
-    }
-
-    /// One of a fixed set of names; required.
-    fn choice<T: Copy>(&self, key: &str, names: &[(&str, T)]) -> Result<T> {
-        let v = self.require(key)?;
-        let found = match v {
-            Value::String(s) => names.iter().find(|(n, _)| *n == s.as_str()),
-            _ => None,
-        };
-        found.map(|(_, t)| *t).ok_or_else(|| {
-            let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
-            self.expected(key, &format!("one of {}", all.join(", ")), v)
-        })
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// A YAML value as an error message shows it.
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Null => "nothing (null)".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("{s:?}"),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
-    }
 }
