@@ -147,7 +147,7 @@ impl Run<'_> {
             depth: Some(Depth::R34),
             last_stride: Some(1),
             pooling: None,
-            embedding: Some(512),
+            embedding: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! `CUDA_VISIBLE_DEVICES`; agd picks the first listed CUDA device when one exists and
 //! otherwise runs on the CPU, saying so once.
 
-use anyhow::{bail, Result};
+use crate::error::Setting;
+use anyhow::Result;
 use tch::Device;
 
 /// The device for `-g` values: `[]` or `["cpu"]` → CPU; `["N", …]` → CUDA device N when
@@ -19,9 +20,10 @@ pub fn select(gpu: &[String]) -> Result<Device> {
         .flat_map(|g| g.split(',').map(|id| id.trim().parse::<usize>()))
         .collect::<Result<Vec<usize>, _>>();
     let Ok(ids) = ids else {
-        bail!(
-            "-g/--gpu {}: expected GPU ids (e.g. -g 0) or `cpu`",
-            gpu.join(" ")
+        crate::bad_setting!(
+            Setting::Gpu,
+            gpu.join(" "),
+            "expected GPU ids (e.g. 0) or `cpu`"
         );
     };
     let count = tch::Cuda::device_count() as usize;
@@ -31,8 +33,10 @@ pub fn select(gpu: &[String]) -> Result<Device> {
     }
     let id = ids[0];
     if id >= count {
-        bail!(
-            "-g/--gpu {id}: only {count} CUDA device(s) (0..{}) exist",
+        crate::bad_setting!(
+            Setting::Gpu,
+            id,
+            "only {count} CUDA device(s) (0..{}) exist",
             count - 1
         );
     }
@@ -62,7 +66,7 @@ mod tests {
     fn cpu_spellings_and_bad_ids() {
         assert_eq!(select(&[]).unwrap(), Device::Cpu);
         assert_eq!(select(&["cpu".into()]).unwrap(), Device::Cpu);
-        let err = select(&["zero".into()]).unwrap_err().to_string();
+        let err = crate::cli::message(&select(&["zero".into()]).unwrap_err());
         assert!(err.contains("-g/--gpu zero"), "{err}");
     }
 

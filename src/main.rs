@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match agd::cli::run(agd::cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", agd::cli::message(&err));
             ExitCode::FAILURE
         }
     }

@@ -2,13 +2,13 @@
 //! grouped bar chart of a results table. Text uses an embedded DejaVu Sans, so the pictures
 //! come out the same on a machine without system fonts (CI, containers).
 
+use crate::train::metrics_csv::MetricsCsv;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::ops::Range;
-use crate::train::metrics_csv::MetricsCsv;
 use std::path::Path;
 
 /// The family name the embedded font is registered under (plotters' default family).
@@ -47,7 +47,6 @@ fn register_font() -> Result<()> {
 
 /// (x, y) points of one series.
 type Points = Vec<(f64, f64)>;
-
 
 /// A range holding `values` (and 0) with a 5 % margin; an empty or flat series still gets
 /// a band of height 1 so that the axis can be drawn.

@@ -8,6 +8,8 @@ mod plot;
 mod synth;
 pub mod train;
 
+use crate::error::{About, BadSetting, Setting};
+use crate::model::choice::Contradiction;
 use anyhow::Result;
 use args::*;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -111,4 +113,82 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::demo::run(&args.plan()).map(drop),
         Command::Plot(args) => plot::run(&args),
     }
+}
+
+/// The flag that carries a setting.
+pub fn flag(setting: Setting) -> &'static str {
+    use Setting::*;
+    match setting {
+        BatchSize => "--batch-size",
+        Cameras => "--cameras",
+        Checkpoint => "-c/--ckpt",
+        DataRoot => "--data-root",
+        Dataset | DatasetPart => "--dataset",
+        Depth => "--depth",
+        Embedding => "--embedding",
+        Epochs => "--epochs",
+        EpochsDecay => "--epochs-decay",
+        Exemplars => "--exemplars",
+        FeatureFile => "--features",
+        FirstBnMultiplier => "--first-bn-multiplier",
+        FullResIters => "--full-res-iters",
+        GenerationDir => "--generation-dir",
+        Gpu => "-g/--gpu",
+        Height => "--height",
+        Ids => "--ids",
+        ImagesPerId => "--images-per-id",
+        ImageLr => "--lr",
+        InversionBatch => "--bs",
+        InversionDir => "--inversion-dir",
+        InversionResume | Resume => "--resume",
+        L2 => "--l2",
+        LastPooling => "--last-pooling",
+        LastStride => "--last-stride",
+        MainLossMultiplier => "--main-loss-multiplier",
+        Optimizer => "--optimizer",
+        Peers => "--peers",
+        Pretrained => "--pretrained",
+        Previous => "--previous",
+        RandomErasing => "--re",
+        RandomErasingArea => "--re-area",
+        Recursive => "--recursive",
+        RFeature => "--r-feature",
+        Shots => "--shots",
+        Teacher => "--teacher",
+        TestIds => "--test-ids",
+        TvL1 => "--tv-l1",
+        TvL2 => "--tv-l2",
+        Warmup => "--warmup",
+        WarmupIters => "--warmup-iters",
+        Width => "--width",
+    }
+}
+
+/// An error as the command line reports it: the chain of causes joined as anyhow's `{:#}`
+/// joins them, with every setting the library names replaced by the flag that carried it.
+pub fn message(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|e| {
+            if let Some(b) = e.downcast_ref::<BadSetting>() {
+                format!("{} {}: {}", flag(b.setting), b.value, b.reason)
+            } else if let Some(a) = e.downcast_ref::<About>() {
+                match &a.value {
+                    Some(v) => format!("{} {v}", flag(a.setting)),
+                    None => flag(a.setting).to_string(),
+                }
+            } else if let Some(c) = e.downcast_ref::<Contradiction>() {
+                format!(
+                    "{}: the checkpoint holds a model with {} {}, but {} {} was given (leave the flag out: the checkpoint decides)",
+                    c.path.display(),
+                    c.what,
+                    c.saved,
+                    flag(c.setting),
+                    c.asked
+                )
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }

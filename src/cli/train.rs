@@ -2,6 +2,7 @@
 //! ([`crate::train::plan`]); the stages run in the library.
 
 use super::args::{CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, TrainArgs};
+use crate::model::choice::{DEFAULT_DEPTH, DEFAULT_LAST_STRIDE, DEFAULT_POOLING};
 use crate::model::ModelChoice;
 use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
 use anyhow::{Context, Result};
@@ -12,13 +13,16 @@ pub trait ModelFlags: Args {
     fn choice(&self) -> ModelChoice;
 }
 
+/// `train`'s flags always have values (the reference's defaults); a value equal to what a
+/// fresh model gets anyway maps to `None`, so the plan, its rendered command line and that
+/// line parsed again are one and the same.
 impl ModelFlags for ModelArgs {
     fn choice(&self) -> ModelChoice {
         ModelChoice {
-            depth: Some(self.depth),
-            last_stride: Some(self.last_stride),
-            pooling: Some(self.last_pooling),
-            embedding: Some(self.embedding),
+            depth: (self.depth != DEFAULT_DEPTH).then_some(self.depth),
+            last_stride: (self.last_stride != DEFAULT_LAST_STRIDE).then_some(self.last_stride),
+            pooling: (self.last_pooling != DEFAULT_POOLING).then_some(self.last_pooling),
+            embedding: (self.embedding != self.depth.feature_width()).then_some(self.embedding),
         }
     }
 }

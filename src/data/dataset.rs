@@ -2,6 +2,8 @@
 //! of dreamed images. Parsing only builds lists of records; pixels are read by
 //! [`super::ImageStore`].
 
+use crate::bad_setting;
+use crate::error::{AboutExt, Setting};
 use anyhow::{bail, Context, Result};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
@@ -201,15 +203,18 @@ impl ReidDataset {
     /// Loads `<data_root>/<name>`, detecting its layout.
     pub fn load(data_root: &Path, name: &str) -> Result<Self> {
         if !data_root.is_dir() {
-            bail!(
-                "--data-root {}: folder not found (expected one folder per dataset inside it)",
-                data_root.display()
+            bad_setting!(
+                Setting::DataRoot,
+                data_root.display(),
+                "folder not found (expected one folder per dataset inside it)"
             );
         }
         let root = data_root.join(name);
         if !root.is_dir() {
-            bail!(
-                "--dataset {name}: {} not found (expected a Market-style folder with {} or MSMT17's {})",
+            bad_setting!(
+                Setting::Dataset,
+                name,
+                "{} not found (expected a Market-style folder with {} or MSMT17's {})",
                 root.display(),
                 MARKET_DIRS.join(", "),
                 MSMT_LISTS.join(", ")
@@ -301,10 +306,15 @@ pub fn parse_dreamed_name(path: &Path) -> Result<i64> {
 impl Dreamed {
     pub fn load(dir: &Path, exemplars: usize) -> Result<Self> {
         if exemplars == 0 {
-            bail!("--exemplars 0: at least one dreamed image per identity is needed");
+            bad_setting!(
+                Setting::Exemplars,
+                0,
+                "at least one dreamed image per identity is needed"
+            );
         }
         let paths = list_images(dir)
-            .with_context(|| format!("--inversion-dir {}: no dreamed images", dir.display()))?;
+            .context("no dreamed images")
+            .about_value(Setting::InversionDir, dir.display())?;
         let mut by_pid: BTreeMap<i64, usize> = BTreeMap::new();
         let mut records = Vec::new();
         for path in paths {

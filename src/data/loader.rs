@@ -10,6 +10,8 @@ use super::rng::{stream, tag};
 use super::sampler::{order_by_camera, IdentitySampler};
 use super::transforms::{test_into, TrainTransform};
 use super::{ImageStore, Record};
+use crate::bad_setting;
+use crate::error::Setting;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -169,7 +171,7 @@ impl TrainLoader {
             );
         }
         if cfg.peers == 0 {
-            bail!("--peers 0: at least one view per sample is needed");
+            bad_setting!(Setting::Peers, 0, "at least one view per sample is needed");
         }
         let sampler =
             IdentitySampler::new(&records, cfg.batch_size, cfg.instances, cfg.seed, stream_id)?;

@@ -3,7 +3,9 @@
 
 use super::rng::{stream, tag};
 use super::Record;
-use anyhow::{bail, Result};
+use crate::bad_setting;
+use crate::error::Setting;
+use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -33,8 +35,10 @@ impl IdentitySampler {
         stream_id: u64,
     ) -> Result<Self> {
         if instances == 0 || batch_size == 0 || !batch_size.is_multiple_of(instances) {
-            bail!(
-                "--batch-size {batch_size}: must be a positive multiple of {instances} (the samples per identity in a P×K batch)"
+            bad_setting!(
+                Setting::BatchSize,
+                batch_size,
+                "must be a positive multiple of {instances} (the samples per identity in a P×K batch)"
             );
         }
         let mut order: Vec<i64> = Vec::new();
@@ -48,8 +52,10 @@ impl IdentitySampler {
         }
         let ids_per_batch = batch_size / instances;
         if order.len() < ids_per_batch {
-            bail!(
-                "--batch-size {batch_size}: needs {ids_per_batch} identities per batch but the data has only {}",
+            bad_setting!(
+                Setting::BatchSize,
+                batch_size,
+                "needs {ids_per_batch} identities per batch but the data has only {}",
                 order.len()
             );
         }

@@ -12,10 +12,12 @@ use super::plan::EvalPlan;
 use super::ranklist;
 use super::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
 use super::union::{union, Part, Split};
+use crate::bad_setting;
 use crate::data::{ImageStore, ReidDataset};
+use crate::error::Setting;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,16 +107,17 @@ fn score(args: &EvalPlan, s: &Split) -> Result<(Metrics, Vec<f32>)> {
     Ok((m, rows))
 }
 
-/// The checkpoints `--ckpt` names: one file or folder, or with `--recursive` every
+/// The checkpoints `ckpt` names: one file or folder, or with `recursive` every
 /// `checkpoint*` file under the folder.
 fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
     if !args.recursive {
-        return Ok(vec![resolve(&args.ckpt, "-c/--ckpt")?]);
+        return Ok(vec![resolve(&args.ckpt, Setting::Checkpoint)?]);
     }
     if !args.ckpt.is_dir() {
-        bail!(
-            "-c/--ckpt {}: --recursive needs a folder",
-            args.ckpt.display()
+        bad_setting!(
+            Setting::Checkpoint,
+            args.ckpt.display(),
+            "a recursive search needs a folder"
         );
     }
     let mut found = Vec::new();
@@ -139,9 +142,10 @@ fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
         }
     }
     if found.is_empty() {
-        bail!(
-            "-c/--ckpt {}: no checkpoint*.safetensors or checkpoint*.pth.tar below it",
-            args.ckpt.display()
+        bad_setting!(
+            Setting::Checkpoint,
+            args.ckpt.display(),
+            "no checkpoint*.safetensors or checkpoint*.pth.tar below it"
         );
     }
     found.sort();
@@ -252,7 +256,11 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
     for spec in &args.datasets {
         for part in spec.split('+') {
             if part.is_empty() {
-                bail!("--dataset {spec}: empty name in a `+` combination");
+                bad_setting!(
+                    Setting::DatasetPart,
+                    spec,
+                    "empty name in a `+` combination"
+                );
             }
             if !loaded.contains_key(part) {
                 let dataset = ReidDataset::load(&args.data_root, part)?;

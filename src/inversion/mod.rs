@@ -287,10 +287,14 @@ impl<'a> Inverter<'a> {
         match batch.best() {
             Some((_, images)) => Ok(images.shallow_clone()),
             None if stages.full_res_iters == 0 => {
-                bail!("--full-res-iters 0: images are kept from the full-size stage only")
+                crate::bad_setting!(
+                    crate::error::Setting::FullResIters,
+                    0,
+                    "images are kept from the full-size stage only"
+                )
             }
             None => bail!(
-                "the loss was never finite in the full-size stage (it diverged); try a smaller --lr"
+                "the loss was never finite in the full-size stage (it diverged); try a smaller image learning rate"
             ),
         }
     }

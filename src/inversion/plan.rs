@@ -1,9 +1,11 @@
 //! The plan of `agd invert` (SPEC §7), defaulted as the reference's `main_inversion.py`.
 
 use super::{Coefficients, Stages};
+use crate::bad_setting;
+use crate::error::Setting;
 use crate::model::ModelChoice;
 use crate::stage::Argv;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,39 +59,57 @@ impl InvertPlan {
     /// Checks that need no file, so a mistyped number fails at once.
     pub fn validate(&self) -> Result<()> {
         if self.shots == 0 {
-            bail!("--shots 0: at least one image per identity is needed");
-        }
-        if self.bs == 0 {
-            bail!("--bs 0: a batch needs at least one image");
-        }
-        if self.stages.full_res_iters == 0 {
-            bail!("--full-res-iters 0: images are kept from the full-size stage, which needs at least one iteration");
-        }
-        if self.stages.warmup_iters == 0 {
-            bail!("--warmup-iters 0: a stage warms up for at least one iteration");
-        }
-        if self.height < 16 || self.width < 16 {
-            bail!(
-                "--height {} --width {}: images must be at least 16×16",
-                self.height,
-                self.width
+            bad_setting!(
+                Setting::Shots,
+                0,
+                "at least one image per identity is needed"
             );
         }
+        if self.bs == 0 {
+            bad_setting!(
+                Setting::InversionBatch,
+                0,
+                "a batch needs at least one image"
+            );
+        }
+        if self.stages.full_res_iters == 0 {
+            bad_setting!(
+                Setting::FullResIters,
+                0,
+                "images are kept from the full-size stage, which needs at least one iteration"
+            );
+        }
+        if self.stages.warmup_iters == 0 {
+            bad_setting!(
+                Setting::WarmupIters,
+                0,
+                "a stage warms up for at least one iteration"
+            );
+        }
+        for (setting, side) in [(Setting::Height, self.height), (Setting::Width, self.width)] {
+            if side < 16 {
+                bad_setting!(setting, side, "images must be at least 16×16");
+            }
+        }
         if !(self.stages.lr > 0.0 && self.stages.lr.is_finite()) {
-            bail!("--lr {}: must be a positive number", self.stages.lr);
+            bad_setting!(
+                Setting::ImageLr,
+                self.stages.lr,
+                "must be a positive number"
+            );
         }
         let c = &self.coefficients;
         let coefficients = [
-            ("--r-feature", c.r_feature),
-            ("--first-bn-multiplier", c.first_bn_multiplier),
-            ("--tv-l1", c.prior.tv_l1),
-            ("--tv-l2", c.prior.tv_l2),
-            ("--l2", c.prior.l2),
-            ("--main-loss-multiplier", c.main_loss_multiplier),
+            (Setting::RFeature, c.r_feature),
+            (Setting::FirstBnMultiplier, c.first_bn_multiplier),
+            (Setting::TvL1, c.prior.tv_l1),
+            (Setting::TvL2, c.prior.tv_l2),
+            (Setting::L2, c.prior.l2),
+            (Setting::MainLossMultiplier, c.main_loss_multiplier),
         ];
-        for (flag, v) in coefficients {
+        for (setting, v) in coefficients {
             if !(v >= 0.0 && v.is_finite()) {
-                bail!("{flag} {v}: must be a non-negative number");
+                bad_setting!(setting, v, "must be a non-negative number");
             }
         }
         Ok(())

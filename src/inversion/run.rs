@@ -5,12 +5,14 @@
 use super::plan::InvertPlan;
 use super::store::{contact_sheet, Bags, CONTACT_SHEET};
 use super::{denormalize, DreamBatch, Inverter, Progress};
+use crate::bad_setting;
 use crate::data::rng::{stream, tag};
+use crate::error::{AboutExt, Setting};
 use crate::logging::Logger;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
 use crate::stage::open_log;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::time::Instant;
 
 /// Log every this many iterations (and each stage's last), as the reference prints every 10.
@@ -20,14 +22,11 @@ const LOG_EVERY: usize = 100;
 ///
 /// [`ModelChoice`]: crate::model::ModelChoice
 fn load_teacher(plan: &InvertPlan, device: tch::Device, log: &Logger) -> Result<ReidModel> {
-    let path = resolve(&plan.teacher, "--teacher")?;
-    let ck = Checkpoint::load(&path).with_context(|| {
-        format!(
-            "--teacher {}: not a checkpoint agd can read",
-            path.display()
-        )
-    })?;
-    let model = ReidModel::from_checkpoint(&ck, &plan.model, device).context("--teacher")?;
+    let path = resolve(&plan.teacher, Setting::Teacher)?;
+    let ck = Checkpoint::load(&path)
+        .context("not a checkpoint agd can read")
+        .about_value(Setting::Teacher, path.display())?;
+    let model = ReidModel::from_checkpoint(&ck, &plan.model, device).about(Setting::Teacher)?;
     log.line(format!(
         "teacher {}: ResNet-{}, {} identities, epoch {}",
         path.display(),
@@ -56,15 +55,16 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     args.validate()?;
     let device = crate::device::select(&args.gpu)?;
     // The teacher must exist before anything is created on disk.
-    resolve(&args.teacher, "--teacher")?;
+    resolve(&args.teacher, Setting::Teacher)?;
     if let Some(dir) = &args.resume {
         if !dir.is_dir() {
-            bail!("--resume {}: no such folder", dir.display());
+            bad_setting!(Setting::InversionResume, dir.display(), "no such folder");
         }
     }
     let dir = &args.generation_dir;
     let log = open_log(dir, &args.argv(), true)
-        .with_context(|| format!("--generation-dir {}: cannot write there", dir.display()))?;
+        .context("cannot write there")
+        .about_value(Setting::GenerationDir, dir.display())?;
     crate::alloc::retain_freed_memory();
     let seed = crate::stage::seed(args.seed, &log);
     let teacher = load_teacher(args, device, &log)?;
@@ -75,7 +75,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         Some(from) => {
             let n = bags
                 .count_existing(from)
-                .with_context(|| format!("--resume {}", from.display()))?;
+                .about_value(Setting::InversionResume, from.display())?;
             log.line(format!(
                 "resume: {n} images in {}; {} identities still short of {} images",
                 from.display(),

@@ -5,6 +5,8 @@
 
 use super::pth::TorchFile;
 use super::{Depth, ModelConfig, Pooling, ReidModel};
+use crate::bad_setting;
+use crate::error::{AboutExt, Setting};
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors, View};
 use std::borrow::Cow;
@@ -164,9 +166,10 @@ pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// The checkpoint a `--resume/--previous/--teacher/--ckpt` value names: a file, or a logs
-/// folder standing for its latest checkpoint (agd's, else the reference's).
-pub fn resolve(path: &Path, flag: &str) -> Result<PathBuf> {
+/// The checkpoint that `setting` (a checkpoint to resume, the previous model, the
+/// teacher, …) names: a file, or a logs folder standing for its latest checkpoint (agd's,
+/// else the reference's).
+pub fn resolve(path: &Path, setting: Setting) -> Result<PathBuf> {
     if path.is_dir() {
         for name in [LATEST, REFERENCE] {
             let candidate = path.join(name);
@@ -174,16 +177,14 @@ pub fn resolve(path: &Path, flag: &str) -> Result<PathBuf> {
                 return Ok(candidate);
             }
         }
-        bail!(
-            "{flag} {}: folder holds no {LATEST} or {REFERENCE}",
-            path.display()
+        bad_setting!(
+            setting,
+            path.display(),
+            "folder holds no {LATEST} or {REFERENCE}"
         );
     }
     if !path.is_file() {
-        bail!(
-            "{flag} {}: no such checkpoint file or folder",
-            path.display()
-        );
+        bad_setting!(setting, path.display(), "no such checkpoint file or folder");
     }
     Ok(path.to_path_buf())
 }
@@ -285,10 +286,13 @@ impl ReidModel {
     /// must be present with its shape, except BatchNorm counters; anything else is an
     /// error naming the tensor and both shapes.
     pub fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
+        // The model's values are what a caller asked for: a mismatch names the setting.
         if let Some(depth) = ck.depth() {
             if depth != self.config.depth {
-                bail!(
-                    "{}: checkpoint is a ResNet-{}, the model a ResNet-{} (--depth)",
+                bad_setting!(
+                    Setting::Depth,
+                    self.config.depth.number(),
+                    "{}: the checkpoint is a ResNet-{}, the model a ResNet-{}",
                     ck.path.display(),
                     depth.number(),
                     self.config.depth.number()
@@ -296,15 +300,16 @@ impl ReidModel {
             }
         }
         let flags = model_metadata(&self.config);
-        for (key, flag) in [
-            ("last_stride", "--last-stride"),
-            ("last_pooling", "--last-pooling"),
+        for (key, what, setting) in [
+            ("last_stride", "last stride", Setting::LastStride),
+            ("last_pooling", "pooling", Setting::LastPooling),
         ] {
             match ck.metadata.get(key) {
-                Some(saved) if *saved != flags[key] => bail!(
-                    "{}: checkpoint was trained with {flag} {saved}, the model has {flag} {}",
-                    ck.path.display(),
-                    flags[key]
+                Some(saved) if *saved != flags[key] => bad_setting!(
+                    setting,
+                    &flags[key],
+                    "{}: the checkpoint was trained with {what} {saved}",
+                    ck.path.display()
                 ),
                 _ => {}
             }
@@ -327,7 +332,7 @@ impl ReidModel {
                 };
                 if src.size() != e.tensor.size() {
                     let hint = if e.name == "backbone.bn.weight" {
-                        " (--embedding)"
+                        " (the embedding width)"
                     } else {
                         ""
                     };
@@ -410,8 +415,7 @@ impl ReidModel {
                 ))
             }
         };
-        let tensors =
-            read_state_dict(&path).with_context(|| format!("--pretrained {}", path.display()))?;
+        let tensors = read_state_dict(&path).about_value(Setting::Pretrained, path.display())?;
         let mut loaded = 0;
         tch::no_grad(|| -> Result<()> {
             for (name, src) in &tensors {
@@ -424,9 +428,10 @@ impl ReidModel {
                     continue;
                 };
                 if dst.size() != src.size() {
-                    bail!(
-                        "--pretrained {}: {name} has shape {:?}, ResNet-{} expects {:?}",
+                    bad_setting!(
+                        Setting::Pretrained,
                         path.display(),
+                        "{name} has shape {:?}, ResNet-{} expects {:?}",
                         src.size(),
                         depth.number(),
                         dst.size()
@@ -438,9 +443,10 @@ impl ReidModel {
             Ok(())
         })?;
         if loaded == 0 {
-            bail!(
-                "--pretrained {}: no tensor with torchvision ResNet names (conv1.weight, layer1.0.conv1.weight, …)",
-                path.display()
+            bad_setting!(
+                Setting::Pretrained,
+                path.display(),
+                "no tensor with torchvision ResNet names (conv1.weight, layer1.0.conv1.weight, …)"
             );
         }
         Ok(format!(

@@ -6,6 +6,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::{Depth, ModelConfig, Pooling, ReidModel};
+use crate::error::Setting;
 use anyhow::Result;
 use std::path::PathBuf;
 use tch::Device;
@@ -26,13 +27,13 @@ pub const DEFAULT_LAST_STRIDE: i64 = 2;
 pub const DEFAULT_POOLING: Pooling = Pooling::Avg;
 
 /// A requested value that the checkpoint contradicts. Typed so that callers can tell it
-/// from an unreadable file; its message names the flag that carries the request.
+/// from an unreadable file; the CLI names the flag that carried the request.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: the checkpoint holds a model with {what} {saved}, but {flag} {asked} was given (leave the flag out: the checkpoint decides)", path.display())]
+#[error("{}: the checkpoint holds a model with {what} {saved}, but {} {asked} was asked for (leave it out: the checkpoint decides)", path.display(), setting.name())]
 pub struct Contradiction {
     pub path: PathBuf,
     pub what: &'static str,
-    pub flag: &'static str,
+    pub setting: Setting,
     pub saved: String,
     pub asked: String,
 }
@@ -67,14 +68,19 @@ impl ModelChoice {
     /// them, so there the choice decides (default: the reference's 2 and avg).
     pub fn for_checkpoint(&self, ck: &Checkpoint) -> Result<ModelConfig> {
         let classes = ck.classes()?;
-        let depth = agree(ck, "backbone", "--depth", ck.depth(), self.depth, |d| {
-            (format!("ResNet-{}", d.number()), d.number().to_string())
-        })?;
+        let depth = agree(
+            ck,
+            "backbone",
+            Setting::Depth,
+            ck.depth(),
+            self.depth,
+            |d| (format!("ResNet-{}", d.number()), d.number().to_string()),
+        )?;
         let saved_embedding = ck.tensors.get("backbone.bn.weight").map(|t| t.size()[0]);
         let embedding = agree(
             ck,
             "embedding",
-            "--embedding",
+            Setting::Embedding,
             saved_embedding,
             self.embedding,
             |e| (e.to_string(), e.to_string()),
@@ -83,7 +89,7 @@ impl ModelChoice {
         let last_stride = agree(
             ck,
             "last stride",
-            "--last-stride",
+            Setting::LastStride,
             saved_stride,
             self.last_stride,
             |s| (s.to_string(), s.to_string()),
@@ -91,7 +97,7 @@ impl ModelChoice {
         let pooling = agree(
             ck,
             "pooling",
-            "--last-pooling",
+            Setting::LastPooling,
             saved_pooling,
             self.pooling,
             |p| (p.name().to_string(), p.name().to_string()),
@@ -113,7 +119,7 @@ impl ModelChoice {
 fn agree<T: PartialEq + Copy>(
     ck: &Checkpoint,
     what: &'static str,
-    flag: &'static str,
+    setting: Setting,
     saved: Option<T>,
     asked: Option<T>,
     show: impl Fn(T) -> (String, String),
@@ -122,7 +128,7 @@ fn agree<T: PartialEq + Copy>(
         (Some(s), Some(a)) if s != a => Err(Contradiction {
             path: ck.path.clone(),
             what,
-            flag,
+            setting,
             saved: show(s).0,
             asked: show(a).1,
         }

@@ -15,6 +15,8 @@ pub use choice::ModelChoice;
 pub use layers::BnStat;
 pub use params::{Group, Params, Role};
 
+use crate::bad_setting;
+use crate::error::Setting;
 use anyhow::{bail, Result};
 use backbone::Base;
 use layers::BatchNorm;
@@ -59,14 +61,15 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let width = self.depth.feature_width();
         if self.embedding != width {
-            bail!(
-                "--embedding {}: ResNet-{} produces {width}-d features; the embedding must be {width}",
+            bad_setting!(
+                Setting::Embedding,
                 self.embedding,
+                "ResNet-{} produces {width}-d features; the embedding must be {width}",
                 self.depth.number()
             );
         }
         if !(1..=2).contains(&self.last_stride) {
-            bail!("--last-stride {}: must be 1 or 2", self.last_stride);
+            bad_setting!(Setting::LastStride, self.last_stride, "must be 1 or 2");
         }
         if self.classes < 1 {
             bail!(

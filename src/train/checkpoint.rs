@@ -4,9 +4,10 @@
 
 use super::fit::FitConfig;
 use super::optimizer::Optimizer;
+use crate::error::Setting;
 use crate::model::checkpoint::{model_metadata, safetensors_bytes, Checkpoint, LATEST};
 use crate::model::ReidModel;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 const OPTIMIZER: &str = "optimizer";
 const OPTIMIZER_STEPS: &str = "optimizer_steps";
@@ -44,10 +45,11 @@ pub fn restore(ck: &Checkpoint, model: &mut ReidModel, opt: &mut Optimizer) -> R
     model.load_checkpoint(ck)?;
     if let Some(kind) = ck.metadata.get(OPTIMIZER) {
         if kind != opt.kind.name() {
-            bail!(
-                "--resume {}: saved with --optimizer {kind}, this run uses {}",
-                ck.path.display(),
-                opt.kind.name()
+            crate::bad_setting!(
+                Setting::Optimizer,
+                opt.kind.name(),
+                "{} was saved with the {kind} optimizer",
+                ck.path.display()
             );
         }
     }

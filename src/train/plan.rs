@@ -4,10 +4,12 @@
 //! incremental steps), each able to render the command line that reruns it.
 
 use super::optimizer::OptimizerKind;
+use crate::bad_setting;
 use crate::data::{Erasing, LoaderConfig, TrainTransform};
+use crate::error::Setting;
 use crate::model::{Depth, ModelChoice, Pooling};
 use crate::stage::Argv;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 /// The training loop shared by every training stage.
@@ -101,23 +103,30 @@ impl LoopPlan {
     pub fn validate(&self) -> Result<()> {
         super::schedule::validate(self.warmup, &self.epochs_decay)?;
         if self.epochs == 0 {
-            bail!("--epochs 0: nothing to train");
+            bad_setting!(Setting::Epochs, 0, "nothing to train");
         }
         if !(0.0..=1.0).contains(&self.re) {
-            bail!("--re {}: a probability must be in [0, 1]", self.re);
+            bad_setting!(
+                Setting::RandomErasing,
+                self.re,
+                "a probability must be in [0, 1]"
+            );
         }
         if !(Erasing::MIN_AREA..=1.0).contains(&self.re_area) {
-            bail!(
-                "--re-area {}: must be in [{}, 1]",
+            bad_setting!(
+                Setting::RandomErasingArea,
                 self.re_area,
+                "must be in [{}, 1]",
                 Erasing::MIN_AREA
             );
         }
         Ok(())
     }
 
-    /// The loop's flags that differ from `defaults`.
-    fn render(&self, argv: &mut Argv, d: &Self) {
+    /// The loop's flags that differ from `defaults`. For a `fresh` model (`agd train`),
+    /// another depth also gets its embedding width spelt out: the flag's default is
+    /// ResNet-50's 2048.
+    fn render(&self, argv: &mut Argv, d: &Self, fresh: bool) {
         argv.list("-g", &self.gpu, &d.gpu)
             .opt("-s", self.seed)
             .path("--data-root", &self.data_root, "data")
@@ -137,7 +146,11 @@ impl LoopPlan {
             .differs("--peers", &self.peers, &d.peers)
             .differs("--re", &self.re, &d.re)
             .differs("--re-area", &self.re_area, &d.re_area);
-        render_model(argv, &self.model);
+        let mut model = self.model;
+        if fresh && model.embedding.is_none() {
+            model.embedding = model.depth.map(Depth::feature_width);
+        }
+        render_model(argv, &model);
     }
 }
 
@@ -169,7 +182,7 @@ impl Default for BasePlan {
 impl BasePlan {
     pub fn argv(&self) -> Argv {
         let mut argv = Argv::new("train");
-        self.run.render(&mut argv, &LoopPlan::base_defaults());
+        self.run.render(&mut argv, &LoopPlan::base_defaults(), true);
         argv.opt_path("--pretrained", self.pretrained.as_deref());
         argv
     }
@@ -218,8 +231,11 @@ impl IncrementalPlan {
 
     pub fn argv(&self) -> Argv {
         let mut argv = Argv::new(self.subcommand());
-        self.run
-            .render(&mut argv, &LoopPlan::incremental_defaults(self.augmented));
+        self.run.render(
+            &mut argv,
+            &LoopPlan::incremental_defaults(self.augmented),
+            false,
+        );
         argv.path("--previous", &self.previous, DEFAULT_PREVIOUS);
         match &self.learning {
             Learning::Finetune => {

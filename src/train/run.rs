@@ -8,7 +8,9 @@ use super::fit::{fit, EpochEval, FitConfig};
 use super::incremental::{IncrementalStep, Views};
 use super::optimizer::Optimizer;
 use super::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use crate::bad_setting;
 use crate::data::{Dreamed, ImageStore, PairedLoader, Record, ReidDataset, TrainLoader};
+use crate::error::{AboutExt, Setting};
 use crate::eval::TestSet;
 use crate::logging::Logger;
 use crate::loss::distill::Distillation;
@@ -39,7 +41,7 @@ fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
 fn resumed(r: &LoopPlan) -> Result<Option<Checkpoint>> {
     r.resume
         .as_ref()
-        .map(|path| Checkpoint::load(&resolve(path, "--resume")?))
+        .map(|path| Checkpoint::load(&resolve(path, Setting::Resume)?))
         .transpose()
 }
 
@@ -152,7 +154,7 @@ pub fn run_base(plan: &BasePlan) -> Result<Trained> {
     let classes = dataset.num_train_ids as i64;
     // A resumed run is the model its checkpoint holds, whatever the flags left out.
     let config = match &resumed {
-        Some(ck) => r.model.for_checkpoint(ck).context("--resume")?,
+        Some(ck) => r.model.for_checkpoint(ck).about(Setting::Resume)?,
         None => r.model.fresh(classes),
     };
     let mut model = ReidModel::new(crate::model::ModelConfig { classes, ..config }, device)?;
@@ -184,19 +186,20 @@ fn distillation(plan: &IncrementalPlan) -> Result<Option<(Distillation, Views)>>
     let r = &plan.run;
     let Learning::Distill { algo_config, .. } = &plan.learning else {
         if plan.augmented {
-            bail!("--finetune: the fine-tuning baseline has no views to mix; use `agd incremental --finetune`");
+            bail!("the fine-tuning baseline has no views to mix: it is not an augmented (incremental-x) run");
         }
         if r.peers != 1 {
-            bail!("--peers {}: fine-tuning sees one view", r.peers);
+            bad_setting!(Setting::Peers, r.peers, "fine-tuning sees one view");
         }
         return Ok(None);
     };
     let config = Distillation::load(algo_config)?;
     let views = if plan.augmented {
         if r.peers < 2 {
-            bail!(
-                "--peers {}: augmented distillation needs at least 2 views",
-                r.peers
+            bad_setting!(
+                Setting::Peers,
+                r.peers,
+                "augmented distillation needs at least 2 views"
             );
         }
         let cross_factor = config.cross_factor.with_context(|| {
@@ -208,9 +211,10 @@ fn distillation(plan: &IncrementalPlan) -> Result<Option<(Distillation, Views)>>
         Views::Augmented { cross_factor }
     } else {
         if r.peers != 1 {
-            bail!(
-                "--peers {}: agd incremental sees one view; use agd incremental-x for several",
-                r.peers
+            bad_setting!(
+                Setting::Peers,
+                r.peers,
+                "plain distillation sees one view; augmented distillation (incremental-x) takes several"
             );
         }
         Views::Single
@@ -222,7 +226,7 @@ fn distillation(plan: &IncrementalPlan) -> Result<Option<(Distillation, Views)>>
 fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
     if let Some(r) = dreamed.records.iter().find(|r| r.pid >= old_classes) {
         bail!(
-            "{}: pid {} but the old model (--previous) has only {old_classes} classes",
+            "{}: pid {} but the previous model has only {old_classes} classes",
             r.path.display(),
             r.pid
         );
@@ -237,15 +241,15 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Trained> {
     let r = &plan.run;
     let argv = plan.argv();
     let distill = distillation(plan)?;
-    let previous = Checkpoint::load(&resolve(&plan.previous, "--previous")?)?;
-    let old_config = r.model.for_checkpoint(&previous).context("--previous")?;
+    let previous = Checkpoint::load(&resolve(&plan.previous, Setting::Previous)?)?;
+    let old_config = r.model.for_checkpoint(&previous).about(Setting::Previous)?;
     let resumed = resumed(r)?;
     let (device, log, seed) = start(r, &argv)?;
     let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
     log.line(describe(&dataset, device));
     let load_old = || -> Result<ReidModel> {
         let mut m = ReidModel::new(old_config, device)?;
-        m.load_checkpoint(&previous).context("--previous")?;
+        m.load_checkpoint(&previous).about(Setting::Previous)?;
         Ok(m)
     };
     let old = load_old()?;

@@ -1,5 +1,7 @@
 //! The learning-rate schedule of SPEC §3, set at the start of each epoch.
 
+use crate::error::Setting;
+
 /// Learning rate of epoch `epoch` (1-based): linear warm-up over the first `warmup` epochs,
 /// then ×0.1 at every milestone ≤ epoch.
 ///
@@ -19,8 +21,10 @@ pub fn learning_rate(base: f64, epoch: usize, warmup: usize, milestones: &[usize
 pub fn validate(warmup: usize, milestones: &[usize]) -> anyhow::Result<()> {
     if let Some(&first) = milestones.first() {
         if first <= warmup {
-            anyhow::bail!(
-                "--epochs-decay {first}: the first decay epoch must come after the {warmup} warm-up epochs (--warmup)"
+            crate::bad_setting!(
+                Setting::EpochsDecay,
+                first,
+                "the first decay epoch must come after the {warmup} warm-up epochs"
             );
         }
     }

@@ -1,7 +1,7 @@
 //! The `agd` command line as a user meets it.
 
-use agd::cli::{args::Depth, try_parse_from, Command};
 use super::util::agd_output as agd;
+use agd::cli::{args::Depth, try_parse_from, Command};
 
 #[test]
 fn help_lists_every_subcommand() {

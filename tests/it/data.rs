@@ -298,10 +298,7 @@ fn sampler_batches_are_p_by_k_reproducible_and_use_each_chunk_once() {
     let other = IdentitySampler::new(&recs, 16, 4, 8, 0).unwrap();
     assert_ne!(other.epoch(3), epoch, "another seed → other batches");
 
-    let err = format!(
-        "{:#}",
-        IdentitySampler::new(&recs, 18, 4, 0, 0).unwrap_err()
-    );
+    let err = err_of(IdentitySampler::new(&recs, 18, 4, 0, 0));
     assert!(err.contains("--batch-size 18"), "{err}");
     let err = format!(
         "{:#}",
@@ -446,8 +443,14 @@ fn tensors_equal(a: &tch::Tensor, b: &tch::Tensor) -> bool {
 #[test]
 fn loader_batches_are_reproducible_views_share_samples_and_cameras_are_ordered() {
     let counts = [8, 8, 8, 8, 4, 4];
-    let a: Vec<_> = loader_fixture(&counts, 2, 5, 0).epoch(1).map(Result::unwrap).collect();
-    let b: Vec<_> = loader_fixture(&counts, 2, 5, 0).epoch(1).map(Result::unwrap).collect();
+    let a: Vec<_> = loader_fixture(&counts, 2, 5, 0)
+        .epoch(1)
+        .map(Result::unwrap)
+        .collect();
+    let b: Vec<_> = loader_fixture(&counts, 2, 5, 0)
+        .epoch(1)
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(a.len(), b.len());
     assert!(!a.is_empty());
     for (x, y) in a.iter().zip(&b) {
@@ -468,7 +471,10 @@ fn loader_batches_are_reproducible_views_share_samples_and_cameras_are_ordered()
         let distinct: HashSet<_> = pids.iter().collect();
         assert_eq!(distinct.len(), 2);
     }
-    let c: Vec<_> = loader_fixture(&counts, 2, 6, 0).epoch(1).map(Result::unwrap).collect();
+    let c: Vec<_> = loader_fixture(&counts, 2, 6, 0)
+        .epoch(1)
+        .map(Result::unwrap)
+        .collect();
     assert!(a
         .iter()
         .zip(&c)
@@ -493,7 +499,12 @@ fn paired_loader_cycles_dreamed_batches_across_epochs_and_resumes_exactly() {
     }
     // Epoch 1 continues the dreamed stream where epoch 0 stopped: the same as drawing
     // e0.len() + e1.len() batches from one uninterrupted cycled stream.
-    let continuous: Vec<_> = paired.dreamed.cycled(0).map(Result::unwrap).take(e0.len() + e1.len()).collect();
+    let continuous: Vec<_> = paired
+        .dreamed
+        .cycled(0)
+        .map(Result::unwrap)
+        .take(e0.len() + e1.len())
+        .collect();
     for ((_, d), c) in e0.iter().chain(&e1).zip(&continuous) {
         assert!(tensors_equal(&d.views[0], &c.views[0]));
     }

@@ -39,7 +39,6 @@ fn run_ok(args: &[String]) -> String {
     text
 }
 
-
 fn small_config(classes: i64) -> ModelConfig {
     ModelConfig {
         depth: Depth::R34,
@@ -190,7 +189,8 @@ fn clone_batch(b: &Batch) -> Batch {
 
 /// Old model and student (old + expanded classifier) from the world's checkpoint.
 fn models(w: &World) -> (ReidModel, ReidModel) {
-    let ck = Checkpoint::load(&resolve(&w.previous, "--previous").unwrap()).unwrap();
+    let ck =
+        Checkpoint::load(&resolve(&w.previous, agd::error::Setting::Previous).unwrap()).unwrap();
     let mut old = ReidModel::new(small_config(OLD_IDS as i64), Device::Cpu).unwrap();
     old.load_checkpoint(&ck).unwrap();
     let mut student = ReidModel::new(small_config(OLD_IDS as i64), Device::Cpu).unwrap();

@@ -120,7 +120,8 @@ fn embedding_must_match_the_backbone() {
         embedding: 256,
         ..config(Depth::R50)
     };
-    let err = ReidModel::new(cfg, Device::Cpu).err().unwrap().to_string();
+    // As the CLI reports it: the library's setting named by its flag.
+    let err = agd::cli::message(&ReidModel::new(cfg, Device::Cpu).err().unwrap());
     assert!(
         err.contains("--embedding 256") && err.contains("2048"),
         "{err}"
@@ -247,10 +248,7 @@ fn imagenet_weights_load_by_torchvision_name() {
         .collect();
     let wrong_path = tmp.path().join("resnet50.safetensors");
     agd::model::checkpoint::write_safetensors(&wrong_path, &wrong, &Default::default()).unwrap();
-    let err = model
-        .load_imagenet(Some(&wrong_path))
-        .unwrap_err()
-        .to_string();
+    let err = agd::cli::message(&model.load_imagenet(Some(&wrong_path)).unwrap_err());
     assert!(
         err.contains("--pretrained") && err.contains("expects"),
         "{err}"

@@ -75,7 +75,14 @@ fn custom_loop() -> LoopPlan {
 fn every_plan_renders_a_command_line_that_parses_back_to_it() {
     let mut bases = vec![BasePlan::default()];
     bases.push(BasePlan {
-        run: custom_loop(),
+        // A fresh model's embedding is its backbone's width unless a flag says otherwise.
+        run: LoopPlan {
+            model: ModelChoice {
+                embedding: None,
+                ..every_model_value()
+            },
+            ..custom_loop()
+        },
         pretrained: Some("backbone_weights/resnet34.pth".into()),
     });
     for plan in bases {
@@ -95,10 +102,7 @@ fn every_plan_renders_a_command_line_that_parses_back_to_it() {
             if augmented && learning == Learning::Finetune {
                 continue;
             }
-            for run in [
-                LoopPlan::incremental_defaults(augmented),
-                custom_loop(),
-            ] {
+            for run in [LoopPlan::incremental_defaults(augmented), custom_loop()] {
                 let plan = IncrementalPlan {
                     run,
                     augmented,
@@ -172,7 +176,14 @@ fn demo() -> &'static PathBuf {
     DEMO.get_or_init(|| {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-demo");
         let _ = std::fs::remove_dir_all(&out);
-        let run = agd_output(&["demo", "--quick", "-g", "cpu", "--out", out.to_str().unwrap()]);
+        let run = agd_output(&[
+            "demo",
+            "--quick",
+            "-g",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(
             run.status.success(),
             "{}",
@@ -275,8 +286,7 @@ fn a_pasted_stage_command_reruns_that_stage() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&ran.stdout).unwrap();
     let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let base = &results["rows"][0];
     assert_eq!(base["method"], "base");
     assert_eq!(rows[0]["dataset"], "task-a");
@@ -297,7 +307,10 @@ fn a_pasted_stage_command_reruns_that_stage() {
     let after = Checkpoint::load(&base_ck).unwrap();
     assert_eq!(after.epoch, before.epoch);
     for (name, t) in &before.tensors {
-        assert!(t.equal(&after.tensors[name]), "{name} differs after the rerun");
+        assert!(
+            t.equal(&after.tensors[name]),
+            "{name} differs after the rerun"
+        );
     }
     std::fs::copy(&saved, &base_ck).unwrap();
 }

@@ -156,11 +156,7 @@ fn malformed_metrics_name_the_file_and_line() {
 
 /// `agd plot args…`.
 fn agd(args: &[&Path]) -> std::process::Output {
-    super::util::agd()
-        .arg("plot")
-        .args(args)
-        .output()
-        .unwrap()
+    super::util::agd().arg("plot").args(args).output().unwrap()
 }
 
 #[test]

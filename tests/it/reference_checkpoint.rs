@@ -91,7 +91,7 @@ fn reference_checkpoint_pth_tar_loads_into_the_model() {
     );
 
     // A logs folder stands for its checkpoint, as in the reference README.
-    let path = resolve(&logs, "--previous").unwrap();
+    let path = resolve(&logs, agd::error::Setting::Previous).unwrap();
     assert!(path.ends_with("checkpoint.pth.tar"));
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(

@@ -216,9 +216,11 @@ fn a_run_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_one() {
         .spawn()
         .unwrap();
     let log = killed.join("log.txt");
-    wait_until("step 1 of epoch 2 in the log", Duration::from_secs(600), || {
-        read_or_empty(&log).contains("epoch 2/3 step 1/")
-    });
+    wait_until(
+        "step 1 of epoch 2 in the log",
+        Duration::from_secs(600),
+        || read_or_empty(&log).contains("epoch 2/3 step 1/"),
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let at_kill = Checkpoint::load(&killed.join("checkpoint.safetensors")).unwrap();
@@ -281,18 +283,21 @@ fn checkpoints_round_trip_and_mismatches_are_named() {
         embedding: 2048,
         ..small_config(7)
     };
-    let err = ReidModel::new(r50, Device::Cpu)
-        .unwrap()
-        .load_checkpoint(&ck)
-        .unwrap_err()
-        .to_string();
+    // Errors as the CLI reports them (it names the flag of a library setting).
+    let err = agd::cli::message(
+        &ReidModel::new(r50, Device::Cpu)
+            .unwrap()
+            .load_checkpoint(&ck)
+            .unwrap_err(),
+    );
     assert!(
         err.contains("ResNet-34") && err.contains("--depth"),
         "{err}"
     );
     // A missing checkpoint is named with its flag.
-    let err = agd::model::checkpoint::resolve(&tmp.path().join("none"), "--resume")
-        .unwrap_err()
-        .to_string();
+    let err = agd::cli::message(
+        &agd::model::checkpoint::resolve(&tmp.path().join("none"), agd::error::Setting::Resume)
+            .unwrap_err(),
+    );
     assert!(err.contains("--resume") && err.contains("none"), "{err}");
 }

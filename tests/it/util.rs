@@ -20,11 +20,12 @@ pub fn agd_output<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
         .expect("agd runs without LD_LIBRARY_PATH")
 }
 
-/// The message of an error that must happen.
+/// The message of an error that must happen, as the CLI reports it (library settings
+/// named by their flags).
 pub fn err_of<T>(r: anyhow::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => agd::cli::message(&e),
     }
 }
 

@@ -25,9 +25,7 @@ use rayon::prelude::*;
 use std::path::Path;
 
 /// The world the images come from; two styles give two different tasks.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Style {
     /// Outdoor daylight: warm or grey walls, pavement, sky; saturated clothing.

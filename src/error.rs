@@ -1,0 +1,199 @@
+//! Errors about values a caller chose, in the library's own terms. The library does not
+//! know the command line: it says "batch size 18: …"; the CLI ([`crate::cli::message`])
+//! finds these errors in a chain and names the flag that carried the value instead
+//! ("--batch-size 18: …"), so a user reads the flag to change and a library caller reads
+//! the setting.
+
+use std::fmt;
+
+/// A setting of a stage's plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Setting {
+    BatchSize,
+    Cameras,
+    Checkpoint,
+    DataRoot,
+    Dataset,
+    DatasetPart,
+    Depth,
+    Embedding,
+    Epochs,
+    EpochsDecay,
+    Exemplars,
+    FeatureFile,
+    FirstBnMultiplier,
+    FullResIters,
+    GenerationDir,
+    Gpu,
+    Height,
+    Ids,
+    ImagesPerId,
+    ImageLr,
+    InversionBatch,
+    InversionDir,
+    InversionResume,
+    L2,
+    LastPooling,
+    LastStride,
+    MainLossMultiplier,
+    Optimizer,
+    Peers,
+    Pretrained,
+    Previous,
+    RandomErasing,
+    RandomErasingArea,
+    Recursive,
+    Resume,
+    RFeature,
+    Shots,
+    Teacher,
+    TestIds,
+    TvL1,
+    TvL2,
+    Warmup,
+    WarmupIters,
+    Width,
+}
+
+impl Setting {
+    /// The setting's name in library terms.
+    pub fn name(self) -> &'static str {
+        use Setting::*;
+        match self {
+            BatchSize => "batch size",
+            Cameras => "cameras",
+            Checkpoint => "checkpoint",
+            DataRoot => "data root",
+            Dataset => "dataset",
+            DatasetPart => "dataset",
+            Depth => "depth",
+            Embedding => "embedding width",
+            Epochs => "epochs",
+            EpochsDecay => "learning-rate decay epochs",
+            Exemplars => "dreamed images per identity",
+            FeatureFile => "feature file",
+            FirstBnMultiplier => "first BN multiplier",
+            FullResIters => "full-size iterations",
+            GenerationDir => "generation folder",
+            Gpu => "device",
+            Height => "height",
+            Ids => "identities",
+            ImagesPerId => "images per identity",
+            ImageLr => "image learning rate",
+            InversionBatch => "inversion batch",
+            InversionDir => "dreamed images folder",
+            InversionResume => "generation folder to complete",
+            L2 => "L2 coefficient",
+            LastPooling => "pooling",
+            LastStride => "last stride",
+            MainLossMultiplier => "main loss multiplier",
+            Optimizer => "optimizer",
+            Peers => "views",
+            Pretrained => "ImageNet weights",
+            Previous => "previous model",
+            RandomErasing => "random-erasing probability",
+            RandomErasingArea => "random-erasing area",
+            Recursive => "recursive search",
+            Resume => "checkpoint to resume",
+            RFeature => "BN statistics coefficient",
+            Shots => "images per identity",
+            Teacher => "teacher",
+            TestIds => "test identities",
+            TvL1 => "TV-L1 coefficient",
+            TvL2 => "TV-L2 coefficient",
+            Warmup => "warm-up epochs",
+            WarmupIters => "warm-up iterations",
+            Width => "width",
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A setting's value that cannot work, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} {value}: {reason}")]
+pub struct BadSetting {
+    pub setting: Setting,
+    pub value: String,
+    pub reason: String,
+}
+
+impl BadSetting {
+    pub fn new(setting: Setting, value: impl fmt::Display, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Which setting the error below it is about (a file the setting named that turned out
+/// unreadable, say), with the value when it helps. A wrapping error rather than an anyhow
+/// context, so that the CLI can find it in the chain and name the flag.
+#[derive(Debug)]
+pub struct About {
+    pub setting: Setting,
+    pub value: Option<String>,
+    source: anyhow::Error,
+}
+
+impl fmt::Display for About {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{} {v}", self.setting),
+            None => write!(f, "{}", self.setting),
+        }
+    }
+}
+
+impl std::error::Error for About {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// `.about(…)` on results: says which setting an error is about.
+pub trait AboutExt<T> {
+    /// The error is about `setting`.
+    fn about(self, setting: Setting) -> anyhow::Result<T>;
+    /// The error is about `setting`, whose value was `value`.
+    fn about_value(self, setting: Setting, value: impl fmt::Display) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> AboutExt<T> for Result<T, E> {
+    fn about(self, setting: Setting) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            About {
+                setting,
+                value: None,
+                source: e.into(),
+            }
+            .into()
+        })
+    }
+
+    fn about_value(self, setting: Setting, value: impl fmt::Display) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            About {
+                setting,
+                value: Some(value.to_string()),
+                source: e.into(),
+            }
+            .into()
+        })
+    }
+}
+
+/// `bail!` with a [`BadSetting`].
+#[macro_export]
+macro_rules! bad_setting {
+    ($setting:expr, $value:expr, $($reason:tt)+) => {
+        return Err($crate::error::BadSetting::new($setting, $value, format!($($reason)+)).into())
+    };
+}
