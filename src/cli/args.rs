@@ -39,22 +39,26 @@ impl FlagValue for Depth {
         &[(Depth::R34, "34", &[]), (Depth::R50, "50", &[])];
 }
 
+// Where the library has a name for a value (checkpoint metadata, rendered plans), the flag
+// uses the same one.
 impl FlagValue for Pooling {
-    const ALL: &'static [(Self, &'static str, &'static [&'static str])] =
-        &[(Pooling::Avg, "avg", &[]), (Pooling::Max, "max", &[])];
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
+        (Pooling::Avg, Pooling::Avg.name(), &[]),
+        (Pooling::Max, Pooling::Max.name(), &[]),
+    ];
 }
 
 impl FlagValue for OptimizerKind {
     const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
-        (OptimizerKind::Sgd, "SGD", &["sgd"]),
-        (OptimizerKind::Adam, "Adam", &["adam"]),
+        (OptimizerKind::Sgd, OptimizerKind::Sgd.name(), &["sgd"]),
+        (OptimizerKind::Adam, OptimizerKind::Adam.name(), &["adam"]),
     ];
 }
 
 impl FlagValue for OutputFeature {
     const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
-        (OutputFeature::Embedding, "embedding", &[]),
-        (OutputFeature::Global, "global", &[]),
+        (OutputFeature::Embedding, OutputFeature::Embedding.name(), &[]),
+        (OutputFeature::Global, OutputFeature::Global.name(), &[]),
     ];
 }
 

@@ -16,7 +16,7 @@ pub enum OutputFeature {
 
 impl OutputFeature {
     /// The flag's spelling.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             OutputFeature::Embedding => "embedding",
             OutputFeature::Global => "global",

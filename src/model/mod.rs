@@ -32,7 +32,7 @@ pub enum Pooling {
 
 impl Pooling {
     /// The flag's and the checkpoint metadata's spelling.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Pooling::Avg => "avg",
             Pooling::Max => "max",

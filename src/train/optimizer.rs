@@ -14,7 +14,7 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             OptimizerKind::Sgd => "SGD",
             OptimizerKind::Adam => "Adam",
