@@ -18,4 +18,5 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod stage;
+pub mod tensor;
 pub mod train;
