@@ -19,4 +19,5 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod stage;
+pub mod tensor;
 pub mod train;

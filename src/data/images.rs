@@ -39,6 +39,30 @@ pub fn decode_resized(path: &Path, height: usize, width: usize) -> Result<image:
     })
 }
 
+/// A white sheet of `rows.len()` × `cols` cells of `height`×`width`, `rows[r][c]` pasted in
+/// cell (r, c) inside a 1-px margin: the one layout of every contact sheet (synth preview,
+/// dreamed images).
+pub fn grid(
+    rows: &[Vec<image::RgbImage>],
+    cols: usize,
+    height: u32,
+    width: u32,
+) -> image::RgbImage {
+    let (cell_h, cell_w) = (height + 2, width + 2);
+    let mut sheet = image::RgbImage::from_pixel(
+        cols as u32 * cell_w,
+        rows.len() as u32 * cell_h,
+        image::Rgb([255, 255, 255]),
+    );
+    for (r, row) in rows.iter().enumerate() {
+        for (c, img) in row.iter().take(cols).enumerate() {
+            let (x, y) = (c as u32 * cell_w + 1, r as u32 * cell_h + 1);
+            image::imageops::replace(&mut sheet, img, x.into(), y.into());
+        }
+    }
+    sheet
+}
+
 impl ImageStore {
     /// Decodes every record's image with rayon, showing a progress bar named `what`.
     pub fn load(records: &[Record], height: usize, width: usize, what: &str) -> Result<Self> {

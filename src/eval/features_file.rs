@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// Query and gallery features with their identities and cameras.
-pub struct Features {
+pub struct FeatureFile {
     pub query: Tensor,
     pub gallery: Tensor,
     pub query_pids: Vec<i64>,
@@ -18,7 +18,7 @@ pub struct Features {
     pub gallery_cams: Vec<i64>,
 }
 
-impl Features {
+impl FeatureFile {
     pub fn save(&self, path: &Path) -> Result<()> {
         let ints = |v: &[i64]| Tensor::from_slice(v);
         let tensors = vec![

@@ -7,6 +7,7 @@
 //! whole tied group. CMC is open-reid's "first match" curve (`first_match_break=True`,
 //! `single_gallery_shot=False`), with ties broken by gallery index (a stable sort).
 
+use crate::tensor::unit_rows;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -453,14 +454,6 @@ impl Distance {
             }
         }
     }
-}
-
-/// Rows divided by `max(‖x‖, 1e-12)`: a zero feature stays zero instead of NaN.
-fn unit_rows(x: &Tensor) -> Result<Tensor> {
-    let norm = x
-        .f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
-        .f_clamp_min(1e-12)?;
-    Ok(x.f_div(&norm)?)
 }
 
 /// The common width D of Q×D query and G×D gallery features.

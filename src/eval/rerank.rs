@@ -27,6 +27,7 @@
 
 use crate::progress;
 use anyhow::{bail, ensure, Context, Result};
+use half::f16;
 use rayon::prelude::*;
 use std::ops::Range;
 use tch::{Device, Kind, Tensor};
@@ -626,32 +627,38 @@ fn jaccard_into(graph: &Graph, v: &[SparseRow], out: &mut [f32], lambda: f64) {
 }
 
 /// `x` rounded to the nearest float16 value (ties to even), kept as f32: the reference's
-/// float16 storage and arithmetic. Values here lie in [0, 2], far from float16 overflow.
+/// float16 storage and arithmetic.
 fn half(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let exponent = ((bits >> 23) & 0xff) as i32 - 127;
-    if exponent >= -14 {
-        // Normal in float16: keep 10 of the 23 mantissa bits; a carry may bump the exponent.
-        let dropped = 13;
-        let lsb = (bits >> dropped) & 1;
-        let rounded = bits + ((1 << (dropped - 1)) - 1) + lsb;
-        f32::from_bits(rounded & !((1 << dropped) - 1))
-    } else {
-        // Subnormal in float16: a fixed step of 2^-24 (the scalings are exact).
-        (x * 16_777_216.0).round_ties_even() / 16_777_216.0
-    }
+    f16::from_f32(x).to_f32()
 }
 
-/// [`half`] straight from f64, without an intermediate f32 rounding.
+/// [`half`] straight from f64 with a single rounding, as numpy's float64 → float16 cast.
+/// Not `f16::from_f64`: it drops the low 32 mantissa bits first (or goes through f32 with
+/// F16C), so near-ties round wrong. Rounding to f32 *to odd* first is exact here: f32
+/// keeps 13 more bits than f16, so the odd last bit only breaks exact-looking ties.
 fn half64(x: f64) -> f32 {
-    let bits = x.to_bits();
-    let exponent = ((bits >> 52) & 0x7ff) as i32 - 1023;
-    if exponent >= -14 {
-        let dropped = 42;
-        let lsb = (bits >> dropped) & 1;
-        let rounded = bits + ((1u64 << (dropped - 1)) - 1) + lsb;
-        f64::from_bits(rounded & !((1u64 << dropped) - 1)) as f32
+    let y = x as f32;
+    let to_odd = if y as f64 == x || y.to_bits() & 1 == 1 {
+        y
+    } else if (y as f64).abs() > x.abs() {
+        f32::from_bits(y.to_bits() - 1)
     } else {
-        ((x * 16_777_216.0).round_ties_even() / 16_777_216.0) as f32
+        f32::from_bits(y.to_bits() + 1)
+    };
+    half(to_odd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half64_rounds_once_from_f64() {
+        let tie = 1.0 + 2f64.powi(-11);
+        assert_eq!(half64(tie), 1.0, "a tie goes to even");
+        // Just above the tie by less than f32 resolves: rounds up (`f16::from_f64` does not).
+        assert_eq!(half64(tie + 2f64.powi(-40)), 1.0 + 2f32.powi(-10));
+        assert_eq!(half64(tie - 2f64.powi(-40)), 1.0);
+        assert_eq!(half(1.0 + 2f32.powi(-11)), 1.0);
     }
 }

@@ -4,14 +4,14 @@
 //! checkpoint.
 
 use super::features::extract;
-use super::features_file::Features;
+use super::features_file::FeatureFile;
 use super::metrics::{
     distance_matrix, evaluate, evaluate_features, Distance, Labels, Metrics, DEFAULT_TOPK,
 };
 use super::plan::EvalPlan;
 use super::ranklist;
 use super::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
-use super::union::{union, Part, Split};
+use super::union::{union, EvalSplit, Part};
 use crate::bad_setting;
 use crate::data::{ImageStore, ReidDataset};
 use crate::error::Setting;
@@ -75,7 +75,7 @@ impl EvalRow {
 /// Metrics of one split, and the distance rows of its first `--rank-list-n` queries for
 /// the rank-list pictures (none without `--rank-list`). Plain evaluation never holds the
 /// whole Q×G matrix; re-ranking computes it anyway.
-fn score(args: &EvalPlan, s: &Split) -> Result<(Metrics, Vec<f32>)> {
+fn score(args: &EvalPlan, s: &EvalSplit) -> Result<(Metrics, Vec<f32>)> {
     let query = Labels::new(&s.query_labels.0, &s.query_labels.1);
     let gallery = Labels::new(&s.gallery_labels.0, &s.gallery_labels.1);
     if args.re_ranking {
@@ -220,8 +220,8 @@ fn append_eval_txt(ck: &Checkpoint, rows: &[EvalRow]) -> Result<()> {
 }
 
 fn run_features_file(args: &EvalPlan, file: &Path) -> Result<Vec<EvalRow>> {
-    let f = Features::load(file)?;
-    let split = Split {
+    let f = FeatureFile::load(file)?;
+    let split = EvalSplit {
         query: f.query,
         gallery: f.gallery,
         query_labels: (f.query_pids, f.query_cams),
@@ -339,7 +339,7 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
                 if parts.len() == 1 {
                     if let Some(base) = &args.save_features {
                         let path = feature_path(base, part, args.datasets.len() > 1);
-                        Features {
+                        FeatureFile {
                             query: split.query.shallow_clone(),
                             gallery: split.gallery.shallow_clone(),
                             query_pids: split.query_labels.0.clone(),

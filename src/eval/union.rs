@@ -8,7 +8,7 @@ use crate::data::Record;
 use tch::Tensor;
 
 /// Features and labels of one query set against one gallery: what mAP/CMC are scored on.
-pub struct Split {
+pub struct EvalSplit {
     pub query: Tensor,
     pub gallery: Tensor,
     /// (pids, cameras) of the query rows.
@@ -32,7 +32,7 @@ pub fn labels(records: &[Record]) -> (Vec<i64>, Vec<i64>) {
 
 /// One split per part, in order: the part's queries against every part's gallery. With
 /// one part this is the dataset's own split, labels unchanged.
-pub fn union(parts: &[Part]) -> Vec<Split> {
+pub fn union(parts: &[Part]) -> Vec<EvalSplit> {
     let (mut galleries, mut g_pids, mut g_cams) = (Vec::new(), Vec::new(), Vec::new());
     let mut offsets = Vec::new();
     let (mut pid_off, mut cam_off) = (0i64, 0i64);
@@ -52,7 +52,7 @@ pub fn union(parts: &[Part]) -> Vec<Split> {
         .zip(&offsets)
         .map(|(part, &(po, co))| {
             let (p, c) = labels(part.query);
-            Split {
+            EvalSplit {
                 query: part.query_features.shallow_clone(),
                 gallery: gallery.shallow_clone(),
                 query_labels: (

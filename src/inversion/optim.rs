@@ -3,6 +3,7 @@
 //! One Adam runs through both stages of a batch: its moments and step count carry over
 //! from the pooled stage to the full-size one, as the reference's single optimiser does.
 
+use crate::train::optimizer::adam_update;
 use tch::Tensor;
 
 /// Adam's coefficients for the images (the reference's, not the training optimiser's).
@@ -43,22 +44,10 @@ impl Adam {
         self.steps
     }
 
-    /// param ← param − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε), as torch.optim.Adam.
+    /// One step of the shared Adam rule ([`adam_update`]) with the images' coefficients.
     pub fn step(&mut self, param: &Tensor, grad: &Tensor, lr: f64) {
-        let (b1, b2) = BETAS;
         self.steps += 1;
-        tch::no_grad(|| {
-            let _ = self.exp_avg.lerp_(grad, 1.0 - b1);
-            let _ = self
-                .exp_avg_sq
-                .g_mul_scalar_(b2)
-                .addcmul_(&(grad * (1.0 - b2)), grad);
-            let bc1 = 1.0 - b1.powi(self.steps);
-            let bc2 = 1.0 - b2.powi(self.steps);
-            let mut denom = self.exp_avg_sq.sqrt();
-            let _ = denom.g_div_scalar_(bc2.sqrt()).g_add_scalar_(EPS);
-            let update = (&self.exp_avg / &denom) * (-lr / bc1);
-            let _ = param.shallow_clone().g_add_(&update);
-        });
+        let moments = (&mut self.exp_avg, &mut self.exp_avg_sq);
+        adam_update(param, grad, moments, self.steps.into(), lr, BETAS, EPS);
     }
 }

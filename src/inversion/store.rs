@@ -3,6 +3,7 @@
 //! the names `--inversion-dir` reads back ([`crate::data::dataset::parse_dreamed_name`]).
 
 use crate::data::dataset::{is_image, parse_dreamed_name};
+use crate::data::images::{decode_resized, grid};
 use anyhow::{bail, Context, Result};
 use image::codecs::jpeg::JpegEncoder;
 use rand::Rng;
@@ -181,18 +182,15 @@ pub fn contact_sheet(
         rows.entry(r.pid).or_default().push(&r.path);
     }
     let rows: Vec<Vec<&Path>> = rows.into_values().take(ids).collect();
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
-    let mut sheet = image::RgbImage::from_pixel(
-        cols * (width + 2),
-        rows.len() as u32 * (height + 2),
-        image::Rgb([255, 255, 255]),
-    );
-    for (r, paths) in rows.iter().enumerate() {
-        for (c, path) in paths.iter().enumerate() {
-            let img = crate::data::images::decode_resized(path, height as usize, width as usize)?;
-            let (x, y) = (c as u32 * (width + 2) + 1, r as u32 * (height + 2) + 1);
-            image::imageops::replace(&mut sheet, &img, x.into(), y.into());
-        }
-    }
-    Ok(sheet)
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(1);
+    let tiles = rows
+        .iter()
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|p| decode_resized(p, height as usize, width as usize))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(grid(&tiles, cols, height, width))
 }

@@ -150,7 +150,9 @@ impl<'a> Scope<'a> {
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
+/// `prefix.name`, or `name` at the root: the one dotted-key joiner of parameter names
+/// (scopes here, flattened `.pth` keys in `pth::flatten`).
+pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {

@@ -27,6 +27,33 @@ pub const WEIGHT_DECAY: f64 = 5e-4;
 pub const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
 pub const ADAM_EPS: f64 = 1e-8;
 
+/// One torch.optim.Adam step (no weight decay, no amsgrad) on `param` and its moments
+/// `(m, v)`, in place, at step count `step` (1 first): the single Adam rule of training and
+/// of DeepInversion's images (`inversion::optim`), so both follow PyTorch the same way.
+/// param ← param − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε).
+pub fn adam_update(
+    param: &Tensor,
+    grad: &Tensor,
+    (exp_avg, exp_avg_sq): (&mut Tensor, &mut Tensor),
+    step: i64,
+    lr: f64,
+    (b1, b2): (f64, f64),
+    eps: f64,
+) {
+    tch::no_grad(|| {
+        let _ = exp_avg.lerp_(grad, 1.0 - b1);
+        let _ = exp_avg_sq
+            .g_mul_scalar_(b2)
+            .addcmul_(&(grad * (1.0 - b2)), grad);
+        let bc1 = 1.0 - b1.powi(step as i32);
+        let bc2 = 1.0 - b2.powi(step as i32);
+        let mut denom = exp_avg_sq.sqrt();
+        let _ = denom.g_div_scalar_(bc2.sqrt()).g_add_scalar_(eps);
+        let update = (&*exp_avg / &denom) * (-lr / bc1);
+        let _ = param.shallow_clone().g_add_(&update);
+    });
+}
+
 struct Slot {
     name: String,
     param: Tensor,
@@ -106,15 +133,9 @@ impl Optimizer {
                         let _ = s.param.g_add_(&(update * -lr));
                     }
                     OptimizerKind::Adam => {
-                        let (b1, b2) = ADAM_BETAS;
                         let m = s.first.get_or_insert_with(|| grad.zeros_like());
-                        let _ = m.g_mul_scalar_(b1).g_add_(&(&grad * (1.0 - b1)));
                         let v = s.second.get_or_insert_with(|| grad.zeros_like());
-                        let _ = v.g_mul_scalar_(b2).g_add_(&(&grad * &grad * (1.0 - b2)));
-                        let bc1 = 1.0 - b1.powi(steps as i32);
-                        let bc2 = 1.0 - b2.powi(steps as i32);
-                        let denom = v.sqrt() / bc2.sqrt() + ADAM_EPS;
-                        let _ = s.param.g_add_(&(&*m / denom * (-lr / bc1)));
+                        adam_update(&s.param, &grad, (m, v), steps, lr, ADAM_BETAS, ADAM_EPS);
                     }
                 }
             }

@@ -19,7 +19,7 @@ pub use style::{Accessory, Hair, Identity, Lower, Pattern};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::path::Path;
@@ -181,25 +181,14 @@ mod tag {
     pub const NAME: u64 = 7;
 }
 
-/// SplitMix64 finaliser: a cheap, well-mixed 64-bit hash step.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The generator for the stream named by `parts` under the config's seed and style.
+/// The generator for the stream named by `parts` under the config's seed and style: the
+/// keyed stream of [`crate::data::rng`], with the style as its first coordinate.
 fn stream(cfg: &SynthConfig, parts: &[u64]) -> ChaCha8Rng {
     let style = match cfg.style {
         Style::Street => 0x5354_5245_4554,
         Style::Mall => 0x4d41_4c4c,
     };
-    let mut h = mix(mix(cfg.seed) ^ style);
-    for &p in parts {
-        h = mix(h ^ p);
-    }
-    ChaCha8Rng::seed_from_u64(h)
+    crate::data::rng::stream(cfg.seed, &[&[style], parts].concat())
 }
 
 /// Most cameras one identity walks past (as in Market-1501, whose ids appear in 2 to 6).
@@ -349,29 +338,18 @@ pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
 /// `per_id` images left to right: what a person looks at to see what the model must learn
 /// (same person across cameras, different people side by side).
 pub fn preview(cfg: &SynthConfig, ids: usize, per_id: usize) -> RgbImage {
-    let (h, w) = (cfg.height, cfg.width);
     let rows = ids.min(cfg.ids).max(1);
     let cols = per_id.min(cfg.images_per_id).max(1);
-    let mut sheet = RgbImage::from_pixel(
-        cols as u32 * (w + 2),
-        rows as u32 * (h + 2),
-        image::Rgb([255, 255, 255]),
-    );
     let images = plan(cfg);
-    for r in 0..rows {
-        let pid = r as i64 + 1;
-        let own = images
-            .iter()
-            .filter(|i| i.split == Split::Train && i.pid == pid);
-        for (c, item) in own.take(cols).enumerate() {
-            let img = render(cfg, item.pid, item.camera, item.index);
-            image::imageops::replace(
-                &mut sheet,
-                &img,
-                (c as u32 * (w + 2) + 1).into(),
-                (r as u32 * (h + 2) + 1).into(),
-            );
-        }
-    }
-    sheet
+    let tiles: Vec<Vec<RgbImage>> = (1..=rows as i64)
+        .map(|pid| {
+            images
+                .iter()
+                .filter(|i| i.split == Split::Train && i.pid == pid)
+                .take(cols)
+                .map(|item| render(cfg, item.pid, item.camera, item.index))
+                .collect()
+        })
+        .collect();
+    crate::data::images::grid(&tiles, cols, cfg.height, cfg.width)
 }

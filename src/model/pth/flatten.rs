@@ -6,6 +6,7 @@
 
 use super::unpickle::{Host, Pair, Value, MAX_DEPTH, MAX_VISITS};
 use super::Scalar;
+use crate::model::params::join;
 use anyhow::{anyhow, bail, Result};
 use std::collections::{BTreeMap, HashSet};
 
@@ -161,13 +162,5 @@ impl<T, L> Flattener<T, L> {
             bail!("{}: two values flatten to this name", shown(name));
         }
         Ok(())
-    }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
     }
 }
