@@ -385,7 +385,9 @@ pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
     let start = Instant::now();
     let sizes = plan.sizes;
     if sizes.ids < 2 || sizes.epochs == 0 || sizes.base_epochs == 0 || sizes.shots == 0 {
-        bail!("agd demo: --ids must be at least 2 and --epochs, --base-epochs, --shots at least 1");
+        bail!(
+            "demo sizes {sizes:?}: the identities must be at least 2, and the epochs, base epochs and shots at least 1"
+        );
     }
     let device = crate::device::select(&plan.gpu)?;
     let log = Logger::open(&plan.out, true)?;

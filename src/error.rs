@@ -190,6 +190,14 @@ impl<T, E: Into<anyhow::Error>> AboutExt<T> for Result<T, E> {
     }
 }
 
+/// An output folder that already holds files: another value of `setting` avoids it.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is not empty: remove it or choose another {setting}", path.display())]
+pub struct Occupied {
+    pub path: std::path::PathBuf,
+    pub setting: Setting,
+}
+
 /// `bail!` with a [`BadSetting`].
 #[macro_export]
 macro_rules! bad_setting {

@@ -57,7 +57,11 @@ impl FlagValue for OptimizerKind {
 
 impl FlagValue for OutputFeature {
     const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
-        (OutputFeature::Embedding, OutputFeature::Embedding.name(), &[]),
+        (
+            OutputFeature::Embedding,
+            OutputFeature::Embedding.name(),
+            &[],
+        ),
         (OutputFeature::Global, OutputFeature::Global.name(), &[]),
     ];
 }

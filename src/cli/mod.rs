@@ -8,7 +8,7 @@ mod plot;
 mod synth;
 pub mod train;
 
-use crate::error::{About, BadSetting, Setting};
+use crate::error::{About, BadSetting, Occupied, Setting};
 use crate::model::choice::Contradiction;
 use anyhow::Result;
 use args::*;
@@ -176,6 +176,12 @@ pub fn message(err: &anyhow::Error) -> String {
                     Some(v) => format!("{} {v}", flag(a.setting)),
                     None => flag(a.setting).to_string(),
                 }
+            } else if let Some(o) = e.downcast_ref::<Occupied>() {
+                format!(
+                    "{} is not empty: remove it or choose another {}",
+                    o.path.display(),
+                    flag(o.setting)
+                )
             } else if let Some(c) = e.downcast_ref::<Contradiction>() {
                 format!(
                     "{}: the checkpoint holds a model with {} {}, but {} {} was given (leave the flag out: the checkpoint decides)",

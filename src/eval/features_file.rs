@@ -2,8 +2,10 @@
 //! features and labels, so metrics can be recomputed (or compared across tools) without
 //! the model.
 
+use crate::bad_setting;
+use crate::error::{AboutExt, Setting};
 use crate::model::checkpoint::{read_safetensors, write_safetensors};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -42,15 +44,16 @@ impl FeatureFile {
     /// Reads a feature file, checking every tensor is there with a consistent shape.
     pub fn load(path: &Path) -> Result<Self> {
         let (tensors, _) =
-            read_safetensors(path).with_context(|| format!("--features {}", path.display()))?;
+            read_safetensors(path).about_value(Setting::FeatureFile, path.display())?;
         let get = |name: &str, kind: Kind, dims: usize| -> Result<Tensor> {
-            let t = tensors
-                .get(name)
-                .with_context(|| format!("--features {}: no tensor `{name}`", path.display()))?;
+            let Some(t) = tensors.get(name) else {
+                bad_setting!(Setting::FeatureFile, path.display(), "no tensor `{name}`");
+            };
             if t.dim() != dims {
-                bail!(
-                    "--features {}: `{name}` has shape {:?}, expected {dims} dimensions",
+                bad_setting!(
+                    Setting::FeatureFile,
                     path.display(),
+                    "`{name}` has shape {:?}, expected {dims} dimensions",
                     t.size()
                 );
             }
@@ -59,9 +62,10 @@ impl FeatureFile {
         let labels = |name: &str, n: i64| -> Result<Vec<i64>> {
             let t = get(name, Kind::Int64, 1)?;
             if t.size()[0] != n {
-                bail!(
-                    "--features {}: `{name}` has {} entries for {n} features",
+                bad_setting!(
+                    Setting::FeatureFile,
                     path.display(),
+                    "`{name}` has {} entries for {n} features",
                     t.size()[0]
                 );
             }
@@ -70,9 +74,10 @@ impl FeatureFile {
         let query = get("query_features", Kind::Float, 2)?;
         let gallery = get("gallery_features", Kind::Float, 2)?;
         if query.size()[1] != gallery.size()[1] {
-            bail!(
-                "--features {}: query features are {}-d, gallery features {}-d",
+            bad_setting!(
+                Setting::FeatureFile,
                 path.display(),
+                "query features are {}-d, gallery features {}-d",
                 query.size()[1],
                 gallery.size()[1]
             );

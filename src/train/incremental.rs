@@ -115,7 +115,11 @@ impl IncrementalStep {
             );
         }
         if matches!(self.views, Views::Augmented { .. }) && views < 2 {
-            bail!("augmented distillation needs at least 2 views (--peers), got {views}");
+            crate::bad_setting!(
+                crate::error::Setting::Peers,
+                views,
+                "augmented distillation needs at least 2 views"
+            );
         }
         let mut phases = Phases::default();
         let device = model.device();

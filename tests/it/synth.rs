@@ -406,12 +406,11 @@ fn bad_arguments_are_refused_naming_the_flag() {
         ),
     ];
     for (cfg, flag) in cases {
-        let err = cfg.validate().unwrap_err().to_string();
+        // As the CLI reports it: the library's setting named by its flag.
+        let err = agd::cli::message(&cfg.validate().unwrap_err());
         assert!(err.contains(flag), "{flag}: {err}");
         let tmp = tempfile::tempdir().unwrap();
-        let err = generate(&tmp.path().join("d"), &cfg)
-            .unwrap_err()
-            .to_string();
+        let err = agd::cli::message(&generate(&tmp.path().join("d"), &cfg).unwrap_err());
         assert!(err.contains(flag), "generate, {flag}: {err}");
     }
 }
@@ -430,7 +429,7 @@ fn a_non_empty_target_folder_is_refused_by_name() {
         junk: 0,
         ..config(Style::Mall, 1)
     };
-    let err = format!("{:#}", generate(root, &cfg).unwrap_err());
+    let err = agd::cli::message(&generate(root, &cfg).unwrap_err());
     assert!(
         err.contains(&root.join("query").display().to_string()),
         "{err}"

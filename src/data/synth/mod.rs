@@ -16,7 +16,9 @@ mod style;
 pub use render::render;
 pub use style::{Accessory, Hair, Identity, Lower, Pattern};
 
-use anyhow::{bail, Context, Result};
+use crate::bad_setting;
+use crate::error::{Occupied, Setting};
+use anyhow::{Context, Result};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -60,33 +62,36 @@ pub struct SynthConfig {
 const MAX_SIDE: u32 = 2048;
 
 impl SynthConfig {
-    /// Checks every field, with an error that names the command-line flag to fix.
+    /// Checks every field, with an error that names the setting to fix.
     pub fn validate(&self) -> Result<()> {
         if self.ids == 0 {
-            bail!("--ids must be at least 1 (got 0)");
+            bad_setting!(Setting::Ids, 0, "must be at least 1");
         }
         if self.test_ids == 0 {
-            bail!("--test-ids must be at least 1 (got 0)");
+            bad_setting!(Setting::TestIds, 0, "must be at least 1");
         }
         if self.images_per_id < 2 {
-            bail!(
-                "--images-per-id must be >= 2 so that every identity is seen by two cameras (got {})",
-                self.images_per_id
+            bad_setting!(
+                Setting::ImagesPerId,
+                self.images_per_id,
+                "must be >= 2 so that every identity is seen by two cameras"
             );
         }
         if !(2..=15).contains(&self.cameras) {
-            bail!("--cameras must be between 2 and 15 (got {})", self.cameras);
+            bad_setting!(Setting::Cameras, self.cameras, "must be between 2 and 15");
         }
         if !(32..=MAX_SIDE).contains(&self.height) {
-            bail!(
-                "--height must be between 32 and {MAX_SIDE} pixels (got {})",
-                self.height
+            bad_setting!(
+                Setting::Height,
+                self.height,
+                "must be between 32 and {MAX_SIDE} pixels"
             );
         }
         if !(16..=MAX_SIDE).contains(&self.width) {
-            bail!(
-                "--width must be between 16 and {MAX_SIDE} pixels (got {})",
-                self.width
+            bad_setting!(
+                Setting::Width,
+                self.width,
+                "must be between 16 and {MAX_SIDE} pixels"
             );
         }
         Ok(())
@@ -296,10 +301,11 @@ pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             let mut entries = std::fs::read_dir(&sub)
                 .with_context(|| format!("cannot read {}", sub.display()))?;
             if entries.next().is_some() {
-                bail!(
-                    "{} is not empty: remove it or choose another --dataset",
-                    sub.display()
-                );
+                return Err(Occupied {
+                    path: sub.clone(),
+                    setting: Setting::Dataset,
+                }
+                .into());
             }
         }
     }

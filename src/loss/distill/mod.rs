@@ -17,6 +17,7 @@ mod config;
 pub use config::TYPES;
 
 use crate::model::Output;
+use crate::tensor::unit_rows;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use tch::{Kind, Reduction, Tensor};
@@ -248,7 +249,7 @@ impl Distillation {
                     "relation distillation compares pairs of samples; the batch has only one"
                 );
                 let (s, t) = if *normalize {
-                    (l2_normalize(s), l2_normalize(&t))
+                    (unit_rows(s)?, unit_rows(&t)?)
                 } else {
                     (s.shallow_clone(), t)
                 };
@@ -348,17 +349,10 @@ pub fn cos_loss(a: &Tensor, b: &Tensor) -> Tensor {
     Tensor::cosine_embedding_loss(a, b, &ones, 0.0, Reduction::Mean)
 }
 
-/// Rows divided by their L2 norm clamped to 1e-12 (`F.normalize`).
-fn l2_normalize(x: &Tensor) -> Tensor {
-    x / x
-        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
-        .clamp_min(1e-12)
-}
-
 /// `triangle`: cos-loss(a, b) + 0.5·(1 − mean cos(ra, rb)) over the same-identity residuals.
 fn triangle(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
     let r = pairwise_residuals(a, b, pids)?;
-    let residual_cos = (l2_normalize(&r.a) * l2_normalize(&r.b))
+    let residual_cos = (unit_rows(&r.a)? * unit_rows(&r.b)?)
         .sum_dim_intlist(1, false, None::<Kind>)
         .mean(None::<Kind>);
     Ok(cos_loss(a, b) + (1.0 - residual_cos) * 0.5)
@@ -431,8 +425,8 @@ fn podnet_maps(
             l + 1,
             s.size()
         );
-        let pool = |m: &Tensor| l2_normalize(&collapse.apply(&m.pow_tensor_scalar(2)));
-        let (ps, pt) = (pool(s), pool(&t.detach()));
+        let pool = |m: &Tensor| unit_rows(&collapse.apply(&m.pow_tensor_scalar(2)));
+        let (ps, pt) = (pool(s)?, pool(&t.detach())?);
         let loss = match criterion {
             PodnetCriterion::Cosine => cos_loss(&ps, &pt),
             PodnetCriterion::Triangle => triangle(&ps, &pt, pids)?,
