@@ -7,7 +7,8 @@
 //! whole tied group. CMC is open-reid's "first match" curve (`first_match_break=True`,
 //! `single_gallery_shot=False`), with ties broken by gallery index (a stable sort).
 
-use crate::tensor::unit_rows;
+pub use super::distance::{distance_matrix, distances, f_distances, Distance};
+use super::distance::{feature_width, similarities, Operand};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -171,84 +172,6 @@ pub fn evaluate_features(
         scores.extend(part);
     }
     summarise(&scores, nq, ng, topk)
-}
-
-/// Features as the GEMM reads them: row-major float32 (unit rows for the cosine), with
-/// each row's squared norm for the Euclidean distance (empty for the cosine).
-struct Operand {
-    data: Vec<f32>,
-    sq: Vec<f32>,
-}
-
-impl Operand {
-    fn new(x: &Tensor, kind: Distance) -> Result<Self> {
-        let x = x.f_to_kind(Kind::Float)?.f_contiguous()?;
-        let dim = x.size()[1] as usize;
-        let n = x.numel();
-        if n == 0 {
-            return Ok(Self {
-                data: Vec::new(),
-                sq: vec![0.0; x.size()[0] as usize],
-            });
-        }
-        // SAFETY: `x` is a contiguous float32 CPU tensor of `n` elements, alive and not
-        // written to while `src` is used below.
-        let src = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, n) };
-        let mut data = vec![0f32; n];
-        let sq = match kind {
-            Distance::Cosine => {
-                // [`unit_rows`], copying on rayon's threads: the norm accumulated in
-                // float64 and rounded, then a float32 division.
-                data.par_chunks_mut(dim)
-                    .zip(src.par_chunks(dim))
-                    .for_each(|(row, x)| {
-                        let norm = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
-                        let norm = (norm as f32).max(1e-12);
-                        row.iter_mut().zip(x).for_each(|(r, &v)| *r = v / norm);
-                    });
-                Vec::new()
-            }
-            Distance::Euclidean => {
-                data.copy_from_slice(src);
-                Vec::<f32>::try_from(x.f_square()?.f_sum_dim_intlist(
-                    [1i64].as_slice(),
-                    false,
-                    Kind::Float,
-                )?)?
-            }
-        };
-        Ok(Self { data, sq })
-    }
-}
-
-/// `out` (m × n, row-major) = `a` (m × D) · `b` (n × D)ᵀ, on all of rayon's threads.
-fn similarities(a: &[f32], m: usize, b: &[f32], n: usize, dim: usize, out: &mut [f32]) {
-    assert!(out.len() == m * n && a.len() == m * dim && b.len() == n * dim);
-    // SAFETY: the three slices hold exactly the m×D, n×D and m×n elements the strides
-    // below address (checked above), and `out` is borrowed mutably, so nothing aliases it.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            dim,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            dim as isize,
-            b.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
 }
 
 /// Numbers of queries and gallery items, once their pids and cameras agree and neither
@@ -421,104 +344,3 @@ fn count(row: &[f32], pred: impl Fn(f32) -> bool) -> usize {
 /// Up to this many distinct match distances, counting passes over the row beat a binary
 /// search per item (they vectorise and never mispredict).
 const COUNTING_PASSES: usize = 48;
-
-/// Distance between features, as the reference's `pairwise_distance` computes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Distance {
-    /// `1 / (1 + cos)` of L2-normalised features: the reference's cosine ranking distance
-    /// (monotone in 1 − cos, in [0.5, ∞)).
-    Cosine,
-    /// `sqrt(max(‖x‖² + ‖y‖² − 2x·y, 1e-12))`, the reference's `euclidean_dist`.
-    Euclidean,
-}
-
-impl Distance {
-    /// The distance from a dot product `dot` (of unit rows for the cosine) and the two
-    /// squared norms (unused by the cosine), with the float32 operations, in the order, of
-    /// [`f_distances`].
-    /// NaN stays NaN (`f32::max` would hide it; `clamp_min` does not).
-    #[inline]
-    fn of_dot(self, dot: f32, x_sq: f32, y_sq: f32) -> f32 {
-        if dot.is_nan() {
-            return f32::NAN;
-        }
-        match self {
-            Distance::Cosine => 1.0 / (dot.max(-1.0) + 1.0),
-            Distance::Euclidean => {
-                let d = x_sq + y_sq - dot * 2.0;
-                if d.is_nan() {
-                    d
-                } else {
-                    d.max(1e-12).sqrt()
-                }
-            }
-        }
-    }
-}
-
-/// The common width D of Q×D query and G×D gallery features.
-fn feature_width(query: &Tensor, gallery: &Tensor) -> Result<usize> {
-    let (qs, gs) = (query.size(), gallery.size());
-    ensure!(
-        qs.len() == 2 && gs.len() == 2 && qs[1] == gs[1],
-        "features must be Q×D and G×D matrices of the same width, got query {qs:?} and gallery {gs:?}"
-    );
-    Ok(qs[1] as usize)
-}
-
-/// Q×G distances (f32, CPU, contiguous) of Q×D query and G×D gallery features on any
-/// device.
-///
-/// # Panics
-/// On features that are not two matrices of the same width, like tch's own operations;
-/// [`f_distances`] returns the error instead.
-pub fn distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Tensor {
-    f_distances(query, gallery, kind).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-/// [`distances`], with bad input as an error.
-///
-/// Computes in float64 when either side is float64 (the golden values are float64), else
-/// in float32 as the reference does. Normalisation divides by `max(‖x‖, 1e-12)` so a zero
-/// feature is at distance 1 from everything instead of NaN; any other feature gets the
-/// reference's value. Cosines rounded below −1 are clamped: the reference's `1 / (1 + cos)`
-/// would turn them into large negative distances and rank opposite features first.
-pub fn f_distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Result<Tensor> {
-    feature_width(query, gallery)?;
-    let work = if query.kind() == Kind::Double || gallery.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    };
-    let q = query.f_to_kind(work)?;
-    let g = gallery.f_to_device(q.device())?.f_to_kind(work)?;
-    let d = match kind {
-        Distance::Cosine => {
-            let cos = unit_rows(&q)?.f_mm(&unit_rows(&g)?.f_tr()?)?;
-            cos.f_clamp_min(-1.0)?.f_add_scalar(1.0)?.f_reciprocal()?
-        }
-        Distance::Euclidean => {
-            let qq = q
-                .f_square()?
-                .f_sum_dim_intlist([1i64].as_slice(), true, work)?;
-            let gg = g
-                .f_square()?
-                .f_sum_dim_intlist([1i64].as_slice(), true, work)?
-                .f_tr()?;
-            let cross = q.f_mm(&g.f_tr()?)?;
-            qq.f_add(&gg)?
-                .f_sub(&cross.f_mul_scalar(2.0)?)?
-                .f_clamp_min(1e-12)?
-                .f_sqrt()?
-        }
-    };
-    Ok(d.f_to_kind(Kind::Float)?
-        .f_to_device(Device::Cpu)?
-        .f_contiguous()?)
-}
-
-/// [`f_distances`] as the row-major Q×G slice that [`evaluate`] takes.
-pub fn distance_matrix(query: &Tensor, gallery: &Tensor, kind: Distance) -> Result<Vec<f32>> {
-    let d = f_distances(query, gallery, kind)?;
-    Vec::<f32>::try_from(d.f_reshape([-1])?).context("reading the distance matrix")
-}

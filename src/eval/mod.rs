@@ -1,5 +1,6 @@
 //! Evaluation (SPEC §8): features, distances, mAP and CMC.
 
+pub mod distance;
 pub mod features;
 pub mod features_file;
 pub mod metrics;

@@ -25,12 +25,12 @@
 //! change CMC, so this module rounds to float16 at the same steps (values stay `f32`); the
 //! remaining differences come from GEMM rounding and argsort ties.
 
+use super::distance::{half, half64, PairwiseRows, Side};
 use crate::progress;
 use anyhow::{bail, ensure, Context, Result};
-use half::f16;
 use rayon::prelude::*;
 use std::ops::Range;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Queries per re-ranking graph in the reference's evaluation loop.
 pub const REFERENCE_CHUNK: usize = 1024;
@@ -136,7 +136,7 @@ pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> 
     }
     let qside = Side::new(&qw)?;
     let gside = Side::new(&gw)?;
-    let feats = Features::new(&qw, &gw, dim)?;
+    let feats = PairwiseRows::new(&qw, &gw, dim)?;
     let list_len = (p.k1 + 1).max(p.k2);
 
     let strips = ng.div_ceil(STRIP_ROWS);
@@ -154,111 +154,6 @@ pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> 
     }
     bar.finish_and_clear();
     Ok(out)
-}
-
-/// One side's features in the working kind, on their device, prepared for distance blocks.
-struct Side {
-    x: Tensor,
-    /// Squared norms as an N×1 column.
-    sq: Tensor,
-}
-
-/// Rows per GEMM when filling a distance block, so that torch's temporaries stay a few
-/// tens of MB whatever the block's height.
-const GEMM_ROWS: usize = 256;
-
-impl Side {
-    fn new(x: &Tensor) -> Result<Self> {
-        let kind = x.kind();
-        Ok(Self {
-            x: x.shallow_clone(),
-            sq: x
-                .f_square()?
-                .f_sum_dim_intlist([1i64].as_slice(), true, kind)?,
-        })
-    }
-
-    /// Squared Euclidean distances of rows `a` of `self` to rows `b` of `other`, as the
-    /// reference computes them (‖x‖² + ‖y‖² − 2x·y with one `addmm`, unclamped), into
-    /// `out` (row-major f32).
-    fn distances(
-        &self,
-        a: Range<usize>,
-        other: &Side,
-        b: Range<usize>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let (b0, bl) = (b.start as i64, b.len() as i64);
-        let xb = other.x.f_narrow(0, b0, bl)?.f_tr()?;
-        let sqb = other.sq.f_narrow(0, b0, bl)?.f_tr()?;
-        for (r, rows) in out[..a.len() * b.len()]
-            .chunks_mut(GEMM_ROWS * b.len())
-            .enumerate()
-        {
-            let (a0, al) = (
-                (a.start + r * GEMM_ROWS) as i64,
-                (rows.len() / b.len()) as i64,
-            );
-            // −2·x is exact, so this is the reference's `addmm_(1, −2, x, yᵀ)`.
-            let xa = self.x.f_narrow(0, a0, al)?.f_mul_scalar(-2.0)?;
-            let mut base = self.sq.f_narrow(0, a0, al)?.f_add(&sqb)?;
-            base.f_addmm_(&xa, &xb)?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(Device::Cpu)?
-                .f_copy_data(rows, rows.len())?;
-        }
-        Ok(())
-    }
-}
-
-/// Query then gallery features as float32 on the CPU, for the few distances outside the
-/// neighbour lists that the k-reciprocal weights need.
-struct Features {
-    data: Vec<f32>,
-    sq: Vec<f32>,
-    dim: usize,
-    /// Number of queries: gallery item `j` is row `nq + j`.
-    nq: usize,
-}
-
-impl Features {
-    fn new(q: &Tensor, g: &Tensor, dim: usize) -> Result<Self> {
-        let nq = q.size()[0] as usize;
-        let mut data = vec![0f32; (nq + g.size()[0] as usize) * dim];
-        let (qd, gd) = data.split_at_mut(nq * dim);
-        for (x, dst) in [(q, qd), (g, gd)] {
-            // A no-op conversion for CPU float32 features: copied straight into `data`.
-            let x = x.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
-            x.f_copy_data(dst, dst.len())?;
-        }
-        let sq = data.par_chunks(dim).map(|r| dot(r, r)).collect::<Vec<_>>();
-        Ok(Self { data, sq, dim, nq })
-    }
-
-    fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// Squared distance of rows `a` and `b` (global numbering), in the reference's order of
-    /// operations.
-    fn distance(&self, a: usize, b: usize) -> f32 {
-        (self.sq[a] + self.sq[b]) + -2.0 * dot(self.row(a), self.row(b))
-    }
-}
-
-/// f32 dot product with independent lane accumulators, so the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `(distance, index)` order: ties go to the smaller index, so selections are deterministic
@@ -365,7 +260,7 @@ fn half_rounded(k: usize) -> usize {
 
 /// One re-ranking graph: the chunk's queries (items 0..c) and the gallery (items c..).
 struct Graph<'a> {
-    feats: &'a Features,
+    feats: &'a PairwiseRows,
     /// First query of the chunk (global numbering).
     start: usize,
     c: usize,
@@ -431,7 +326,7 @@ type SparseRow = Vec<(u32, f32)>;
 fn rerank_chunk(
     qside: &Side,
     gside: &Side,
-    feats: &Features,
+    feats: &PairwiseRows,
     gallery: &[Nearest],
     queries: Range<usize>,
     out: &mut [f32],
@@ -624,41 +519,4 @@ fn jaccard_into(graph: &Graph, v: &[SparseRow], out: &mut [f32], lambda: f64) {
                 }
             },
         );
-}
-
-/// `x` rounded to the nearest float16 value (ties to even), kept as f32: the reference's
-/// float16 storage and arithmetic.
-fn half(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
-
-/// [`half`] straight from f64 with a single rounding, as numpy's float64 → float16 cast.
-/// Not `f16::from_f64`: it drops the low 32 mantissa bits first (or goes through f32 with
-/// F16C), so near-ties round wrong. Rounding to f32 *to odd* first is exact here: f32
-/// keeps 13 more bits than f16, so the odd last bit only breaks exact-looking ties.
-fn half64(x: f64) -> f32 {
-    let y = x as f32;
-    let to_odd = if y as f64 == x || y.to_bits() & 1 == 1 {
-        y
-    } else if (y as f64).abs() > x.abs() {
-        f32::from_bits(y.to_bits() - 1)
-    } else {
-        f32::from_bits(y.to_bits() + 1)
-    };
-    half(to_odd)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn half64_rounds_once_from_f64() {
-        let tie = 1.0 + 2f64.powi(-11);
-        assert_eq!(half64(tie), 1.0, "a tie goes to even");
-        // Just above the tie by less than f32 resolves: rounds up (`f16::from_f64` does not).
-        assert_eq!(half64(tie + 2f64.powi(-40)), 1.0 + 2f32.powi(-10));
-        assert_eq!(half64(tie - 2f64.powi(-40)), 1.0);
-        assert_eq!(half(1.0 + 2f32.powi(-11)), 1.0);
-    }
 }
