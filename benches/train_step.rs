@@ -133,7 +133,7 @@ fn startup(bin: &Path) -> Result<Startup> {
         .arg(&logs)
         .args(
             "-g cpu -s 1 --dataset s --depth 50 --height 256 --width 128 -b 32 --epochs 1 \
-             --evaluate 0 --warmup 0 --epochs-decay 100"
+             --evaluate 0 --warmup 0 --epochs-decay 100 --pretrained none"
                 .split_whitespace(),
         )
         .output()?;

@@ -11,7 +11,7 @@ use crate::eval::{EvalPlan, EvalRow};
 use crate::inversion::prior::PriorWeights;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::logging::Logger;
-use crate::model::checkpoint::LATEST;
+use crate::model::checkpoint::{Pretrained, LATEST};
 use crate::model::{Depth, ModelChoice};
 use crate::plot::ResultRow;
 use crate::stage::Argv;
@@ -223,9 +223,11 @@ impl Run<'_> {
         );
         run.warmup = 1;
         run.model = Self::model();
+        // No ImageNet weights can be downloaded here; the demo's small models learn from
+        // scratch.
         let plan = BasePlan {
             run,
-            pretrained: None,
+            pretrained: Pretrained::Random,
         };
         self.announce(&plan.argv());
         crate::train::run_base(&plan)?;

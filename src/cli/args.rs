@@ -204,8 +204,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub run: LoopArgs<ModelArgs>,
     /// ImageNet weights for the ResNet (safetensors or torch .pth/.pt state dict with
-    /// torchvision names); default: a `resnet<depth>*` file in backbone_weights/, if any.
-    #[arg(long, value_name = "PATH")]
+    /// torchvision names), or `none` for random initialisation; default: a
+    /// `resnet<depth>*` file in backbone_weights/, and an error when there is none.
+    #[arg(long, value_name = "FILE|none")]
     pub pretrained: Option<PathBuf>,
 }
 

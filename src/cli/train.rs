@@ -2,9 +2,10 @@
 //! ([`crate::train::plan`]); the stages run in the library.
 
 use super::args::{CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, TrainArgs};
+use crate::model::checkpoint::Pretrained;
 use crate::model::choice::{DEFAULT_DEPTH, DEFAULT_LAST_STRIDE, DEFAULT_POOLING};
 use crate::model::ModelChoice;
-use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, RANDOM_INIT};
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -67,9 +68,14 @@ impl<M: ModelFlags> LoopArgs<M> {
 
 impl TrainArgs {
     pub fn plan(&self) -> BasePlan {
+        let pretrained = match &self.pretrained {
+            None => Pretrained::Found,
+            Some(p) if p.as_os_str() == RANDOM_INIT => Pretrained::Random,
+            Some(p) => Pretrained::File(p.clone()),
+        };
         BasePlan {
             run: self.run.plan(),
-            pretrained: self.pretrained.clone(),
+            pretrained,
         }
     }
 }

@@ -376,11 +376,62 @@ fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(parse_safetensors(path, &bytes)?.0.into_iter().collect())
 }
 
+/// Where a fresh model's ResNet weights come from. The reference always starts from
+/// ImageNet weights and stops when their file is missing; so does agd, unless random
+/// initialisation is asked for: a 90-epoch run from random weights by oversight is lost
+/// time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Pretrained {
+    /// A `resnet<depth>*` file in `backbone_weights/` (the reference's layout); none
+    /// there is an error.
+    #[default]
+    Found,
+    /// Random initialisation.
+    Random,
+    /// This file (safetensors or a torch `.pth`/`.pt` state dict with torchvision names).
+    File(PathBuf),
+}
+
+/// Where [`Pretrained::Found`] looks, and the reference's file names there.
+pub const BACKBONE_WEIGHTS: &str = "backbone_weights";
+const TORCHVISION_FILES: [(Depth, &str); 2] = [
+    (Depth::R50, "resnet50-19c8e357.pth"),
+    (Depth::R34, "resnet34-333f7ec4.pth"),
+];
+
+impl Pretrained {
+    /// The weights file to load into a fresh ResNet of `depth`; `None` for random
+    /// initialisation. A missing default file is an error naming what was looked for.
+    pub fn weights(&self, depth: Depth) -> Result<Option<PathBuf>> {
+        match self {
+            Pretrained::Random => Ok(None),
+            Pretrained::File(p) => Ok(Some(p.clone())),
+            Pretrained::Found => match default_imagenet(depth) {
+                Some(p) => Ok(Some(p)),
+                None => {
+                    let torchvision = TORCHVISION_FILES
+                        .iter()
+                        .find(|(d, _)| *d == depth)
+                        .map_or("", |(_, f)| f);
+                    Err(anyhow::anyhow!(
+                        "no ImageNet weights for ResNet-{0}: {BACKBONE_WEIGHTS}/ holds no \
+                         resnet{0}*.safetensors, .pth or .pt (torchvision's file is \
+                         {BACKBONE_WEIGHTS}/{torchvision}); give a weights file, or `none` to \
+                         start from random initialisation",
+                        depth.number()
+                    ))
+                    .about(Setting::Pretrained)
+                }
+            },
+        }
+    }
+}
+
 /// The default ImageNet weights: a `resnet<depth>*` safetensors/.pth/.pt file in
 /// `backbone_weights/`.
 fn default_imagenet(depth: Depth) -> Option<PathBuf> {
     let prefix = format!("resnet{}", depth.number());
-    let mut found: Vec<PathBuf> = std::fs::read_dir("backbone_weights")
+    let mut found: Vec<PathBuf> = std::fs::read_dir(BACKBONE_WEIGHTS)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -401,21 +452,11 @@ fn default_imagenet(depth: Depth) -> Option<PathBuf> {
 
 impl ReidModel {
     /// Loads ImageNet weights (torchvision names: `conv1.weight`, `layer1.0.bn1.bias`, …)
-    /// into the ResNet base where names and shapes match; `fc.*` is skipped. Without a path
-    /// and without a file in `backbone_weights/`, the model keeps its random
-    /// initialisation. Returns a line for the log saying which happened.
-    pub fn load_imagenet(&mut self, path: Option<&Path>) -> Result<String> {
+    /// from `path` into the ResNet base where names and shapes match; `fc.*` is skipped.
+    /// Returns a line for the log saying what was loaded.
+    pub fn load_imagenet(&mut self, path: &Path) -> Result<String> {
         let depth = self.config.depth;
-        let path = match path.map(Path::to_path_buf).or_else(|| default_imagenet(depth)) {
-            Some(p) => p,
-            None => {
-                return Ok(format!(
-                    "note: no ImageNet weights (backbone_weights/resnet{}*.safetensors|.pth|.pt, or --pretrained): starting from random initialisation",
-                    depth.number()
-                ))
-            }
-        };
-        let tensors = read_state_dict(&path).about_value(Setting::Pretrained, path.display())?;
+        let tensors = read_state_dict(path).about_value(Setting::Pretrained, path.display())?;
         let mut loaded = 0;
         tch::no_grad(|| -> Result<()> {
             for (name, src) in &tensors {

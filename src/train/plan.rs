@@ -7,6 +7,7 @@ use super::optimizer::OptimizerKind;
 use crate::bad_setting;
 use crate::data::{Erasing, LoaderConfig, TrainTransform};
 use crate::error::Setting;
+use crate::model::checkpoint::Pretrained;
 use crate::model::{Depth, ModelChoice, Pooling};
 use crate::stage::Argv;
 use anyhow::Result;
@@ -162,19 +163,22 @@ pub fn render_model(argv: &mut Argv, m: &ModelChoice) {
         .opt("--last-pooling", m.pooling.map(Pooling::name));
 }
 
+/// The `--pretrained` value that asks for random initialisation.
+pub const RANDOM_INIT: &str = "none";
+
 /// `agd train`: the base model on task 1 (SPEC §1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BasePlan {
     pub run: LoopPlan,
-    /// ImageNet weights; None: a `resnet<depth>*` file in `backbone_weights/`, if any.
-    pub pretrained: Option<PathBuf>,
+    /// Where the fresh ResNet's weights come from.
+    pub pretrained: Pretrained,
 }
 
 impl Default for BasePlan {
     fn default() -> Self {
         Self {
             run: LoopPlan::base_defaults(),
-            pretrained: None,
+            pretrained: Pretrained::Found,
         }
     }
 }
@@ -183,7 +187,15 @@ impl BasePlan {
     pub fn argv(&self) -> Argv {
         let mut argv = Argv::new("train");
         self.run.render(&mut argv, &LoopPlan::base_defaults(), true);
-        argv.opt_path("--pretrained", self.pretrained.as_deref());
+        match &self.pretrained {
+            Pretrained::Found => {}
+            Pretrained::Random => {
+                argv.flag("--pretrained", RANDOM_INIT);
+            }
+            Pretrained::File(p) => {
+                argv.flag("--pretrained", p.display());
+            }
+        }
         argv
     }
 }

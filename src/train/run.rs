@@ -161,8 +161,10 @@ pub fn run_base(plan: &BasePlan) -> Result<Trained> {
     let mut opt = Optimizer::new(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch == 1 {
-        let note = model.load_imagenet(plan.pretrained.as_deref())?;
-        log.line(note);
+        match plan.pretrained.weights(model.config.depth)? {
+            Some(path) => log.line(model.load_imagenet(&path)?),
+            None => log.line("no ImageNet weights, as asked: starting from random initialisation"),
+        }
     }
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));

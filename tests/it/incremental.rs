@@ -98,6 +98,8 @@ fn world() -> &'static World {
         let previous = dir.join("old");
         let mut train = strings(&[
             "train",
+            "--pretrained",
+            "none",
             "-g",
             "cpu",
             "-s",

@@ -226,7 +226,7 @@ fn imagenet_weights_load_by_torchvision_name() {
 
     tch::manual_seed(2);
     let mut model = ReidModel::new(small(), Device::Cpu).unwrap();
-    let note = model.load_imagenet(Some(&path)).unwrap();
+    let note = model.load_imagenet(&path).unwrap();
     assert!(
         note.contains("ImageNet weights") && note.contains(&path.display().to_string()),
         "{note}"
@@ -248,7 +248,7 @@ fn imagenet_weights_load_by_torchvision_name() {
         .collect();
     let wrong_path = tmp.path().join("resnet50.safetensors");
     agd::model::checkpoint::write_safetensors(&wrong_path, &wrong, &Default::default()).unwrap();
-    let err = agd::cli::message(&model.load_imagenet(Some(&wrong_path)).unwrap_err());
+    let err = agd::cli::message(&model.load_imagenet(&wrong_path).unwrap_err());
     assert!(
         err.contains("--pretrained") && err.contains("expects"),
         "{err}"

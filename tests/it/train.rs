@@ -78,6 +78,9 @@ fn train_args(root: &Path, logs: &Path, epochs: usize, extra: &[&str]) -> Vec<St
             "100",
             "--save-freq",
             "2",
+            // No ImageNet weights here: random initialisation, asked for.
+            "--pretrained",
+            "none",
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -300,4 +303,40 @@ fn checkpoints_round_trip_and_mismatches_are_named() {
             .unwrap_err(),
     );
     assert!(err.contains("--resume") && err.contains("none"), "{err}");
+}
+
+#[test]
+fn training_without_imagenet_weights_is_an_error_unless_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    synth(&root, 8);
+    // Run where backbone_weights/ holds nothing, as on a fresh machine.
+    let logs = tmp.path().join("logs");
+    let mut args = train_args(&root, &logs, 1, &[]);
+    let at = args.iter().position(|a| a == "--pretrained").unwrap();
+    args.drain(at..at + 2);
+    let out = agd().args(&args).current_dir(tmp.path()).output().unwrap();
+    assert!(!out.status.success(), "trained from random weights unasked");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for part in [
+        "--pretrained",
+        "ResNet-34",
+        "backbone_weights/",
+        "resnet34-333f7ec4.pth",
+        "none",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(!logs.join("checkpoint.safetensors").exists());
+    // Asked for, random initialisation trains and says so.
+    args.extend(["--pretrained".into(), "none".into()]);
+    let out = agd().args(&args).current_dir(tmp.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(logs.join("log.txt")).unwrap();
+    assert!(log.contains("random initialisation"), "{log}");
 }
