@@ -432,7 +432,7 @@ fn a_tiny_run_dreams_every_identity_and_resume_fills_only_the_gaps() {
     // The teacher: a ResNet-34 trained briefly on the synthetic identities.
     let mut train: Vec<String> = "train -g cpu -s 3 --dataset s --depth 34 --embedding 512 \
          --height 64 --width 32 -b 16 --warmup 0 --epochs-decay 100 --evaluate 0 \
-         --optimizer Adam --learning-rate 0.001 --re 0 --epochs 8"
+         --optimizer Adam --learning-rate 0.001 --re 0 --epochs 8 --pretrained none"
         .split_whitespace()
         .map(String::from)
         .collect();
