@@ -192,10 +192,20 @@ impl<T, E: Into<anyhow::Error>> AboutExt<T> for Result<T, E> {
 
 /// An output folder that already holds files: another value of `setting` avoids it.
 #[derive(Debug, thiserror::Error)]
-#[error("{} is not empty: remove it or choose another {setting}", path.display())]
+#[error("{}", self.describe(self.setting.name()))]
 pub struct Occupied {
     pub path: std::path::PathBuf,
     pub setting: Setting,
+}
+
+impl Occupied {
+    /// The message, with the setting called `setting` (its name, or the CLI's flag).
+    pub fn describe(&self, setting: &str) -> String {
+        format!(
+            "{} is not empty: remove it or choose another {setting}",
+            self.path.display()
+        )
+    }
 }
 
 /// `bail!` with a [`BadSetting`].

@@ -87,11 +87,6 @@ impl Argv {
         self
     }
 
-    /// The arguments after `agd`.
-    pub fn args(&self) -> &[String] {
-        &self.0
-    }
-
     /// `agd …`, quoted for a POSIX shell so it can be pasted.
     pub fn command_line(&self) -> String {
         let quoted: Vec<String> = self

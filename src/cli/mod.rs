@@ -10,6 +10,7 @@ pub mod train;
 
 use crate::error::{About, BadSetting, Occupied, Setting};
 use crate::model::choice::Contradiction;
+use crate::train::plan::LoopPlan;
 use anyhow::Result;
 use args::*;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -57,22 +58,26 @@ fn with_underscore_aliases(cmd: clap::Command) -> clap::Command {
 
 /// The reference's `main_incremental*.py` defaults, where they differ from `main.py`'s
 /// (the training loop's flags are shared, with `train`'s defaults).
-fn with_incremental_defaults(cmd: clap::Command) -> clap::Command {
-    cmd.mut_arg("dataset", |a| a.default_value("market"))
-        .mut_arg("batch_size", |a| a.default_value("64"))
-        .mut_arg("epochs", |a| a.default_value("80"))
-        .mut_arg("epochs_decay", |a| a.default_values(["41"]))
-        .mut_arg("save_freq", |a| a.default_value("100"))
-        .mut_arg("warmup", |a| a.default_value("0"))
+/// Taken from [`LoopPlan::incremental_defaults`], so the flags and the plans that render
+/// them agree.
+fn with_incremental_defaults(cmd: clap::Command, augmented: bool) -> clap::Command {
+    let d = LoopPlan::incremental_defaults(augmented);
+    cmd.mut_arg("dataset", |a| a.default_value(d.dataset.clone()))
+        .mut_arg("batch_size", |a| a.default_value(d.batch_size.to_string()))
+        .mut_arg("epochs", |a| a.default_value(d.epochs.to_string()))
+        .mut_arg("epochs_decay", |a| {
+            a.default_values(d.epochs_decay.iter().map(ToString::to_string))
+        })
+        .mut_arg("save_freq", |a| a.default_value(d.save_freq.to_string()))
+        .mut_arg("warmup", |a| a.default_value(d.warmup.to_string()))
+        .mut_arg("peers", |a| a.default_value(d.peers.to_string()))
 }
 
 /// The full command: per-script defaults and underscore aliases included.
 pub fn command() -> clap::Command {
     Cli::command()
-        .mut_subcommand("incremental", with_incremental_defaults)
-        .mut_subcommand("incremental-x", |c| {
-            with_incremental_defaults(c).mut_arg("peers", |a| a.default_value("2"))
-        })
+        .mut_subcommand("incremental", |c| with_incremental_defaults(c, false))
+        .mut_subcommand("incremental-x", |c| with_incremental_defaults(c, true))
         .mut_subcommands(with_underscore_aliases)
 }
 
@@ -177,20 +182,9 @@ pub fn message(err: &anyhow::Error) -> String {
                     None => flag(a.setting).to_string(),
                 }
             } else if let Some(o) = e.downcast_ref::<Occupied>() {
-                format!(
-                    "{} is not empty: remove it or choose another {}",
-                    o.path.display(),
-                    flag(o.setting)
-                )
+                o.describe(flag(o.setting))
             } else if let Some(c) = e.downcast_ref::<Contradiction>() {
-                format!(
-                    "{}: the checkpoint holds a model with {} {}, but {} {} was given (leave the flag out: the checkpoint decides)",
-                    c.path.display(),
-                    c.what,
-                    c.saved,
-                    flag(c.setting),
-                    c.asked
-                )
+                c.describe(flag(c.setting))
             } else {
                 e.to_string()
             }

@@ -29,7 +29,7 @@ pub const DEFAULT_POOLING: Pooling = Pooling::Avg;
 /// A requested value that the checkpoint contradicts. Typed so that callers can tell it
 /// from an unreadable file; the CLI names the flag that carried the request.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: the checkpoint holds a model with {what} {saved}, but {} {asked} was asked for (leave it out: the checkpoint decides)", path.display(), setting.name())]
+#[error("{}", self.describe(self.setting.name()))]
 pub struct Contradiction {
     pub path: PathBuf,
     pub what: &'static str,
@@ -38,17 +38,20 @@ pub struct Contradiction {
     pub asked: String,
 }
 
-impl ModelChoice {
-    /// The same choice with every value given.
-    pub fn of(config: &ModelConfig) -> Self {
-        Self {
-            depth: Some(config.depth),
-            last_stride: Some(config.last_stride),
-            pooling: Some(config.pooling),
-            embedding: Some(config.embedding),
-        }
+impl Contradiction {
+    /// The message, with the request called `setting` (its name, or the CLI's flag).
+    pub fn describe(&self, setting: &str) -> String {
+        format!(
+            "{}: the checkpoint holds a model with {} {}, but {setting} {} was given (leave it out: the checkpoint decides)",
+            self.path.display(),
+            self.what,
+            self.saved,
+            self.asked
+        )
     }
+}
 
+impl ModelChoice {
     /// A fresh model's shape: the values asked for, the reference's defaults for the rest
     /// (the embedding defaults to the backbone's feature width, which it must equal).
     pub fn fresh(&self, classes: i64) -> ModelConfig {

@@ -13,4 +13,4 @@ mod run;
 pub mod schedule;
 
 pub use plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
-pub use run::{run_base, run_incremental, Trained};
+pub use run::{run_base, run_incremental};

@@ -11,7 +11,7 @@ use crate::model::checkpoint::Pretrained;
 use crate::model::{Depth, ModelChoice, Pooling};
 use crate::stage::Argv;
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The training loop shared by every training stage.
 #[derive(Clone, Debug, PartialEq)]
@@ -265,13 +265,5 @@ impl IncrementalPlan {
         }
         argv.opt("--old-dataset", self.old_dataset.as_deref());
         argv
-    }
-
-    /// The dreamed images' folder, when the plan distils.
-    pub fn inversion_dir(&self) -> Option<&Path> {
-        match &self.learning {
-            Learning::Finetune => None,
-            Learning::Distill { inversion_dir, .. } => Some(inversion_dir),
-        }
     }
 }

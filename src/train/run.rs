@@ -21,11 +21,6 @@ use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use tch::Device;
 
-/// What a finished training stage reports: its last evaluation (none with `--evaluate 0`).
-pub struct Trained {
-    pub eval: Option<EpochEval>,
-}
-
 /// What every training stage does first: check the plan, pick the device, open the log
 /// (recording the command line), seed the run, keep freed memory.
 fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
@@ -105,7 +100,7 @@ fn test_sets(r: &LoopPlan, datasets: &[&ReidDataset]) -> Result<Vec<TestSet>> {
 
 /// What every training stage does last: the final evaluation as a table, and where the
 /// checkpoint is.
-fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Trained {
+fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Option<EpochEval> {
     if let Some(results) = &eval {
         let table = crate::report::table(
             ["dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20"],
@@ -118,12 +113,12 @@ fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Trained {
         log.line(table.to_string());
     }
     log.line(format!("checkpoint: {}", r.logs_dir.join(LATEST).display()));
-    Trained { eval }
+    eval
 }
 
-fn all_done(r: &LoopPlan, log: &Logger) -> Trained {
+fn all_done(r: &LoopPlan, log: &Logger) -> Option<EpochEval> {
     log.line(format!("all {} epochs are done already", r.epochs));
-    Trained { eval: None }
+    None
 }
 
 /// A P×K training loader over `records`, its images decoded once at the run's size.
@@ -144,7 +139,8 @@ fn loader(
 }
 
 /// `agd train`: the base model on task 1 (SPEC §1).
-pub fn run_base(plan: &BasePlan) -> Result<Trained> {
+/// Returns the last evaluation (none when the plan does not evaluate).
+pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
     let argv = plan.argv();
     let resumed = resumed(r)?;
@@ -239,7 +235,8 @@ fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
 /// `agd incremental` / `agd incremental-x`: the student starts as the old model with its
 /// classifier expanded by the new classes and learns the new task while the old model's
 /// geometry on the dreamed images is distilled into it (SPEC §5, §6).
-pub fn run_incremental(plan: &IncrementalPlan) -> Result<Trained> {
+/// Returns the last evaluation (none when the plan does not evaluate).
+pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
     let argv = plan.argv();
     let distill = distillation(plan)?;
