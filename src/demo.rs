@@ -486,5 +486,6 @@ pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
         plan.out.display(),
         crate::inversion::store::CONTACT_SHEET
     ));
+    log.succeeded();
     Ok(rows)
 }

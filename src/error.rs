@@ -35,6 +35,8 @@ pub enum Setting {
     L2,
     LastPooling,
     LastStride,
+    LearningRate,
+    LogsDir,
     MainLossMultiplier,
     Optimizer,
     Peers,
@@ -86,6 +88,8 @@ impl Setting {
             L2 => "L2 coefficient",
             LastPooling => "pooling",
             LastStride => "last stride",
+            LearningRate => "learning rate",
+            LogsDir => "logs folder",
             MainLossMultiplier => "main loss multiplier",
             Optimizer => "optimizer",
             Peers => "views",
@@ -204,6 +208,34 @@ impl Occupied {
         format!(
             "{} is not empty: remove it or choose another {setting}",
             self.path.display()
+        )
+    }
+}
+
+/// A fresh run asked to write into a folder that holds another run's checkpoint: going on
+/// would replace that run's checkpoint and erase its metrics history, so the user says
+/// which they meant (continue it, or start over elsewhere).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe("the checkpoint to resume", "logs folder"))]
+pub struct AnotherRun {
+    /// The logs folder.
+    pub dir: std::path::PathBuf,
+    /// The epoch its checkpoint holds, when readable.
+    pub epoch: Option<usize>,
+}
+
+impl AnotherRun {
+    /// The message, with the resume and logs-folder settings called as given (their names,
+    /// or the CLI's flags).
+    pub fn describe(&self, resume: &str, logs_dir: &str) -> String {
+        let epoch = self
+            .epoch
+            .map(|e| format!(" (after epoch {e})"))
+            .unwrap_or_default();
+        format!(
+            "{dir} already holds a run's checkpoint{epoch}: pass {resume} {dir} to continue it, \
+             or choose another {logs_dir} (or remove {dir}) to start over",
+            dir = self.dir.display()
         )
     }
 }

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A temporary path beside `path`, unique within this process and across processes.
+/// A temporary path beside `path`, unique within this process and across processes:
+/// `.<name>.tmp-<pid>-<n>`, the pid telling [`remove_stale_temporaries`] whose it is.
 fn temp_sibling(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -74,6 +75,42 @@ pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// The pid in a [`temp_sibling`] name, if `name` is one.
+fn temporary_owner(name: &str) -> Option<u32> {
+    let (_, rest) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is running (Linux: `/proc/<pid>`; elsewhere assumed dead, which
+/// is safe where it is used: under the folder's lock no other agd writes there).
+fn is_running(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes the temporary files in `dir` of processes that are gone: a run killed while
+/// writing a checkpoint leaves a hidden 30–120 MB `.checkpoint.safetensors.tmp-*` that
+/// nothing else would ever remove. Called by a run that has just claimed `dir`.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = temporary_owner(&name.to_string_lossy()) else {
+            continue;
+        };
+        if pid != std::process::id() && !is_running(pid) {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove stale {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Creates `dir` (and its parents), with an error that names it.
 pub fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))
@@ -92,6 +129,25 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = u32::MAX - 1; // beyond any pid_max
+        let stale = dir
+            .path()
+            .join(format!(".checkpoint.safetensors.tmp-{dead}-0"));
+        let ours = temp_sibling(&dir.path().join("checkpoint.safetensors"));
+        let kept = dir.path().join("checkpoint.safetensors");
+        for p in [&stale, &ours, &kept] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(temporary_owner(".a.b.tmp-12-3"), Some(12));
+        assert_eq!(temporary_owner("0001_c1_x.jpg"), None);
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert!(!stale.exists());
+        assert!(ours.exists() && kept.exists());
     }
 
     #[test]

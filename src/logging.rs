@@ -1,5 +1,9 @@
 //! A run's log: every line agd prints for a job also goes to `<dir>/log.txt`, so a run
 //! can be read back later (the reference tees stdout the same way).
+//!
+//! Opening a run's log also claims its folder: one agd process at a time writes into a
+//! folder (two runs sharing `--logs-dir` would interleave their logs and replace each
+//! other's checkpoints), and what killed runs left half-written there is cleared.
 
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
@@ -12,12 +16,65 @@ pub struct Logger {
     file: Mutex<File>,
     /// Also print to stdout (off for quiet/JSON output).
     echo: bool,
+    /// Set by [`Logger::succeeded`]; a logger dropped without it belongs to a run that
+    /// failed, and the error that ended it is written there ([`record_failure`]).
+    done: std::sync::atomic::AtomicBool,
+    /// The folder's lock, held while the logger lives; the OS releases it when the
+    /// process ends, however it ends, so a killed run never leaves its folder locked.
+    _lock: File,
+}
+
+/// The lock file of a run's folder; it holds the pid of the run that last claimed it.
+pub const LOCK: &str = ".agd.lock";
+
+/// Another agd process holds the folder a run was asked to write into.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is in use by another agd run{}: wait for it to finish, or write elsewhere", .dir.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+pub struct Busy {
+    pub dir: PathBuf,
+    pub pid: Option<u32>,
+}
+
+/// Claims `dir` for this process: an exclusive advisory lock on `dir/.agd.lock`, with
+/// our pid written into it so a second run can say who holds the folder.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(Busy {
+                dir: dir.to_path_buf(),
+                pid,
+            }
+            .into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 impl Logger {
-    /// Appends to `<dir>/log.txt`, creating `dir` if needed.
+    /// Appends to `<dir>/log.txt`, creating `dir` if needed, after claiming `dir` (an
+    /// error naming the holder when another agd run has it) and removing the temporary
+    /// files that killed runs left there.
     pub fn open(dir: &Path, echo: bool) -> Result<Self> {
         crate::io::create_dir(dir)?;
+        let lock = lock(dir)?;
+        crate::io::remove_stale_temporaries(dir)?;
         let path = dir.join("log.txt");
         let file = OpenOptions::new()
             .create(true)
@@ -28,11 +85,18 @@ impl Logger {
             path,
             file: Mutex::new(file),
             echo,
+            done: std::sync::atomic::AtomicBool::new(false),
+            _lock: lock,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Marks the run as finished without error: its log gets no error line.
+    pub fn succeeded(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Prints `text` (one or more lines) and appends it to the log file.
@@ -52,6 +116,35 @@ impl Logger {
             // A full disk must not kill a training run over its log; the checkpoint
             // writes will report it.
             let _ = writeln!(f, "{text}");
+        }
+    }
+}
+
+/// Logs of runs that ended without [`Logger::succeeded`]: the error travelling up to the
+/// caller ended them.
+static FAILED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        if !self.done.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut failed) = FAILED.lock() {
+                failed.push(self.path.clone());
+            }
+        }
+    }
+}
+
+/// Appends `error: <message>` to the log of every run that failed in this process (a stage,
+/// and the demo that ran it), so a log read back later says how its run ended. The binary
+/// calls it with the message it prints to stderr.
+pub fn record_failure(message: &str) {
+    let failed = FAILED
+        .lock()
+        .map(|mut f| std::mem::take(&mut *f))
+        .unwrap_or_default();
+    for path in failed {
+        if let Ok(mut f) = OpenOptions::new().append(true).open(&path) {
+            let _ = writeln!(f, "error: {message}");
         }
     }
 }

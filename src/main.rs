@@ -6,7 +6,9 @@ fn main() -> ExitCode {
     match agd::cli::run(agd::cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", agd::cli::message(&err));
+            let message = agd::cli::message(&err);
+            agd::logging::record_failure(&message);
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

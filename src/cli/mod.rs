@@ -8,7 +8,7 @@ mod plot;
 mod synth;
 pub mod train;
 
-use crate::error::{About, BadSetting, Occupied, Setting};
+use crate::error::{About, AnotherRun, BadSetting, Occupied, Setting};
 use crate::model::choice::Contradiction;
 use crate::train::plan::LoopPlan;
 use anyhow::Result;
@@ -149,6 +149,8 @@ pub fn flag(setting: Setting) -> &'static str {
         L2 => "--l2",
         LastPooling => "--last-pooling",
         LastStride => "--last-stride",
+        LearningRate => "--learning-rate",
+        LogsDir => "--logs-dir",
         MainLossMultiplier => "--main-loss-multiplier",
         Optimizer => "--optimizer",
         Peers => "--peers",
@@ -181,6 +183,8 @@ pub fn message(err: &anyhow::Error) -> String {
                     Some(v) => format!("{} {v}", flag(a.setting)),
                     None => flag(a.setting).to_string(),
                 }
+            } else if let Some(r) = e.downcast_ref::<AnotherRun>() {
+                r.describe(flag(Setting::Resume), flag(Setting::LogsDir))
             } else if let Some(o) = e.downcast_ref::<Occupied>() {
                 o.describe(flag(o.setting))
             } else if let Some(c) = e.downcast_ref::<Contradiction>() {

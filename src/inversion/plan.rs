@@ -86,11 +86,7 @@ impl InvertPlan {
                 "a stage warms up for at least one iteration"
             );
         }
-        for (setting, side) in [(Setting::Height, self.height), (Setting::Width, self.width)] {
-            if side < 16 {
-                bad_setting!(setting, side, "images must be at least 16×16");
-            }
-        }
+        crate::model::validate_input_size(self.height, self.width)?;
         if !(self.stages.lr > 0.0 && self.stages.lr.is_finite()) {
             bad_setting!(
                 Setting::ImageLr,

@@ -185,5 +185,6 @@ pub fn run(args: &InvertPlan) -> Result<()> {
             dir.display()
         ));
     }
+    log.succeeded();
     Ok(())
 }

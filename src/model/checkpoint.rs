@@ -157,6 +157,23 @@ pub fn read_safetensors(
     parse_safetensors(path, &bytes)
 }
 
+/// The epoch a safetensors checkpoint's metadata records, read from its header alone
+/// (a few KB, not the 100 MB of weights); None when the file is not one of agd's.
+pub fn recorded_epoch(path: &Path) -> Option<usize> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    if len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    header["__metadata__"]["epoch"].as_str()?.parse().ok()
+}
+
 /// A loaded checkpoint, whichever format it came in.
 pub struct Checkpoint {
     pub path: PathBuf,

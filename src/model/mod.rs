@@ -46,6 +46,25 @@ impl Pooling {
     }
 }
 
+/// The smallest image side the ResNet takes: its stem and stages halve each side five
+/// times, so from 16 pixels down layer3 and layer4 see a single position, and below
+/// that the stride-2 stages compute on padding alone (a 1×1 input trains on NaN).
+pub const MIN_SIDE: usize = 16;
+
+/// Checks an input size against [`MIN_SIDE`], naming the setting that is too small.
+pub fn validate_input_size(height: usize, width: usize) -> Result<()> {
+    for (setting, side) in [(Setting::Height, height), (Setting::Width, width)] {
+        if side < MIN_SIDE {
+            bad_setting!(
+                setting,
+                side,
+                "images must be at least {MIN_SIDE}×{MIN_SIDE} pixels for the ResNet"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The model's shape: everything a checkpoint must agree with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelConfig {

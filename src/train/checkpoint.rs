@@ -21,6 +21,16 @@ pub fn save_checkpoint(
     numbered: bool,
 ) -> Result<()> {
     let mut tensors = model.state();
+    // A non-finite model would replace the last good checkpoint with one that only
+    // ever evaluates to NaN.
+    if let Some((name, _)) = tensors.iter().find(|(_, t)| {
+        t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false)
+    }) {
+        anyhow::bail!(
+            "after epoch {epoch} the model's {name} is not finite: not saved, the last \
+             checkpoint is kept (training diverged: try a lower learning rate)"
+        );
+    }
     tensors.extend(opt.state_tensors());
     let mut meta = model_metadata(&model.config);
     meta.insert("epoch".into(), epoch.to_string());

@@ -94,6 +94,14 @@ where
             let batch = batch?;
             images += step.batch_images(&batch);
             let losses = step.step(model, opt, batch)?;
+            if let Some((name, value)) = names.iter().zip(&losses).find(|(_, l)| !l.is_finite()) {
+                anyhow::bail!(
+                    "epoch {epoch} step {}: the {name} loss is {value}; training stopped, \
+                     and the last checkpoint saved (epoch {}) is kept: try a lower learning rate",
+                    steps + 1,
+                    epoch - 1
+                );
+            }
             for (s, l) in sums.iter_mut().zip(&losses) {
                 *s += l;
             }

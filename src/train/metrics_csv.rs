@@ -149,3 +149,51 @@ impl MetricsCsv {
         crate::io::write_atomic(path, table.to_text().as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run resumed with fewer test sets (another `--evaluate` or `--old-dataset`) keeps
+    /// one consistent table: every column, empty cells where a value is missing, and the
+    /// curves still draw from it.
+    #[test]
+    fn a_resume_that_evaluates_less_keeps_one_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let both = MetricsCsv::columns(&["ce"], ["market", "msmt17"]);
+        MetricsCsv::record(
+            &path,
+            &both,
+            vec![
+                Some(1.0),
+                Some(0.1),
+                Some(2.0),
+                Some(0.5),
+                Some(0.6),
+                Some(0.3),
+                Some(0.4),
+            ],
+        )
+        .unwrap();
+        let one = MetricsCsv::columns(&["ce"], ["market"]);
+        MetricsCsv::record(
+            &path,
+            &one,
+            vec![Some(2.0), Some(0.1), Some(1.5), Some(0.7), Some(0.8)],
+        )
+        .unwrap();
+        let table = MetricsCsv::read(&path).unwrap();
+        assert_eq!(table.columns.len(), both.len());
+        for c in &both {
+            assert!(table.columns.contains(c), "{c} lost");
+        }
+        let at = |name: &str| table.columns.iter().position(|c| c == name).unwrap();
+        assert_eq!(table.rows[0][at("msmt17_mAP")], Some(0.3));
+        assert_eq!(table.rows[1][at("msmt17_mAP")], None);
+        assert_eq!(table.rows[1][at("market_mAP")], Some(0.7));
+        let png = dir.path().join("curves.png");
+        crate::plot::training_curves(&path, &png).unwrap();
+        assert!(png.exists());
+    }
+}

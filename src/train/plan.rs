@@ -106,6 +106,25 @@ impl LoopPlan {
         if self.epochs == 0 {
             bad_setting!(Setting::Epochs, 0, "nothing to train");
         }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            bad_setting!(
+                Setting::LearningRate,
+                self.learning_rate,
+                "must be a positive number"
+            );
+        }
+        crate::model::validate_input_size(self.height, self.width)?;
+        let k = crate::data::INSTANCES;
+        if self.batch_size == 0 || !self.batch_size.is_multiple_of(k) {
+            bad_setting!(
+                Setting::BatchSize,
+                self.batch_size,
+                "must be a positive multiple of {k} (the samples per identity in a P×K batch)"
+            );
+        }
+        if self.peers == 0 {
+            bad_setting!(Setting::Peers, 0, "a sample needs at least one view");
+        }
         if !(0.0..=1.0).contains(&self.re) {
             bad_setting!(
                 Setting::RandomErasing,

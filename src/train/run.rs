@@ -21,10 +21,9 @@ use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use tch::Device;
 
-/// What every training stage does first: check the plan, pick the device, open the log
+/// What every training stage does once its inputs are read: pick the device, open the log
 /// (recording the command line), seed the run, keep freed memory.
 fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
-    r.validate()?;
     let device = crate::device::select(&r.gpu)?;
     let log = open_log(&r.logs_dir, argv, true)?;
     crate::alloc::retain_freed_memory();
@@ -38,6 +37,25 @@ fn resumed(r: &LoopPlan) -> Result<Option<Checkpoint>> {
         .as_ref()
         .map(|path| Checkpoint::load(&resolve(path, Setting::Resume)?))
         .transpose()
+}
+
+/// A run writes its checkpoint into its logs folder every epoch, so it may start there only
+/// when that folder holds no checkpoint or it continues that very one: a forgotten
+/// `--resume` would replace a finished run's checkpoint with epoch 1 and erase its metrics.
+fn check_logs_dir(r: &LoopPlan, resumed: Option<&Checkpoint>) -> Result<()> {
+    let own = r.logs_dir.join(LATEST);
+    if !own.is_file() {
+        return Ok(());
+    }
+    let same = |p: &std::path::Path| matches!((p.canonicalize(), own.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if resumed.is_some_and(|ck| same(&ck.path)) {
+        return Ok(());
+    }
+    Err(crate::error::AnotherRun {
+        dir: r.logs_dir.clone(),
+        epoch: crate::model::checkpoint::recorded_epoch(&own),
+    }
+    .into())
 }
 
 /// Continues a run from its checkpoint: weights, optimiser state, next epoch (1 without).
@@ -113,11 +131,13 @@ fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Option<EpochEv
         log.line(table.to_string());
     }
     log.line(format!("checkpoint: {}", r.logs_dir.join(LATEST).display()));
+    log.succeeded();
     eval
 }
 
 fn all_done(r: &LoopPlan, log: &Logger) -> Option<EpochEval> {
     log.line(format!("all {} epochs are done already", r.epochs));
+    log.succeeded();
     None
 }
 
@@ -142,10 +162,13 @@ fn loader(
 /// Returns the last evaluation (none when the plan does not evaluate).
 pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
+    r.validate()?;
     let argv = plan.argv();
     let resumed = resumed(r)?;
-    let (device, log, seed) = start(r, &argv)?;
+    check_logs_dir(r, resumed.as_ref())?;
+    // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
+    let (device, log, seed) = start(r, &argv)?;
     log.line(describe(&dataset, device));
     let classes = dataset.num_train_ids as i64;
     // A resumed run is the model its checkpoint holds, whatever the flags left out.
@@ -238,13 +261,16 @@ fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
 /// Returns the last evaluation (none when the plan does not evaluate).
 pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
+    r.validate()?;
     let argv = plan.argv();
     let distill = distillation(plan)?;
     let previous = Checkpoint::load(&resolve(&plan.previous, Setting::Previous)?)?;
     let old_config = r.model.for_checkpoint(&previous).about(Setting::Previous)?;
     let resumed = resumed(r)?;
-    let (device, log, seed) = start(r, &argv)?;
+    check_logs_dir(r, resumed.as_ref())?;
+    // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
+    let (device, log, seed) = start(r, &argv)?;
     log.line(describe(&dataset, device));
     let load_old = || -> Result<ReidModel> {
         let mut m = ReidModel::new(old_config, device)?;

@@ -6,6 +6,7 @@ mod cli;
 mod data;
 mod distill;
 mod evaluate;
+mod faults;
 mod fixtures;
 mod incremental;
 mod invert;

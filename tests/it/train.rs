@@ -15,7 +15,7 @@ const W: usize = 32;
 
 use super::util::{agd, read_or_empty, wait_until};
 
-fn synth(root: &Path, ids: usize) {
+pub(crate) fn synth(root: &Path, ids: usize) {
     let out = agd()
         .args(["synth", "--data-root"])
         .arg(root)
@@ -41,7 +41,7 @@ fn synth(root: &Path, ids: usize) {
 
 /// `agd train` arguments for a small ResNet-34 on 64×32 images (reference SGD recipe,
 /// batch 16), with `extra` flags appended (later flags win).
-fn train_args(root: &Path, logs: &Path, epochs: usize, extra: &[&str]) -> Vec<String> {
+pub(crate) fn train_args(root: &Path, logs: &Path, epochs: usize, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "train",
         "-g",
@@ -95,7 +95,7 @@ fn train_args(root: &Path, logs: &Path, epochs: usize, extra: &[&str]) -> Vec<St
     a
 }
 
-fn run_ok(args: &[String]) {
+pub(crate) fn run_ok(args: &[String]) {
     let out = agd().args(args).output().unwrap();
     assert!(
         out.status.success(),
