@@ -692,9 +692,6 @@ fn gradient_descent_on_the_student_lowers_the_new_types_losses() {
                 embedding -= &grad[0] * 0.5;
             });
         }
-        assert!(
-            losses.windows(2).all(|w| w[1] < w[0]),
-            "{t}: {losses:?}"
-        );
+        assert!(losses.windows(2).all(|w| w[1] < w[0]), "{t}: {losses:?}");
     }
 }

@@ -334,7 +334,10 @@ fn always_be_dreaming_applies_the_old_classifier_to_the_student_s_dreamed_embedd
             .forward(&to_input(&dreamed.views[0], Device::Cpu), false);
         let outdated = dreamed_embedding.mm(&step.old.classifier().tr());
         assert_eq!(outdated.size(), t.logits.size());
-        0.1 * (outdated - &t.logits).square().mean(None::<tch::Kind>).double_value(&[])
+        0.1 * (outdated - &t.logits)
+            .square()
+            .mean(None::<tch::Kind>)
+            .double_value(&[])
     });
     let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
     opt.set_lr(0.0);

@@ -391,7 +391,9 @@ fn term_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 fn unused_dim<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     number(d, |x| {
         if x < 1.0 || x.fract() != 0.0 {
-            return Err(format!("{x} is not a dimension; expected a positive integer"));
+            return Err(format!(
+                "{x} is not a dimension; expected a positive integer"
+            ));
         }
         Ok(())
     })

@@ -132,11 +132,7 @@ fn principal_directions(x: &Tensor, k: i64) -> Tensor {
 /// on the signs its SVD picked.
 fn null_space_basis(source: &Tensor) -> Tensor {
     let width = source.size()[0];
-    let axes = Tensor::eye_m(
-        width,
-        NULL_SPACE_COLUMNS,
-        (source.kind(), source.device()),
-    );
+    let axes = Tensor::eye_m(width, NULL_SPACE_COLUMNS, (source.kind(), source.device()));
     let projected = &axes - source.mm(&source.tr().mm(&axes));
     let (q, _) = Tensor::linalg_qr(&projected, "reduced");
     q
