@@ -78,7 +78,13 @@ impl IncrementalStep {
         pids: &Tensor,
     ) -> Result<Tensor> {
         let s = DistillInput::from(student);
-        let d = |t: &Output| self.distillation.loss(&s, &DistillInput::from(t), pids);
+        // The teacher is the old model with its classifier (always-be-dreaming applies that
+        // classifier to the student's embeddings).
+        let old_classifier = self.old.classifier();
+        let d = |t: &Output| {
+            let teacher = DistillInput::from(t).with_classifier(old_classifier);
+            self.distillation.loss(&s, &teacher, pids)
+        };
         let term = match self.views {
             Views::Single => d(&teachers[i])?,
             Views::Augmented { cross_factor } => {

@@ -362,4 +362,10 @@ fn log_distillation(log: &Logger, dreamed: &Dreamed, distillation: &Distillation
         distillation.type_name(),
         distillation.factor
     ));
+    if distillation.unused_co_distillation {
+        log.line(
+            "the config's top-level `co_distillation` section is not used: the reference's \
+             main_incremental.py reads only its `distillation` section, and so does this run",
+        );
+    }
 }

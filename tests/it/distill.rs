@@ -41,7 +41,25 @@ fn every_shipped_config_parses_as_the_reference_ships_it() {
     };
     let hinton = DistillKind::Hinton { temperature: 2.0 };
     let expected: Vec<(&str, DistillKind, f64, Option<f64>)> = vec![
+        ("GeoDL.yaml", DistillKind::GeoDL, 8.0, None),
+        (
+            "GeoDLxLUCIR.yaml",
+            DistillKind::GeoDLxLUCIR {
+                geodl_factor: 4.0,
+                cosine_factor: 5.0,
+            },
+            1.0,
+            None,
+        ),
         ("LwF.yaml", hinton.clone(), 2.0, None),
+        (
+            "always-be-dreaming.yaml",
+            DistillKind::AlwaysBeDreaming,
+            0.1,
+            None,
+        ),
+        // The reference trains its `distillation` section alone.
+        ("co_distillation.yaml", DistillKind::SimRes, 4.0, None),
         ("cosine.yaml", DistillKind::Cosine, 5.0, None),
         ("iCaRL.yaml", hinton.clone(), 2.0, None),
         ("inverXion-1.0.yaml", DistillKind::SimRes, 3.0, Some(1.0)),
@@ -73,12 +91,18 @@ fn every_shipped_config_parses_as_the_reference_ships_it() {
     let mut listed: Vec<String> = expected.iter().map(|e| e.0.to_string()).collect();
     listed.sort();
     assert_eq!(shipped, listed, "configs/ and this test disagree");
+    assert_eq!(shipped.len(), 18, "the reference ships 18 configs");
     for (file, kind, factor, cross_factor) in expected {
         let d = Distillation::load(&configs_dir().join(file))
             .unwrap_or_else(|e| panic!("{file}: {e:#}"));
         assert_eq!(d.kind, kind, "{file}");
         assert_eq!(d.factor, factor, "{file}");
         assert_eq!(d.cross_factor, cross_factor, "{file}");
+        assert_eq!(
+            d.unused_co_distillation,
+            file == "co_distillation.yaml",
+            "{file}"
+        );
         assert!(TYPES.contains(&d.type_name()), "{file}");
     }
 }
@@ -91,6 +115,7 @@ fn every_type_parses_and_names_itself() {
             "podnet" => {
                 "{collapse: channel, criterion: sim-res-triangle, embedding_factor: 1, attention_factor: 2}"
             }
+            "GeoDLxLUCIR" => "{GeoDL_factor: 4, cosine_factor: 5}",
             _ => "{}",
         };
         let d = parse(&format!(
@@ -127,6 +152,26 @@ fn missing_optional_settings_take_the_reference_defaults() {
     );
     let d = parse("distillation: {type: no, factor: 0}");
     assert_eq!(d.kind, DistillKind::No);
+    // GeoDL's `dim` is unused by the reference; it may be left out.
+    let d = parse("distillation: {type: GeoDL, factor: 8}");
+    assert_eq!(d.kind, DistillKind::GeoDL);
+    let d = parse("distillation: {type: GeoDL, factor: 8, config: {dim: 1024}}");
+    assert_eq!(d.kind, DistillKind::GeoDL);
+    assert!(!d.unused_co_distillation);
+}
+
+#[test]
+fn a_co_distillation_section_is_accepted_and_unused_but_nothing_else_is() {
+    let d = parse(
+        "distillation: {type: sim-res, factor: 4}\nco_distillation: {factor: 3, anything: [1]}\n",
+    );
+    assert_eq!((d.kind, d.factor), (DistillKind::SimRes, 4.0));
+    assert!(d.unused_co_distillation);
+    let e = refused("distillation: {type: sim-res, factor: 4}\nco_distilation: {factor: 3}\n");
+    assert_mentions(&e, &["`co_distilation`", "top level", "co_distillation"]);
+    // It does not stand in for the section that is trained.
+    let e = refused("co_distillation: {factor: 3}\n");
+    assert_mentions(&e, &["missing key `distillation`"]);
 }
 
 #[test]
@@ -193,6 +238,18 @@ fn bad_values_are_refused_with_what_is_expected() {
         "distillation: {type: podnet, factor: 1, config: {collapse: spatial, criterion: cosine}}",
     );
     assert_mentions(&e, &["missing key `distillation.config.embedding_factor`"]);
+    let e = refused("distillation: {type: GeoDLxLUCIR, factor: 1, config: {cosine_factor: 5}}");
+    assert_mentions(&e, &["missing key `distillation.config.GeoDL_factor`"]);
+    let e = refused(
+        "distillation: {type: GeoDLxLUCIR, factor: 1, config: {GeoDL_factor: -4, cosine_factor: 5}}",
+    );
+    assert_mentions(&e, &["distillation.config.GeoDL_factor", "-4", ">= 0"]);
+    let e = refused("distillation: {type: GeoDL, factor: 8, config: {dim: 10.5}}");
+    assert_mentions(&e, &["distillation.config.dim", "10.5", "positive integer"]);
+    let e = refused("distillation: {type: GeoDL, factor: 8, config: {dims: 1024}}");
+    assert_mentions(&e, &["distillation.config.dims", "type `GeoDL`", "dim"]);
+    let e = refused("distillation: {type: always-be-dreaming, factor: 0.1, config: {T: 2}}");
+    assert_mentions(&e, &["distillation.config.T", "no settings"]);
     let e = refused("distillation: [cosine, 3]");
     assert_mentions(&e, &["`distillation`", "mapping", "a list"]);
     let e = refused("distillation: {type: cosine\n");
@@ -218,7 +275,8 @@ fn load_names_the_file() {
 // ---- the losses ------------------------------------------------------------------------------
 
 const B: i64 = 12;
-const D: i64 = 6;
+/// GeoDL needs D >= B + 58.
+const D: i64 = 72;
 
 /// P = 4 identities × K = 3 samples, shuffled as the sampler's batches are.
 fn pk_pids() -> Tensor {
@@ -249,6 +307,7 @@ fn all_types() -> Vec<Distillation> {
                     "{collapse: spatial, criterion: cosine, embedding_factor: 5, attention_factor: 8}"
                 }
                 "relation" => "{normalize: true}",
+                "GeoDLxLUCIR" => "{dim: 2047, GeoDL_factor: 4, cosine_factor: 5}",
                 _ => "{}",
             };
             parse(&format!(
@@ -262,14 +321,19 @@ struct Outputs {
     embedding: Tensor,
     logits: Tensor,
     maps: Vec<Tensor>,
+    /// The classifier (classes × D) the logits came from: embedding · classifierᵀ.
+    classifier: Tensor,
 }
 
 impl Outputs {
     fn random(seed: i64, classes: i64) -> Self {
+        let embedding = randn(&[B, D], seed);
+        let classifier = randn(&[classes, D], seed + 1) / (D as f64).sqrt();
         Self {
-            embedding: randn(&[B, D], seed),
-            logits: randn(&[B, classes], seed + 1),
+            logits: embedding.mm(&classifier.tr()),
+            embedding,
             maps: maps(seed + 2),
+            classifier,
         }
     }
 
@@ -278,6 +342,8 @@ impl Outputs {
             embedding: &self.embedding,
             logits: &self.logits,
             maps: &self.maps,
+            classifier: Some(&self.classifier),
+            null_space_basis: None,
         }
     }
 
@@ -290,6 +356,7 @@ impl Outputs {
                 .into_iter()
                 .map(|m| m.set_requires_grad(true))
                 .collect(),
+            classifier: self.classifier.set_requires_grad(true),
         }
     }
 }
@@ -364,6 +431,7 @@ fn a_student_equal_to_its_teacher_costs_nothing() {
         embedding: t.embedding.copy(),
         logits: Tensor::cat(&[randn(&[B, 2], 9), t.logits.copy()], 1),
         maps: t.maps.iter().map(|m| m.copy()).collect(),
+        classifier: Tensor::cat(&[randn(&[2, D], 10), t.classifier.copy()], 0),
     };
     for d in all_types() {
         let loss = d
@@ -405,7 +473,7 @@ fn only_the_student_gets_gradients() {
             );
         }
         let teacher = std::iter::once(&t.embedding)
-            .chain([&t.logits])
+            .chain([&t.logits, &t.classifier])
             .chain(t.maps.iter());
         for x in teacher {
             assert!(!x.grad().defined(), "{name}: the teacher got a gradient");
@@ -429,6 +497,7 @@ fn hinton_distills_only_the_old_classes_at_the_end_of_the_student_logits() {
         embedding: s.embedding.copy(),
         logits: Tensor::cat(&[randn(&[B, 4], 11) * 10.0, s.logits.narrow(1, 4, 5)], 1),
         maps: s.maps.iter().map(|m| m.copy()).collect(),
+        classifier: s.classifier.copy(),
     };
     assert!((loss(&changed) - before).abs() < 1e-12);
     // A student with fewer classes than the teacher is an error, not a panic.
@@ -451,6 +520,7 @@ fn losses_do_not_depend_on_the_order_of_the_batch() {
         embedding: o.embedding.index_select(0, &order),
         logits: o.logits.index_select(0, &order),
         maps: o.maps.iter().map(|m| m.index_select(0, &order)).collect(),
+        classifier: o.classifier.copy(),
     };
     let (ps, pt) = (permute(&s), permute(&t));
     let pids = pk_pids().index_select(0, &order);
@@ -477,6 +547,7 @@ fn mismatched_student_and_teacher_are_errors() {
         embedding: randn(&[B, D + 1], 2),
         logits: randn(&[B, 5], 3),
         maps: maps(4),
+        classifier: randn(&[5, D + 1], 5),
     };
     let e = format!(
         "{:#}",
@@ -488,10 +559,139 @@ fn mismatched_student_and_teacher_are_errors() {
         embedding: randn(&[B, D], 2),
         logits: randn(&[B, 5], 3),
         maps: maps(4).into_iter().take(3).collect(),
+        classifier: randn(&[5, D], 5),
     };
     let e = format!(
         "{:#}",
         podnet.loss(&s.input(), &t.input(), &pk_pids()).unwrap_err()
     );
     assert_mentions(&e, &["4 student", "3 teacher"]);
+}
+
+/// Embeddings of `width` dimensions for the batch of `B`.
+fn outputs_of_width(seed: i64, width: i64) -> Outputs {
+    let embedding = randn(&[B, width], seed);
+    let classifier = randn(&[5, width], seed + 1);
+    Outputs {
+        logits: embedding.mm(&classifier.tr()),
+        embedding,
+        maps: maps(seed + 2),
+        classifier,
+    }
+}
+
+#[test]
+fn geodl_needs_embeddings_of_at_least_b_plus_58_dimensions() {
+    for t in ["GeoDL", "GeoDLxLUCIR"] {
+        let d = &all_types()[TYPES.iter().position(|n| *n == t).unwrap()];
+        // B = 12: a PCA subspace of 10 directions plus 60 null-space columns.
+        let (s, te) = (outputs_of_width(1, 69), outputs_of_width(2, 69));
+        let e = format!(
+            "{:#}",
+            d.loss(&s.input(), &te.input(), &pk_pids()).unwrap_err()
+        );
+        assert_mentions(&e, &["GeoDL", "at least B + 58 = 70", "B = 12", "69"]);
+        let (s, te) = (outputs_of_width(1, 70), outputs_of_width(2, 70));
+        let loss = d.loss(&s.input(), &te.input(), &pk_pids()).unwrap();
+        assert!(loss.double_value(&[]).is_finite(), "{t}");
+    }
+}
+
+#[test]
+fn geodl_takes_a_given_null_space_basis_and_checks_it() {
+    let d = parse("distillation: {type: GeoDL, factor: 8, config: {dim: 1024}}");
+    let (s, t) = (Outputs::random(1, 5), Outputs::random(2, 5));
+    let with_basis = |basis: &Tensor| {
+        let input = DistillInput {
+            null_space_basis: Some(basis),
+            ..s.input()
+        };
+        d.loss(&input, &t.input(), &pk_pids())
+    };
+    // The student's PCA subspace, as GeoDL computes it, and two bases of its null space.
+    let a = &s.embedding / s.embedding.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+    let data = a.tr();
+    let (u, _, _) = (&data - data.mean_dim(0, true, None::<Kind>)).svd(false, true);
+    let first = u.narrow(1, B - 2, 60);
+    let second = u.narrow(1, B, 60);
+    let (l1, l2) = (with_basis(&first).unwrap(), with_basis(&second).unwrap());
+    let own = d.loss(&s.input(), &t.input(), &pk_pids()).unwrap();
+    for l in [&l1, &l2, &own] {
+        assert!(l.double_value(&[]).is_finite() && l.double_value(&[]) > 0.0);
+    }
+    // Which 60 columns pad the subspace matters (the reason the fixtures record theirs).
+    assert!((l1.double_value(&[]) - l2.double_value(&[])).abs() > 1e-9);
+    // Not D × 60, not orthonormal, or not in the null space: refused.
+    let e = format!("{:#}", with_basis(&u.narrow(1, B - 2, 59)).unwrap_err());
+    assert_mentions(&e, &["null-space basis", "72 × 60", "[72, 59]"]);
+    let e = format!("{:#}", with_basis(&(&first * 2.0)).unwrap_err());
+    assert_mentions(&e, &["not an orthonormal basis", "RᵀR"]);
+    let e = format!("{:#}", with_basis(&u.narrow(1, 0, 60)).unwrap_err());
+    assert_mentions(&e, &["null space", "PᵀR"]);
+}
+
+#[test]
+fn always_be_dreaming_is_the_mse_of_the_old_classifier_on_the_student() {
+    let d = parse("distillation:\n  type: always-be-dreaming\n  factor: 0.1\n  config:\n");
+    let (s, t) = (Outputs::random(1, 9), Outputs::random(2, 5));
+    let loss = d
+        .loss(&s.input(), &t.input(), &pk_pids())
+        .unwrap()
+        .double_value(&[]);
+    // The teacher's (old) classifier on the student's embeddings, against the teacher's
+    // logits, averaged over every element; the student's own classifier plays no part.
+    let want = (s.embedding.mm(&t.classifier.tr()) - &t.logits)
+        .square()
+        .mean(Kind::Double)
+        .double_value(&[]);
+    assert!((loss - want).abs() <= 1e-12 * want, "{loss} vs {want}");
+    let e = format!(
+        "{:#}",
+        d.loss(
+            &s.input(),
+            &DistillInput {
+                classifier: None,
+                ..t.input()
+            },
+            &pk_pids()
+        )
+        .unwrap_err()
+    );
+    assert_mentions(&e, &["always-be-dreaming", "classifier"]);
+    let narrow = randn(&[5, D - 1], 3);
+    let e = format!(
+        "{:#}",
+        d.loss(
+            &s.input(),
+            &DistillInput {
+                classifier: Some(&narrow),
+                ..t.input()
+            },
+            &pk_pids()
+        )
+        .unwrap_err()
+    );
+    assert_mentions(&e, &["old classifier", "[5, 71]"]);
+}
+
+#[test]
+fn gradient_descent_on_the_student_lowers_the_new_types_losses() {
+    for t in ["GeoDL", "GeoDLxLUCIR", "always-be-dreaming"] {
+        let d = &all_types()[TYPES.iter().position(|n| *n == t).unwrap()];
+        let teacher = Outputs::random(2, 5);
+        let student = Outputs::random(1, 5).requiring_grad();
+        let mut losses = Vec::new();
+        for _ in 0..5 {
+            let loss = d
+                .loss(&student.input(), &teacher.input(), &pk_pids())
+                .unwrap();
+            losses.push(loss.double_value(&[]));
+            let grad = Tensor::run_backward(&[&loss], &[&student.embedding], false, false);
+            tch::no_grad(|| {
+                let mut embedding = student.embedding.shallow_clone();
+                embedding -= &grad[0] * 0.5;
+            });
+        }
+        assert!(losses.windows(2).all(|w| w[1] < w[0]), "{t}: {losses:?}");
+    }
 }

@@ -1,7 +1,9 @@
 //! The reference's golden values: every JSON file in `tests/fixtures/` (or in the folder
 //! named by `AGD_FIXTURES`) is matched against agd, to the tolerances of the fixtures'
 //! README: scalar outputs to a relative 1e-6, gradients element-wise to 1e-8 + 1e-6·|v|,
-//! computing in float64. A fixture of a kind the runner does not know fails the test.
+//! computing in float64 — except GeoDL's, which the reference computes in float32: loss to a
+//! relative 1e-4, gradients to 1e-3 of their largest element. A fixture of a kind the runner
+//! does not know fails the test.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -33,17 +35,51 @@ fn ids(v: &Value) -> Tensor {
     tensor(v).to_kind(Kind::Int64)
 }
 
+/// How closely a fixture's values are matched: the precision the reference computed them in.
+#[derive(Clone, Copy)]
+enum Precision {
+    /// Scalars to a relative 1e-6, gradients element-wise to 1e-8 + 1e-6·|v|.
+    Float64,
+    /// Scalars to a relative 1e-4, gradients to 1e-3 of their largest element (GeoDL).
+    Float32,
+}
+
+impl Precision {
+    /// The README's: GeoDL (alone or in GeoDLxLUCIR) is float32 in the reference.
+    fn of_distill_type(name: &str) -> Self {
+        match name {
+            "GeoDL" | "GeoDLxLUCIR" => Precision::Float32,
+            _ => Precision::Float64,
+        }
+    }
+}
+
 fn assert_scalar(file: &str, what: &str, got: f64, want: f64) {
+    assert_scalar_to(Precision::Float64, file, what, got, want)
+}
+
+fn assert_scalar_to(precision: Precision, file: &str, what: &str, got: f64, want: f64) {
+    let bound = match precision {
+        Precision::Float64 => 1e-6,
+        Precision::Float32 => 1e-4,
+    };
     let rel = (got - want).abs() / want.abs().max(1e-12);
     assert!(
-        rel <= 1e-6,
-        "{file}: {what} = {got}, reference {want} (relative error {rel:e})"
+        rel <= bound,
+        "{file}: {what} = {got}, reference {want} (relative error {rel:e}, at most {bound:e})"
     );
 }
 
 fn assert_grad(file: &str, what: &str, got: &Tensor, want: &Tensor) {
+    assert_grad_to(Precision::Float64, file, what, got, want)
+}
+
+fn assert_grad_to(precision: Precision, file: &str, what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.size(), want.size(), "{file}: {what} shape");
-    let tol = want.abs() * 1e-6 + 1e-8;
+    let tol = match precision {
+        Precision::Float64 => want.abs() * 1e-6 + 1e-8,
+        Precision::Float32 => want.ones_like() * (want.abs().max().double_value(&[]) * 1e-3),
+    };
     let excess = ((got - want).abs() - tol).max().double_value(&[]);
     assert!(
         excess <= 0.0,
@@ -88,6 +124,8 @@ fn tensors(v: &Value) -> Vec<Tensor> {
 
 /// One distillation loss: the fixture's `type` and `config` go through the YAML parser (JSON
 /// is YAML), the loss and the student's gradients are matched; the teacher is a constant.
+/// GeoDL's fixtures give the null-space basis the reference padded the student's subspace
+/// with, always-be-dreaming's the old classifier (the teacher's).
 fn check_distill(file: &str, f: &Value) {
     use agd::loss::distill::{DistillInput, Distillation};
     let config = serde_json::json!({
@@ -116,23 +154,31 @@ fn check_distill(file: &str, f: &Value) {
         .collect();
     let (teacher, teacher_logits) = (field("teacher"), field("teacher_logits"));
     let teacher_maps = f.get("teacher_maps").map(tensors).unwrap_or_default();
+    let basis = f.get("null_space_basis").map(tensor);
+    let old_classifier = f.get("old_classifier").map(tensor);
     let loss = distillation
         .loss(
             &DistillInput {
                 embedding: &student,
                 logits: &student_logits,
                 maps: &student_maps,
+                classifier: None,
+                null_space_basis: basis.as_ref(),
             },
             &DistillInput {
                 embedding: &teacher,
                 logits: &teacher_logits,
                 maps: &teacher_maps,
+                classifier: old_classifier.as_ref(),
+                null_space_basis: None,
             },
             &ids(&f["pids"]),
         )
         .unwrap_or_else(|e| panic!("{file}: {e:#}"));
     loss.backward();
-    assert_scalar(
+    let precision = Precision::of_distill_type(distillation.type_name());
+    assert_scalar_to(
+        precision,
         file,
         "loss",
         loss.double_value(&[]),
@@ -140,7 +186,13 @@ fn check_distill(file: &str, f: &Value) {
     );
     let mut checked = 0;
     if let Some(want) = f.get("grad_student") {
-        assert_grad(file, "grad_student", &student.grad(), &tensor(want));
+        assert_grad_to(
+            precision,
+            file,
+            "grad_student",
+            &student.grad(),
+            &tensor(want),
+        );
         checked += 1;
     }
     if let Some(want) = f.get("grad_student_logits") {
@@ -161,6 +213,55 @@ fn check_distill(file: &str, f: &Value) {
         checked += 1;
     }
     assert!(checked > 0, "{file}: no gradient to check");
+    if matches!(precision, Precision::Float32) {
+        check_in_float32(file, f, &distillation);
+    }
+}
+
+/// A fixture the reference computed in float32 (GeoDL), matched again from float32 inputs:
+/// the precision agd trains in.
+fn check_in_float32(file: &str, f: &Value, distillation: &agd::loss::distill::Distillation) {
+    use agd::loss::distill::DistillInput;
+    let float = |key: &str| tensor(&f[key]).to_kind(Kind::Float);
+    let student = float("student").set_requires_grad(true);
+    let (teacher, basis) = (float("teacher"), float("null_space_basis"));
+    let none = Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
+    let loss = distillation
+        .loss(
+            &DistillInput {
+                embedding: &student,
+                logits: &none,
+                maps: &[],
+                classifier: None,
+                null_space_basis: Some(&basis),
+            },
+            &DistillInput {
+                embedding: &teacher,
+                logits: &none,
+                maps: &[],
+                classifier: None,
+                null_space_basis: None,
+            },
+            &ids(&f["pids"]),
+        )
+        .unwrap_or_else(|e| panic!("{file} (float32): {e:#}"));
+    assert_eq!(loss.kind(), Kind::Float, "{file}: GeoDL must stay float32");
+    loss.backward();
+    let (file, precision) = (format!("{file} (float32)"), Precision::Float32);
+    assert_scalar_to(
+        precision,
+        &file,
+        "loss",
+        loss.double_value(&[]),
+        f["loss"].as_f64().unwrap(),
+    );
+    assert_grad_to(
+        precision,
+        &file,
+        "grad_student",
+        &student.grad().to_kind(Kind::Double),
+        &tensor(&f["grad_student"]),
+    );
 }
 
 /// mAP, CMC and valid queries from the reference's cosine ranking, from float64 and from

@@ -270,6 +270,8 @@ fn distill_on(
             embedding: &e,
             logits: &l,
             maps: &maps,
+            classifier: None,
+            null_space_basis: None,
         };
         let t = step
             .old
@@ -277,7 +279,11 @@ fn distill_on(
         let pids = &dreamed.pids + NEW_IDS as i64;
         let d = step
             .distillation
-            .loss(&si, &DistillInput::from(&t), &pids)
+            .loss(
+                &si,
+                &DistillInput::from(&t).with_classifier(step.old.classifier()),
+                &pids,
+            )
             .unwrap();
         step.distillation.factor * d.double_value(&[])
     })
@@ -313,6 +319,39 @@ fn augmented_distillation_with_cross_factor_one_uses_only_the_same_view() {
 }
 
 #[test]
+fn always_be_dreaming_applies_the_old_classifier_to_the_student_s_dreamed_embeddings() {
+    let w = world();
+    let (new, dreamed) = batches(w, 1);
+    let (mut step, student) = step_for(w, "always-be-dreaming.yaml", Views::Single);
+    // What the step must report: factor · MSE(student's dreamed half · old Wᵀ, old logits).
+    let want = tch::no_grad(|| {
+        let both = Tensor::cat(&[&new.views[0], &dreamed.views[0]], 0);
+        let s = student.forward(&to_input(&both, Device::Cpu), true);
+        let n = new.indices.len() as i64;
+        let dreamed_embedding = s.embedding.narrow(0, n, dreamed.indices.len() as i64);
+        let t = step
+            .old
+            .forward(&to_input(&dreamed.views[0], Device::Cpu), false);
+        let outdated = dreamed_embedding.mm(&step.old.classifier().tr());
+        assert_eq!(outdated.size(), t.logits.size());
+        0.1 * (outdated - &t.logits)
+            .square()
+            .mean(None::<tch::Kind>)
+            .double_value(&[])
+    });
+    let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+    opt.set_lr(0.0);
+    let got = step.step(&student, &mut opt, (new, dreamed)).unwrap()[2];
+    assert!(
+        want > 1e-6 && (got - want).abs() <= 1e-5 * want,
+        "distill {got}, expected {want}"
+    );
+    // The old classifier is the teacher's: the step leaves it without a gradient.
+    let g = step.old.classifier().grad();
+    assert!(!g.defined() || g.abs().max().double_value(&[]) == 0.0);
+}
+
+#[test]
 fn every_shipped_config_runs_and_lowers_the_total_loss() {
     let w = world();
     let pair = batches(w, 2);
@@ -322,7 +361,7 @@ fn every_shipped_config_runs_and_lowers_the_total_loss() {
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     names.sort();
-    assert!(names.len() >= 14, "{names:?}");
+    assert_eq!(names.len(), 18, "{names:?}");
     let mut failed = Vec::new();
     for name in names {
         let config = Distillation::load(&configs_dir().join(&name)).unwrap();
@@ -454,6 +493,22 @@ fn incremental_runs_end_to_end_and_reports_both_tasks() {
         &ft_logs,
         &["--finetune", "--epochs", "1"],
     ));
+    // co_distillation.yaml: its `distillation` section (sim-res × 4) alone, as the reference
+    // trains it, and the log says the other section is not used.
+    let co_logs = w.root.join("../logs-co");
+    let co = configs_dir().join("co_distillation.yaml");
+    let out = run_ok(&cli_args(
+        w,
+        "incremental",
+        &co_logs,
+        &["--algo-config", co.to_str().unwrap(), "--epochs", "1"],
+    ));
+    let log = std::fs::read_to_string(co_logs.join("log.txt")).unwrap();
+    assert!(
+        log.contains("distillation sim-res × 4")
+            && log.contains("`co_distillation` section is not used"),
+        "{out}\n{log}"
+    );
     let header = std::fs::read_to_string(ft_logs.join("metrics.csv")).unwrap();
     assert!(header.starts_with("epoch,lr,ce,triplet,b_mAP"), "{header}");
     let ck = Checkpoint::load(&ft_logs.join("checkpoint.safetensors")).unwrap();

@@ -50,7 +50,10 @@ impl Distillation {
         // first, so that they are reported as such rather than as a schema error.
         serde_yaml::from_str::<serde_yaml::Value>(text)
             .map_err(|e| anyhow!("{origin}: not valid YAML: {e}"))?;
-        let AlgoConfig { distillation } = mapping(serde_yaml::Deserializer::from_str(text))
+        let AlgoConfig {
+            distillation,
+            co_distillation,
+        } = mapping(serde_yaml::Deserializer::from_str(text))
             .map_err(|e| Problem::from(e).explain(origin, None))?;
         let kind = distillation
             .kind
@@ -60,6 +63,7 @@ impl Distillation {
             kind,
             factor: distillation.factor,
             cross_factor: distillation.cross_factor,
+            unused_co_distillation: co_distillation,
         })
     }
 }
@@ -89,11 +93,14 @@ enum Type {
     Hinton,
     Podnet,
     No,
+    GeoDL,
+    GeoDLxLUCIR,
+    AlwaysBeDreaming,
 }
 
 impl Type {
     /// The YAML name of each type, in the SPEC's order.
-    const NAMES: [(&'static str, Type); 10] = [
+    const NAMES: [(&'static str, Type); 13] = [
         ("cosine", Type::Cosine),
         ("triangle", Type::Triangle),
         ("res-triangle", Type::ResTriangle),
@@ -104,6 +111,9 @@ impl Type {
         ("hinton", Type::Hinton),
         ("podnet", Type::Podnet),
         ("no", Type::No),
+        ("GeoDL", Type::GeoDL),
+        ("GeoDLxLUCIR", Type::GeoDLxLUCIR),
+        ("always-be-dreaming", Type::AlwaysBeDreaming),
     ];
 
     fn name(self) -> &'static str {
@@ -121,6 +131,22 @@ impl Type {
             Type::L1 => plain(text, DistillKind::L1)?,
             Type::L2 => plain(text, DistillKind::L2)?,
             Type::No => plain(text, DistillKind::No)?,
+            Type::AlwaysBeDreaming => plain(text, DistillKind::AlwaysBeDreaming)?,
+            Type::GeoDL => {
+                let GeoDLSettings { _dim } = settings(text)?;
+                DistillKind::GeoDL
+            }
+            Type::GeoDLxLUCIR => {
+                let GeoDLxLUCIRSettings {
+                    _dim,
+                    geodl_factor,
+                    cosine_factor,
+                } = settings(text)?;
+                DistillKind::GeoDLxLUCIR {
+                    geodl_factor,
+                    cosine_factor,
+                }
+            }
             Type::Relation => {
                 let RelationSettings { normalize, p } = settings(text)?;
                 DistillKind::Relation { normalize, p }
@@ -172,6 +198,11 @@ impl<'de> Deserialize<'de> for Type {
 struct AlgoConfig {
     #[serde(deserialize_with = "mapping")]
     distillation: Section,
+    /// `co_distillation.yaml`'s second section, which the reference's scripts never read (its
+    /// `main_incremental.py` trains the `distillation` section alone): accepted whatever it
+    /// holds, so that the reference's file loads, and reported as unused.
+    #[serde(default, deserialize_with = "present")]
+    co_distillation: bool,
 }
 
 /// The `distillation` section; the fields' order is that of "expected one of" in errors.
@@ -258,6 +289,28 @@ struct HintonSettings {
     temperature: f64,
 }
 
+/// `GeoDL`. The reference requires `dim` but never uses it (its GFK takes the subspaces'
+/// sizes from the batch); here it may be left out, and is checked when given.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeoDLSettings {
+    #[serde(default, rename = "dim", deserialize_with = "unused_dim")]
+    _dim: Option<u64>,
+}
+
+/// `GeoDLxLUCIR`: the weights of its two terms (no defaults in the reference) and GeoDL's
+/// unused `dim`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeoDLxLUCIRSettings {
+    #[serde(default, rename = "dim", deserialize_with = "unused_dim")]
+    _dim: Option<u64>,
+    #[serde(rename = "GeoDL_factor", deserialize_with = "term_weight")]
+    geodl_factor: f64,
+    #[serde(deserialize_with = "term_weight")]
+    cosine_factor: f64,
+}
+
 /// `podnet`; none of its settings has a default in the reference either.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +375,34 @@ fn podnet_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         }
         Ok(())
     })
+}
+
+fn term_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    number(d, |w| {
+        if w < 0.0 {
+            return Err(format!("{w} is negative; expected a weight >= 0"));
+        }
+        Ok(())
+    })
+}
+
+/// GeoDL's `dim`: unused, but a dimension all the same (a positive integer), so that a value
+/// meant for some other key is not taken silently.
+fn unused_dim<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    number(d, |x| {
+        if x < 1.0 || x.fract() != 0.0 {
+            return Err(format!(
+                "{x} is not a dimension; expected a positive integer"
+            ));
+        }
+        Ok(())
+    })
+    .map(|x| Some(x as u64))
+}
+
+/// Whether a key is present: its value, whatever it is, is skipped.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
 }
 
 fn collapse<'de, D: Deserializer<'de>>(d: D) -> Result<Collapse, D::Error> {

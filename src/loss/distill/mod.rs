@@ -13,8 +13,10 @@
 //! match in float64.
 
 mod config;
+mod geodl;
 
 pub use config::TYPES;
+pub use geodl::NULL_SPACE_COLUMNS;
 
 use crate::model::Output;
 use crate::tensor::unit_rows;
@@ -28,6 +30,14 @@ pub struct DistillInput<'a> {
     pub logits: &'a Tensor,
     /// layer1..layer4 outputs (`podnet` only).
     pub maps: &'a [Tensor],
+    /// The model's classifier weight (classes × embedding), `always-be-dreaming` only: it
+    /// applies the teacher's (the old model's) classifier to the student's embeddings.
+    pub classifier: Option<&'a Tensor>,
+    /// `GeoDL` only, on the student: an orthonormal basis (D × [`NULL_SPACE_COLUMNS`]) of the
+    /// null space of the student's PCA subspace, to pad that subspace with. Any such basis is
+    /// as valid, and the reference's depends on its LAPACK, so its golden values record the one
+    /// it used and their test passes it here; `None` computes one.
+    pub null_space_basis: Option<&'a Tensor>,
 }
 
 impl<'a> From<&'a Output> for DistillInput<'a> {
@@ -36,6 +46,18 @@ impl<'a> From<&'a Output> for DistillInput<'a> {
             embedding: &out.embedding,
             logits: &out.logits,
             maps: &out.maps,
+            classifier: None,
+            null_space_basis: None,
+        }
+    }
+}
+
+impl<'a> DistillInput<'a> {
+    /// The same outputs, with the classifier weight of the model that produced them.
+    pub fn with_classifier(self, classifier: &'a Tensor) -> Self {
+        Self {
+            classifier: Some(classifier),
+            ..self
         }
     }
 }
@@ -158,6 +180,19 @@ pub enum DistillKind {
         attention_factor: f64,
     },
     No,
+    /// Geodesic-flow-kernel distillation (the reference's `GFK`, after GeoDL): the student's
+    /// embedding differences from the teacher's, measured by the kernel of the geodesic flow
+    /// between the two batches' PCA subspaces (see `geodl.rs`).
+    GeoDL,
+    /// GeoDL plus LUCIR's cosine embedding distillation:
+    /// geodl_factor · GeoDL + cosine_factor · cos-loss.
+    GeoDLxLUCIR {
+        geodl_factor: f64,
+        cosine_factor: f64,
+    },
+    /// Always Be Dreaming (Smith et al. 2021): MSE between the old classifier applied to the
+    /// student's embeddings and the old model's logits on the same (dreamed) images.
+    AlwaysBeDreaming,
 }
 
 /// The `distillation` section of an `--algo-config` file (read by `Distillation::load` or
@@ -169,6 +204,10 @@ pub struct Distillation {
     pub factor: f64,
     /// `incremental-x`: weight of the same-view teacher (the other views share 1 − this).
     pub cross_factor: Option<f64>,
+    /// The file has a top-level `co_distillation` section (the reference's
+    /// `co_distillation.yaml`): accepted, but not used, as the reference's `main_incremental.py`
+    /// never reads it; the trainers log that.
+    pub unused_co_distillation: bool,
 }
 
 impl Distillation {
@@ -185,6 +224,9 @@ impl Distillation {
             DistillKind::Hinton { .. } => "hinton",
             DistillKind::Podnet { .. } => "podnet",
             DistillKind::No => "no",
+            DistillKind::GeoDL => "GeoDL",
+            DistillKind::GeoDLxLUCIR { .. } => "GeoDLxLUCIR",
+            DistillKind::AlwaysBeDreaming => "always-be-dreaming",
         }
     }
 
@@ -268,6 +310,21 @@ impl Distillation {
                 let embedding_loss = cos_loss(s, &t);
                 let maps = podnet_maps(student.maps, teacher.maps, *collapse, *criterion, pids)?;
                 embedding_loss * *embedding_factor + maps * *attention_factor
+            }
+            DistillKind::GeoDL => {
+                let (s, t) = embeddings()?;
+                geodl::geodl(s, &t, student.null_space_basis)?
+            }
+            DistillKind::GeoDLxLUCIR {
+                geodl_factor,
+                cosine_factor,
+            } => {
+                let (s, t) = embeddings()?;
+                geodl::geodl(s, &t, student.null_space_basis)? * *geodl_factor
+                    + cos_loss(s, &t) * *cosine_factor
+            }
+            DistillKind::AlwaysBeDreaming => {
+                always_be_dreaming(student.embedding, teacher.classifier, teacher.logits)?
             }
         };
         Ok(loss)
@@ -398,6 +455,39 @@ fn hinton(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor
     let log_p = (student.narrow(1, width - old, old) / temperature).log_softmax(1, None::<Kind>);
     let q = (teacher.detach() / temperature).softmax(1, None::<Kind>);
     Ok(log_p.kl_div(&q, Reduction::Sum, false) / batch as f64)
+}
+
+/// Always Be Dreaming: MSE (mean over every element) between the old classifier applied to
+/// the student's embeddings and the old model's logits. The classifier is the frozen old
+/// model's, so it is detached like every teacher tensor: only the student learns.
+fn always_be_dreaming(
+    student: &Tensor,
+    classifier: Option<&Tensor>,
+    teacher_logits: &Tensor,
+) -> Result<Tensor> {
+    let name = "always-be-dreaming distillation";
+    let w = classifier.with_context(|| {
+        format!("{name} applies the old model's classifier to the student's embeddings, but the teacher's classifier was not given")
+    })?;
+    ensure!(
+        student.dim() == 2 && student.size()[0] > 0,
+        "{name}: embeddings must be a non-empty B×D batch, got {:?}",
+        student.size()
+    );
+    let (batch, width) = (student.size()[0], student.size()[1]);
+    ensure!(
+        w.dim() == 2 && w.size()[1] == width,
+        "{name}: the old classifier must be classes × {width} (the student's embedding width), got {:?}",
+        w.size()
+    );
+    let classes = w.size()[0];
+    ensure!(
+        teacher_logits.size() == [batch, classes],
+        "{name}: the old model's logits must be {batch} × {classes} (batch × old classes), got {:?}",
+        teacher_logits.size()
+    );
+    let outdated = student.mm(&w.detach().tr());
+    Ok(outdated.mse_loss(&teacher_logits.detach(), Reduction::Mean))
 }
 
 /// PODNet's map term: the mean over the maps of criterion(pool(S²), pool(T²)), where pool is
