@@ -485,8 +485,13 @@ impl Pretrained {
 /// The default ImageNet weights: a `resnet<depth>*` safetensors/.pth/.pt/.pdparams file in
 /// `backbone_weights/`.
 fn default_imagenet(depth: Depth) -> Option<PathBuf> {
+    imagenet_in(Path::new(BACKBONE_WEIGHTS), depth)
+}
+
+/// The first (by name) `resnet<depth>*` weights file in `dir`.
+fn imagenet_in(dir: &Path, depth: Depth) -> Option<PathBuf> {
     let prefix = format!("resnet{}", depth.number());
-    let mut found: Vec<PathBuf> = std::fs::read_dir(BACKBONE_WEIGHTS)
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -548,5 +553,33 @@ impl ReidModel {
             "ImageNet weights: {loaded} tensors from {}",
             path.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backbone_weights_may_be_paddle_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(imagenet_in(dir.path(), Depth::R34), None);
+        for name in [
+            "resnet34-333f7ec4.pdparams.part",
+            "resnet50-19c8e357.pdparams",
+            "notes",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(imagenet_in(dir.path(), Depth::R34), None);
+        assert_eq!(
+            imagenet_in(dir.path(), Depth::R50),
+            Some(dir.path().join("resnet50-19c8e357.pdparams"))
+        );
+        std::fs::write(dir.path().join("resnet34-333f7ec4.pdparams"), b"").unwrap();
+        assert_eq!(
+            imagenet_in(dir.path(), Depth::R34),
+            Some(dir.path().join("resnet34-333f7ec4.pdparams"))
+        );
     }
 }

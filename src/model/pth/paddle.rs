@@ -56,8 +56,8 @@ pub struct PaddleFile {
 impl PaddleFile {
     /// Reads a `paddle.save` file. Errors name the file.
     pub fn load(path: &Path) -> Result<PaddleFile> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
         Self::from_bytes(path, &bytes)
     }
 
@@ -225,9 +225,7 @@ impl Resolver for NumpyResolver {
             // `tuple(((param_name, ndarray),))`, i.e. the pair itself.
             "builtins.tuple" | "__builtin__.tuple" => match argv {
                 [Value::Tuple(items)] => Reduced::Value(Value::Tuple(items.clone())),
-                [Value::List(items)] => {
-                    Reduced::Value(Value::Tuple(items.borrow().clone().into()))
-                }
+                [Value::List(items)] => Reduced::Value(Value::Tuple(items.borrow().clone().into())),
                 [] => Reduced::Value(Value::Tuple(Rc::from(Vec::new()))),
                 _ => bail!("{name} of {}", args.describe()),
             },
@@ -281,7 +279,10 @@ impl Resolver for NumpyResolver {
         };
         let shape = shape.ints("array shape")?;
         let Value::Object(dtype) = dtype else {
-            bail!("array dtype is {}, expected a numpy.dtype", dtype.describe());
+            bail!(
+                "array dtype is {}, expected a numpy.dtype",
+                dtype.describe()
+            );
         };
         let dtype = Dtype::of(&dtype.borrow())?;
         let Value::Bytes(data) = data else {
@@ -311,7 +312,10 @@ struct Dtype {
 impl Dtype {
     fn of(o: &Object<Array>) -> Result<Dtype> {
         if !o.class.ends_with("numpy.dtype") {
-            bail!("array dtype is a {} object, expected a numpy.dtype", o.class);
+            bail!(
+                "array dtype is a {} object, expected a numpy.dtype",
+                o.class
+            );
         }
         let name = match o.args.tuple_items().first() {
             Some(Value::Str(s)) => s.to_string(),
@@ -385,7 +389,7 @@ impl Dtype {
                 "array of shape {shape:?} and dtype {} holds {} bytes, expected {}",
                 self.name,
                 data.len(),
-                numel * self.kind.elt_size_in_bytes()
+                want.map_or_else(|| "more than fit in memory".to_owned(), |w| w.to_string())
             );
         }
         let data = self.little_endian(data);
