@@ -203,8 +203,8 @@ pub struct LoopArgs<M: Args> {
 pub struct TrainArgs {
     #[command(flatten)]
     pub run: LoopArgs<ModelArgs>,
-    /// ImageNet weights for the ResNet (safetensors or torch .pth/.pt state dict with
-    /// torchvision names), or `none` for random initialisation; default: a
+    /// ImageNet weights for the ResNet (safetensors, torch .pth/.pt or Paddle .pdparams
+    /// state dict with torchvision names), or `none` for random initialisation; default: a
     /// `resnet<depth>*` file in backbone_weights/, and an error when there is none.
     #[arg(long, value_name = "FILE|none")]
     pub pretrained: Option<PathBuf>,

@@ -135,7 +135,9 @@ fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
             if path.is_dir() {
                 stack.push(path);
             } else if name.starts_with("checkpoint")
-                && (name.ends_with(".safetensors") || name.ends_with(".pth.tar"))
+                && [".safetensors", ".pth.tar", ".pdparams"]
+                    .iter()
+                    .any(|x| name.ends_with(x))
             {
                 found.push(path);
             }
@@ -145,7 +147,7 @@ fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
         bad_setting!(
             Setting::Checkpoint,
             args.ckpt.display(),
-            "no checkpoint*.safetensors or checkpoint*.pth.tar below it"
+            "no checkpoint*.safetensors, checkpoint*.pth.tar or checkpoint*.pdparams below it"
         );
     }
     found.sort();

@@ -1,9 +1,10 @@
 //! Checkpoints: `<logs-dir>/checkpoint.safetensors`, tensors named as the reference's state
 //! dicts (`backbone.base.conv1.weight`, `backbone.bn.running_mean`, `classifier.W`), plus
 //! the optimiser state, with the model's shape, the finished epoch and the run's arguments
-//! as metadata. The reference's `checkpoint.pth.tar` is read too, without Python.
+//! as metadata. The reference's `checkpoint.pth.tar` and the PaddlePaddle reproduction's
+//! `checkpoint.pdparams` are read too, without Python.
 
-use super::pth::TorchFile;
+use super::pth::{PaddleFile, TorchFile};
 use super::{Depth, ModelConfig, Pooling, ReidModel};
 use crate::bad_setting;
 use crate::error::{AboutExt, Setting};
@@ -18,6 +19,8 @@ use tch::{Device, Kind, Tensor};
 pub const LATEST: &str = "checkpoint.safetensors";
 /// The reference's file name, accepted wherever a logs folder is given.
 pub const REFERENCE: &str = "checkpoint.pth.tar";
+/// The PaddlePaddle reproduction's file name, accepted wherever a logs folder is given.
+pub const PADDLE: &str = "checkpoint.pdparams";
 
 /// A tensor's bytes in the form safetensors writes.
 struct Bytes {
@@ -120,10 +123,35 @@ pub fn write_safetensors(
     crate::io::write_atomic(path, &data)
 }
 
-/// safetensors files start with an 8-byte header length and a JSON header; everything
-/// else goes to the torch.save reader, which names what it finds (zip, legacy pickle, …).
+/// safetensors files start with an 8-byte header length and a JSON header.
 fn is_safetensors(bytes: &[u8]) -> bool {
     bytes.len() > 8 && bytes[8] == b'{'
+}
+
+/// The formats a checkpoint or weights file may come in.
+enum Format {
+    Safetensors,
+    /// torch.save's zip (or its legacy pickle, which its reader refuses by name).
+    Torch,
+    /// paddle.save's bare pickle.
+    Paddle,
+}
+
+/// The format of a file, from its content alone: a checkpoint renamed, or Paddle weights
+/// saved as `.pth`, still load.
+fn format_of(path: &Path, bytes: &[u8]) -> Result<Format> {
+    if is_safetensors(bytes) {
+        Ok(Format::Safetensors)
+    } else if super::pth::is_torch(bytes) {
+        Ok(Format::Torch)
+    } else if super::pth::is_paddle(bytes) {
+        Ok(Format::Paddle)
+    } else {
+        bail!(
+            "{}: not a safetensors, torch.save or paddle.save file",
+            path.display()
+        )
+    }
 }
 
 /// Tensors and metadata of safetensors bytes read from `path`.
@@ -185,10 +213,10 @@ pub struct Checkpoint {
 
 /// The checkpoint that `setting` (a checkpoint to resume, the previous model, the
 /// teacher, …) names: a file, or a logs folder standing for its latest checkpoint (agd's,
-/// else the reference's).
+/// else the reference's, else the Paddle reproduction's).
 pub fn resolve(path: &Path, setting: Setting) -> Result<PathBuf> {
     if path.is_dir() {
-        for name in [LATEST, REFERENCE] {
+        for name in [LATEST, REFERENCE, PADDLE] {
             let candidate = path.join(name);
             if candidate.is_file() {
                 return Ok(candidate);
@@ -197,7 +225,7 @@ pub fn resolve(path: &Path, setting: Setting) -> Result<PathBuf> {
         bad_setting!(
             setting,
             path.display(),
-            "folder holds no {LATEST} or {REFERENCE}"
+            "folder holds no {LATEST}, {REFERENCE} or {PADDLE}"
         );
     }
     if !path.is_file() {
@@ -207,12 +235,27 @@ pub fn resolve(path: &Path, setting: Setting) -> Result<PathBuf> {
 }
 
 impl Checkpoint {
-    /// Loads a checkpoint file (safetensors, or a torch.save file such as the reference's).
+    /// Loads a checkpoint file: safetensors, a torch.save file such as the reference's, or a
+    /// paddle.save file such as the Paddle reproduction's.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if !is_safetensors(&bytes) {
-            return Self::from_torch(path);
+        match format_of(path, &bytes)? {
+            Format::Safetensors => {}
+            Format::Torch => {
+                drop(bytes);
+                let file = TorchFile::load(path)?;
+                return Ok(Self::reference(path, file.int("epoch"), file.tensors));
+            }
+            Format::Paddle => {
+                let file = PaddleFile::from_bytes(path, &bytes)?;
+                drop(bytes);
+                return Ok(Self::reference(
+                    path,
+                    file.int("epoch"),
+                    file.torch_tensors(),
+                ));
+            }
         }
         let (tensors, metadata) = parse_safetensors(path, &bytes)?;
         let epoch = metadata
@@ -227,24 +270,16 @@ impl Checkpoint {
         })
     }
 
-    /// The reference's `{backbone, classifier, epoch}`; its `epoch` is the next one to run.
-    fn from_torch(path: &Path) -> Result<Self> {
-        let file = TorchFile::load(path)?;
-        let epoch = file
-            .int("epoch")
-            .map(|e| (e - 1).max(0) as usize)
-            .unwrap_or(0);
-        let tensors = file
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect();
-        Ok(Self {
+    /// The reference's `{backbone, classifier, epoch}` (the Paddle reproduction's too, its
+    /// names already torch's); its `epoch` is the next one to run, so one fewer is finished.
+    fn reference(path: &Path, saved_epoch: Option<i64>, tensors: Vec<(String, Tensor)>) -> Self {
+        let epoch = saved_epoch.map(|e| (e - 1).max(0) as usize).unwrap_or(0);
+        Self {
             path: path.to_path_buf(),
-            tensors,
+            tensors: tensors.into_iter().collect(),
             epoch,
             metadata: BTreeMap::new(),
-        })
+        }
     }
 
     /// The model shape this checkpoint holds, as far as its tensors tell: classes and
@@ -260,7 +295,7 @@ impl Checkpoint {
     }
 
     /// Last stride and pooling as the checkpoint's metadata records them (agd's do; the
-    /// reference's files do not).
+    /// reference's and the Paddle reproduction's files do not).
     pub fn recorded_stride_and_pooling(&self) -> (Option<i64>, Option<Pooling>) {
         let stride = self
             .metadata
@@ -379,18 +414,15 @@ impl ReidModel {
     }
 }
 
-/// Tensors of a flat state dict file (safetensors or torch.save), by name.
+/// Tensors of a flat state dict file (safetensors, torch.save or paddle.save), by name; a
+/// Paddle file's under torch's names (`bn1._mean` → `bn1.running_mean`).
 fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !is_safetensors(&bytes) {
-        let file = TorchFile::load(path)?;
-        return Ok(file
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect());
+    match format_of(path, &bytes)? {
+        Format::Safetensors => Ok(parse_safetensors(path, &bytes)?.0.into_iter().collect()),
+        Format::Torch => Ok(TorchFile::load(path)?.tensors),
+        Format::Paddle => Ok(PaddleFile::from_bytes(path, &bytes)?.torch_tensors()),
     }
-    Ok(parse_safetensors(path, &bytes)?.0.into_iter().collect())
 }
 
 /// Where a fresh model's ResNet weights come from. The reference always starts from
@@ -405,7 +437,8 @@ pub enum Pretrained {
     Found,
     /// Random initialisation.
     Random,
-    /// This file (safetensors or a torch `.pth`/`.pt` state dict with torchvision names).
+    /// This file (safetensors, a torch `.pth`/`.pt` or a Paddle `.pdparams` state dict with
+    /// torchvision names).
     File(PathBuf),
 }
 
@@ -415,6 +448,9 @@ const TORCHVISION_FILES: [(Depth, &str); 2] = [
     (Depth::R50, "resnet50-19c8e357.pth"),
     (Depth::R34, "resnet34-333f7ec4.pth"),
 ];
+/// The extensions [`Pretrained::Found`] takes in [`BACKBONE_WEIGHTS`]; `.pdparams` is how the
+/// Paddle reproduction keeps the same weights (`resnet50-19c8e357.pdparams`).
+const WEIGHT_EXTENSIONS: [&str; 4] = [".safetensors", ".pth", ".pt", ".pdparams"];
 
 impl Pretrained {
     /// The weights file to load into a fresh ResNet of `depth`; `None` for random
@@ -430,11 +466,13 @@ impl Pretrained {
                         .iter()
                         .find(|(d, _)| *d == depth)
                         .map_or("", |(_, f)| f);
+                    let paddle = torchvision.replace(".pth", ".pdparams");
                     Err(anyhow::anyhow!(
                         "no ImageNet weights for ResNet-{0}: {BACKBONE_WEIGHTS}/ holds no \
-                         resnet{0}*.safetensors, .pth or .pt (torchvision's file is \
-                         {BACKBONE_WEIGHTS}/{torchvision}); give a weights file, or `none` to \
-                         start from random initialisation",
+                         resnet{0}*.safetensors, .pth, .pt or .pdparams (torchvision's file is \
+                         {BACKBONE_WEIGHTS}/{torchvision}, the Paddle reproduction's \
+                         {BACKBONE_WEIGHTS}/{paddle}); give a weights file, or `none` to start \
+                         from random initialisation",
                         depth.number()
                     ))
                     .about(Setting::Pretrained)
@@ -444,11 +482,16 @@ impl Pretrained {
     }
 }
 
-/// The default ImageNet weights: a `resnet<depth>*` safetensors/.pth/.pt file in
+/// The default ImageNet weights: a `resnet<depth>*` safetensors/.pth/.pt/.pdparams file in
 /// `backbone_weights/`.
 fn default_imagenet(depth: Depth) -> Option<PathBuf> {
+    imagenet_in(Path::new(BACKBONE_WEIGHTS), depth)
+}
+
+/// The first (by name) `resnet<depth>*` weights file in `dir`.
+fn imagenet_in(dir: &Path, depth: Depth) -> Option<PathBuf> {
     let prefix = format!("resnet{}", depth.number());
-    let mut found: Vec<PathBuf> = std::fs::read_dir(BACKBONE_WEIGHTS)
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -457,10 +500,7 @@ fn default_imagenet(depth: Depth) -> Option<PathBuf> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            name.starts_with(&prefix)
-                && [".safetensors", ".pth", ".pt"]
-                    .iter()
-                    .any(|x| name.ends_with(x))
+            name.starts_with(&prefix) && WEIGHT_EXTENSIONS.iter().any(|x| name.ends_with(x))
         })
         .collect();
     found.sort();
@@ -468,8 +508,10 @@ fn default_imagenet(depth: Depth) -> Option<PathBuf> {
 }
 
 impl ReidModel {
-    /// Loads ImageNet weights (torchvision names: `conv1.weight`, `layer1.0.bn1.bias`, …)
-    /// from `path` into the ResNet base where names and shapes match; `fc.*` is skipped.
+    /// Loads ImageNet weights (torchvision names: `conv1.weight`, `layer1.0.bn1.bias`, …,
+    /// which Paddle's model zoo shares but for BatchNorm's `_mean` / `_variance`) from `path`
+    /// into the ResNet base where names and shapes match; `fc.*` is skipped (the ReID model
+    /// has no such layer, and Paddle stores its weight transposed anyway).
     /// Returns a line for the log saying what was loaded.
     pub fn load_imagenet(&mut self, path: &Path) -> Result<String> {
         let depth = self.config.depth;
@@ -511,5 +553,33 @@ impl ReidModel {
             "ImageNet weights: {loaded} tensors from {}",
             path.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backbone_weights_may_be_paddle_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(imagenet_in(dir.path(), Depth::R34), None);
+        for name in [
+            "resnet34-333f7ec4.pdparams.part",
+            "resnet50-19c8e357.pdparams",
+            "notes",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(imagenet_in(dir.path(), Depth::R34), None);
+        assert_eq!(
+            imagenet_in(dir.path(), Depth::R50),
+            Some(dir.path().join("resnet50-19c8e357.pdparams"))
+        );
+        std::fs::write(dir.path().join("resnet34-333f7ec4.pdparams"), b"").unwrap();
+        assert_eq!(
+            imagenet_in(dir.path(), Depth::R34),
+            Some(dir.path().join("resnet34-333f7ec4.pdparams"))
+        );
     }
 }

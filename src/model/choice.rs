@@ -67,8 +67,9 @@ impl ModelChoice {
 
     /// The shape of the model `ck` holds. Depth, classes and embedding come from its
     /// tensors (or agd's metadata); last stride and pooling from agd's metadata. The
-    /// reference's `.pth.tar` files do not record those two and their tensors cannot tell
-    /// them, so there the choice decides (default: the reference's 2 and avg).
+    /// reference's `.pth.tar` files (and the Paddle reproduction's `.pdparams`) do not record
+    /// those two and their tensors cannot tell them, so there the choice decides (default:
+    /// the reference's 2 and avg).
     pub fn for_checkpoint(&self, ck: &Checkpoint) -> Result<ModelConfig> {
         let classes = ck.classes()?;
         let depth = agree(

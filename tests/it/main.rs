@@ -12,6 +12,7 @@ mod incremental;
 mod invert;
 mod metrics;
 mod model;
+mod paddle;
 mod pipeline;
 mod plot;
 mod pth;

@@ -324,6 +324,7 @@ fn training_without_imagenet_weights_is_an_error_unless_asked_for() {
         "ResNet-34",
         "backbone_weights/",
         "resnet34-333f7ec4.pth",
+        "resnet34-333f7ec4.pdparams",
         "none",
     ] {
         assert!(err.contains(part), "{part}: {err}");

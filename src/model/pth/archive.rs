@@ -14,10 +14,10 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::rc::Rc;
 
-const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+pub(super) const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 
 /// The pre-1.6 format opens with a pickled magic number, 0x1950a86a20f9469cfc6c, as a LONG1.
-fn is_legacy(head: &[u8]) -> bool {
+pub(super) fn is_legacy(head: &[u8]) -> bool {
     const MAGIC: [u8; 12] = [
         0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
     ];

@@ -1,4 +1,6 @@
-//! Reader of torch.save files (zip + pickle), for the reference checkpoints and ImageNet weights.
+//! Readers of torch.save files (zip + pickle), for the reference checkpoints and ImageNet
+//! weights, and of paddle.save files (a bare pickle of numpy arrays), for the PaddlePaddle
+//! reproduction's.
 //!
 //! libtorch's own loader behind tch (`Tensor::loadz_multi`, `VarStore::load`) reads only flat
 //! dicts of tensors, but the reference checkpoints nest two state dicts next to an epoch number.
@@ -17,12 +19,26 @@
 //!   globals and persistent ids of the format at hand (its documentation says how a numpy
 //!   reader, for Paddle's `.pdparams`, plugs in);
 //! - `torch`: that resolver for torch.save (storages and `_rebuild_*` functions → tensors);
-//! - `flatten`: nested containers → dotted names and scalars.
+//! - `flatten`: nested containers → dotted names and scalars;
+//! - `paddle`: the resolver for paddle.save's numpy arrays, and [`PaddleFile`].
+//!
+//! The formats are told apart by content, not by extension: safetensors by its JSON header
+//! (in `checkpoint`), torch.save by its zip, its legacy format by torch's magic number, and
+//! paddle.save as any other pickle ([`is_paddle`]).
 
 mod archive;
 pub(crate) mod flatten;
+mod paddle;
 mod torch;
 pub(crate) mod unpickle;
+
+pub use paddle::{is_paddle, torch_name, PaddleFile};
+
+/// Whether `head` (a file's first bytes) opens a torch.save file: a zip archive, or the
+/// legacy format (which [`TorchFile::load`] refuses with the command that converts it).
+pub fn is_torch(head: &[u8]) -> bool {
+    head.starts_with(archive::ZIP_MAGIC) || archive::is_legacy(head)
+}
 
 use anyhow::{anyhow, Result};
 use std::collections::BTreeMap;

@@ -6,15 +6,15 @@
 //! travels through the tree as [`Value::Host`], and whatever no one recognises stays an
 //! [`Object`] whose arguments and attributes can still be named when flattening.
 //!
-//! This seam is meant for numpy arrays too, which a Paddle `.pdparams` file (a plain pickle
-//! of a dict of arrays, not in a zip) holds. Such a reader would
-//! - give `Resolver::reduce` the globals `numpy.core.multiarray._reconstruct` and
-//!   `numpy._core.multiarray._reconstruct` (numpy ≥ 2), returning an empty array as a
+//! The same seam reads numpy arrays, which a Paddle `.pdparams` file (a plain pickle of a
+//! dict of arrays, not in a zip) holds: `super::paddle`'s resolver
+//! - answers `Resolver::reduce` for `numpy.core.multiarray._reconstruct` and
+//!   `numpy._core.multiarray._reconstruct` (numpy ≥ 2) with an empty array, a
 //!   `Value::Host` with interior mutability (`Rc<RefCell<…>>`: the memo shares it);
-//! - fill it in `Resolver::build` from the state `(version, shape, dtype, is_fortran, data)`,
+//! - fills it in `Resolver::build` from the state `(version, shape, dtype, is_fortran, data)`,
 //!   whose `data` comes as [`Value::Bytes`] and whose `dtype` is an [`Object`] of class
 //!   `numpy.dtype` (its `args` name the type, its `state` tuple the byte order);
-//! - hand [`super::flatten::flatten`] a leaf function that turns those arrays into tensors.
+//! - hands [`super::flatten::flatten`] a leaf function that turns those arrays into tensors.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::cell::RefCell;
