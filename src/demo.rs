@@ -16,7 +16,7 @@ use crate::model::{Depth, ModelChoice};
 use crate::plot::ResultRow;
 use crate::stage::Argv;
 use crate::train::optimizer::OptimizerKind;
-use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -291,7 +291,7 @@ impl Run<'_> {
                 crate::io::write_atomic(&path, text.as_bytes())?;
                 Learning::Distill {
                     algo_config: path,
-                    inversion_dir: dreamed.to_path_buf(),
+                    old_images: OldImages::Dreamed(dreamed.to_path_buf()),
                     exemplars: self.plan.sizes.shots,
                 }
             }

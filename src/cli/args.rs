@@ -225,9 +225,24 @@ pub struct IncrementalArgs {
         default_value = "data/generations_r50_msmt17"
     )]
     pub inversion_dir: PathBuf,
-    /// Dreamed images per old identity.
+    /// Images per old identity: dreamed ones from --inversion-dir, or real ones with
+    /// --exemplar-dataset.
     #[arg(long, default_value_t = 40)]
     pub exemplars: usize,
+    /// Real training images of the old task's dataset (a folder under --data-root, labelled
+    /// as `agd train --dataset NAME` labelled them) in place of dreamed images, --exemplars
+    /// per identity chosen by --seed: the upper bound a data-free method is compared with.
+    // Defaults are not conflicts in clap: only an --inversion-dir given too is refused.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["inversion_dir", "finetune"])]
+    pub exemplar_dataset: Option<String>,
+    /// Distil on the new batch alone (the reference's IncrementalTrainer): the old model
+    /// and the student see only the new images, no dreamed or real old ones. The data-free
+    /// baseline without dreaming (how LwF and PODNet were first run); needs --algo-config.
+    #[arg(
+        long,
+        conflicts_with_all = ["inversion_dir", "exemplars", "exemplar_dataset", "finetune"]
+    )]
+    pub new_data_distillation: bool,
     /// Distillation config (YAML, see configs/).
     #[arg(long, value_name = "PATH")]
     pub algo_config: Option<PathBuf>,

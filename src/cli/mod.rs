@@ -133,6 +133,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Embedding => "--embedding",
         Epochs => "--epochs",
         EpochsDecay => "--epochs-decay",
+        ExemplarDataset => "--exemplar-dataset",
         Exemplars => "--exemplars",
         FeatureFile => "--features",
         FirstBnMultiplier => "--first-bn-multiplier",

@@ -5,7 +5,7 @@ use super::args::{CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, Tra
 use crate::model::checkpoint::Pretrained;
 use crate::model::choice::{DEFAULT_DEPTH, DEFAULT_LAST_STRIDE, DEFAULT_POOLING};
 use crate::model::ModelChoice;
-use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, RANDOM_INIT};
+use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages, RANDOM_INIT};
 use anyhow::{Context, Result};
 use clap::Args;
 
@@ -94,10 +94,18 @@ impl IncrementalArgs {
             let algo_config = self.algo_config.clone().with_context(|| {
                 format!("--algo-config is required: a distillation config such as configs/{example}.yaml (or --finetune for the baseline without distillation)")
             })?;
-            Learning::Distill {
-                algo_config,
-                inversion_dir: self.inversion_dir.clone(),
-                exemplars: self.exemplars,
+            if self.new_data_distillation {
+                Learning::NewData { algo_config }
+            } else {
+                let old_images = match &self.exemplar_dataset {
+                    Some(name) => OldImages::Real(name.clone()),
+                    None => OldImages::Dreamed(self.inversion_dir.clone()),
+                };
+                Learning::Distill {
+                    algo_config,
+                    old_images,
+                    exemplars: self.exemplars,
+                }
             }
         };
         Ok(IncrementalPlan {

@@ -1,10 +1,12 @@
-//! Dataset layouts (SPEC §2): Market-style folders, MSMT17's own list files, and folders
-//! of dreamed images. Parsing only builds lists of records; pixels are read by
-//! [`super::ImageStore`].
+//! Dataset layouts (SPEC §2): Market-style folders, MSMT17's own list files, folders of
+//! dreamed images, and real exemplars of an old task. Parsing only builds lists of records;
+//! pixels are read by [`super::ImageStore`].
 
+use super::rng::{stream, tag};
 use crate::bad_setting;
 use crate::error::{AboutExt, Setting};
 use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -202,6 +204,12 @@ fn msmt_list(list: &Path, images_dir: &Path) -> Result<Vec<(PathBuf, i64, i64)>>
 impl ReidDataset {
     /// Loads `<data_root>/<name>`, detecting its layout.
     pub fn load(data_root: &Path, name: &str) -> Result<Self> {
+        Self::load_as(data_root, name, Setting::Dataset)
+    }
+
+    /// [`Self::load`] for a dataset that `setting` names: a missing folder is that
+    /// setting's error (the CLI then names its flag, not `--dataset`).
+    pub fn load_as(data_root: &Path, name: &str, setting: Setting) -> Result<Self> {
         if !data_root.is_dir() {
             bad_setting!(
                 Setting::DataRoot,
@@ -212,7 +220,7 @@ impl ReidDataset {
         let root = data_root.join(name);
         if !root.is_dir() {
             bad_setting!(
-                Setting::Dataset,
+                setting,
                 name,
                 "{} not found (expected a Market-style folder with {} or MSMT17's {})",
                 root.display(),
@@ -333,6 +341,60 @@ impl Dreamed {
             dir: dir.to_path_buf(),
             num_ids: by_pid.len(),
             records,
+        })
+    }
+}
+
+/// Real exemplars of an old task (`--exemplar-dataset`): `per_id` training images of every
+/// identity, in place of dreamed ones — the upper bound a data-free method is compared
+/// with (the reference's `Dataset(root, old, exemplars=N)`).
+#[derive(Clone, Debug)]
+pub struct Exemplars {
+    pub dataset: String,
+    /// Labelled as `agd train --dataset <dataset>` labelled them (training pids relabelled
+    /// 0..N−1 in order of first appearance), so pid k is the old model's class k; cameras
+    /// as in the file names. In the dataset's order.
+    pub records: Vec<Record>,
+    /// Identities of the dataset's training split (the classes of a model trained on it).
+    pub num_ids: usize,
+}
+
+impl Exemplars {
+    /// `per_id` training images of every identity of `<data_root>/<name>`, drawn without
+    /// replacement by a stream of `seed` and the identity (so a seed always picks the same
+    /// images, and another seed other ones); an identity with at most `per_id` images gives
+    /// them all. The dataset is read by [`ReidDataset::load`], the loader `agd train` uses,
+    /// so the labels are the ones the old model learnt.
+    pub fn load(data_root: &Path, name: &str, per_id: usize, seed: u64) -> Result<Self> {
+        if per_id == 0 {
+            bad_setting!(
+                Setting::Exemplars,
+                0,
+                "at least one image per old identity is needed"
+            );
+        }
+        let dataset = ReidDataset::load_as(data_root, name, Setting::ExemplarDataset)?;
+        let mut by_pid: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, r) in dataset.train.iter().enumerate() {
+            by_pid.entry(r.pid).or_default().push(i);
+        }
+        let mut chosen = Vec::new();
+        for (pid, mut indices) in by_pid {
+            if indices.len() > per_id {
+                let mut rng = stream(seed, &[tag::EXEMPLARS, pid as u64]);
+                indices.shuffle(&mut rng);
+                indices.truncate(per_id);
+            }
+            chosen.extend(indices);
+        }
+        chosen.sort_unstable();
+        Ok(Self {
+            dataset: name.to_string(),
+            records: chosen
+                .into_iter()
+                .map(|i| dataset.train[i].clone())
+                .collect(),
+            num_ids: dataset.num_train_ids,
         })
     }
 }

@@ -251,29 +251,32 @@ impl TrainLoader {
         Stream::new(rx, remaining)
     }
 
-    /// An endless stream that restarts (a new sampler pass) whenever it runs out, starting
-    /// `skip` batches in. Pass `c` of the data uses the random streams of epoch `c`.
-    pub fn cycled(&self, skip: u64) -> Stream<Batch> {
+    /// An endless stream of whole sampler passes, starting at the first batch of pass
+    /// `first`. Pass p is shuffled and augmented with the random streams of epoch p, so
+    /// distinct pass numbers are distinct shuffles, and a pass is the same whichever run
+    /// (uninterrupted or resumed) draws it.
+    pub fn passes(&self, first: u64) -> Stream<Batch> {
         let this = self.clone();
         let planner = self.clone();
-        let jobs = (0u64..)
-            .flat_map(move |cycle| {
-                planner
-                    .plan(cycle)
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(b, idx)| (cycle, b as u64, idx))
-            })
-            .skip(skip as usize);
-        let rx = spawn_stream(self.cfg.prefetch, jobs, move |(cycle, b, idx)| {
-            this.build(cycle, b, idx)
+        let jobs = (first..).flat_map(move |pass| {
+            planner
+                .plan(pass)
+                .into_iter()
+                .enumerate()
+                .map(move |(b, idx)| (pass, b as u64, idx))
+        });
+        let rx = spawn_stream(self.cfg.prefetch, jobs, move |(pass, b, idx)| {
+            this.build(pass, b, idx)
         });
         Stream::new(rx, usize::MAX)
     }
 }
 
-/// New-task batches paired with dreamed batches (SPEC §2, "Pairing"): each new batch with
-/// the next dreamed batch; the dreamed loader restarts when exhausted, across epochs.
+/// New-task batches paired with dreamed batches (SPEC §2, "Pairing"), as the reference
+/// pairs them: every epoch begins a *fresh* pass of the dreamed loader (its
+/// `iter(training_loader_prec)` at the start of the epoch), the i-th new batch of the epoch
+/// goes with the i-th batch of that pass, and when the pass runs out within the epoch the
+/// next pass begins. Whatever an epoch leaves of its last pass is never seen.
 #[derive(Clone)]
 pub struct PairedLoader {
     pub new: TrainLoader,
@@ -281,17 +284,32 @@ pub struct PairedLoader {
 }
 
 impl PairedLoader {
-    /// Dreamed batches consumed before `epoch` starts: one per new batch of every earlier
-    /// epoch. Recomputed from the samplers, so resuming needs no saved loader state.
-    pub fn dreamed_offset(&self, epoch: u64) -> u64 {
-        (0..epoch)
-            .map(|e| self.new.batches_in_epoch(e) as u64)
-            .sum()
+    /// The number of the dreamed pass that `epoch` begins: the count of passes begun by
+    /// every earlier epoch (each begins one, and one more each time its pass runs out).
+    /// Recomputed from the two samplers, so a resumed run needs no saved loader state and
+    /// sees the passes an uninterrupted run sees; numbering passes consecutively keeps
+    /// every pass of the run a distinct shuffle.
+    pub fn first_dreamed_pass(&self, epoch: u64) -> u64 {
+        (0..epoch).fold(0, |pass, e| {
+            pass + self.dreamed_passes(pass, self.new.batches_in_epoch(e))
+        })
+    }
+
+    /// Passes begun, from pass `first` on, to pair `batches` new batches: at least one (an
+    /// epoch always begins a pass), and every pass holds at least one batch (the sampler
+    /// refuses data with fewer than P identities), so this ends.
+    fn dreamed_passes(&self, first: u64, batches: usize) -> u64 {
+        let (mut covered, mut pass) = (self.dreamed.batches_in_epoch(first), first + 1);
+        while covered < batches {
+            covered += self.dreamed.batches_in_epoch(pass);
+            pass += 1;
+        }
+        pass - first
     }
 
     /// The (new, dreamed) batch pairs of `epoch`.
     pub fn epoch(&self, epoch: u64) -> impl ExactSizeIterator<Item = Result<(Batch, Batch)>> {
-        let dreamed = self.dreamed.cycled(self.dreamed_offset(epoch));
+        let dreamed = self.dreamed.passes(self.first_dreamed_pass(epoch));
         self.new
             .epoch(epoch)
             .zip(dreamed)

@@ -10,7 +10,7 @@ pub mod sampler;
 pub mod synth;
 pub mod transforms;
 
-pub use dataset::{Dreamed, Record, ReidDataset};
+pub use dataset::{Dreamed, Exemplars, Record, ReidDataset};
 pub use images::ImageStore;
 pub use loader::{Batch, LoaderConfig, PairedLoader, TestLoader, TrainLoader, INSTANCES};
 pub use sampler::IdentitySampler;

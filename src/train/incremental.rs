@@ -1,7 +1,9 @@
-//! The incremental steps (SPEC §5, §6): new data plus dreamed images, with the old model's
-//! geometry on the dreamed images distilled into the student.
+//! The incremental steps (SPEC §5, §6): new data plus images of the old identities
+//! (dreamed, or real exemplars for the upper bound), with the old model's geometry on them
+//! distilled into the student ([`IncrementalStep`]); and the baseline that distils on the
+//! new batch alone ([`NewDataStep`], SPEC §4 last paragraph).
 //!
-//! One step serves both subcommands: `incremental` sees one view and distils from the
+//! Each step serves both subcommands: `incremental` sees one view and distils from the
 //! teacher's outputs on it; `incremental-x` sees `peers` views and, on view i, mixes the
 //! distillation from the teacher's view i (weight `cross_factor`) with the mean over the
 //! teacher's other views.
@@ -57,50 +59,64 @@ pub struct IncrementalStep {
     pub views: Views,
 }
 
-impl IncrementalStep {
-    /// The teacher's outputs on every view of the dreamed batch (no graph kept).
-    fn teacher(&self, dreamed: &Batch, device: Device) -> Vec<Output> {
-        tch::no_grad(|| {
-            dreamed
-                .views
-                .iter()
-                .map(|x| self.old.forward(&to_input(x, device), false))
-                .collect()
-        })
-    }
+/// The teacher's outputs on every view of `batch` (eval mode, no graph kept).
+fn teacher(old: &ReidModel, batch: &Batch, device: Device) -> Vec<Output> {
+    tch::no_grad(|| {
+        batch
+            .views
+            .iter()
+            .map(|x| old.forward(&to_input(x, device), false))
+            .collect()
+    })
+}
 
-    /// factor · the distillation term of SPEC §5/§6 for the student's view `i`.
-    fn distill(
-        &self,
-        student: &Output,
-        teachers: &[Output],
-        i: usize,
-        pids: &Tensor,
-    ) -> Result<Tensor> {
-        let s = DistillInput::from(student);
-        // The teacher is the old model with its classifier (always-be-dreaming applies that
-        // classifier to the student's embeddings).
-        let old_classifier = self.old.classifier();
-        let d = |t: &Output| {
-            let teacher = DistillInput::from(t).with_classifier(old_classifier);
-            self.distillation.loss(&s, &teacher, pids)
-        };
-        let term = match self.views {
-            Views::Single => d(&teachers[i])?,
-            Views::Augmented { cross_factor } => {
-                let mut others = Vec::with_capacity(teachers.len() - 1);
-                for (j, t) in teachers.iter().enumerate() {
-                    if j != i {
-                        others.push(d(t)?);
-                    }
+/// factor · the distillation term of SPEC §5/§6 for the student's view `i`.
+///
+/// The teacher side is the old model with its classifier (always-be-dreaming applies that
+/// classifier to the student's embeddings).
+fn mixed_distill(
+    distillation: &Distillation,
+    views: Views,
+    old_classifier: &Tensor,
+    student: &Output,
+    teachers: &[Output],
+    i: usize,
+    pids: &Tensor,
+) -> Result<Tensor> {
+    let s = DistillInput::from(student);
+    let d = |t: &Output| {
+        let teacher = DistillInput::from(t).with_classifier(old_classifier);
+        distillation.loss(&s, &teacher, pids)
+    };
+    let term = match views {
+        Views::Single => d(&teachers[i])?,
+        Views::Augmented { cross_factor } => {
+            let mut others = Vec::with_capacity(teachers.len() - 1);
+            for (j, t) in teachers.iter().enumerate() {
+                if j != i {
+                    others.push(d(t)?);
                 }
-                let mean_others = Tensor::stack(&others, 0).mean(None::<tch::Kind>);
-                d(&teachers[i])? * cross_factor + mean_others * (1.0 - cross_factor)
             }
-        };
-        Ok(term * self.distillation.factor)
-    }
+            let mean_others = Tensor::stack(&others, 0).mean(None::<tch::Kind>);
+            d(&teachers[i])? * cross_factor + mean_others * (1.0 - cross_factor)
+        }
+    };
+    Ok(term * distillation.factor)
+}
 
+/// An augmented step needs a second view to mix in.
+fn check_views(mix: Views, views: usize) -> Result<()> {
+    if matches!(mix, Views::Augmented { .. }) && views < 2 {
+        crate::bad_setting!(
+            crate::error::Setting::Peers,
+            views,
+            "augmented distillation needs at least 2 views"
+        );
+    }
+    Ok(())
+}
+
+impl IncrementalStep {
     /// [`Step::step`] that also reports how long each phase took.
     ///
     /// Per view: one student forward over new ⊕ dreamed in train mode (BN statistics span
@@ -120,13 +136,7 @@ impl IncrementalStep {
                 dreamed.views.len()
             );
         }
-        if matches!(self.views, Views::Augmented { .. }) && views < 2 {
-            crate::bad_setting!(
-                crate::error::Setting::Peers,
-                views,
-                "augmented distillation needs at least 2 views"
-            );
-        }
+        check_views(self.views, views)?;
         let mut phases = Phases::default();
         let device = model.device();
         let n_new = new.indices.len() as i64;
@@ -137,7 +147,7 @@ impl IncrementalStep {
             0,
         );
         let t = Instant::now();
-        let teachers = self.teacher(&dreamed, device);
+        let teachers = teacher(&self.old, &dreamed, device);
         phases.teacher = t.elapsed();
         let t = Instant::now();
         opt.zero_grad();
@@ -149,7 +159,15 @@ impl IncrementalStep {
             let out = model.forward(&input, true);
             let base = BaseLoss::new(&out.logits, &out.global, &pids);
             let student = rows(&out, n_new, n_dreamed);
-            let distill = self.distill(&student, &teachers, i, &dreamed_pids)?;
+            let distill = mixed_distill(
+                &self.distillation,
+                self.views,
+                self.old.classifier(),
+                &student,
+                &teachers,
+                i,
+                &dreamed_pids,
+            )?;
             let loss = base.total() + &distill;
             phases.forward += t.elapsed();
             let t = Instant::now();
@@ -188,5 +206,67 @@ impl Step for IncrementalStep {
         batch: (Batch, Batch),
     ) -> Result<Vec<f64>> {
         self.step_timed(model, opt, batch).map(|(losses, _)| losses)
+    }
+}
+
+/// Distillation on the new batch alone (the reference's `IncrementalTrainer`): the old
+/// model and the student both see the new images x and nothing else, so no image of the
+/// old task, dreamed or real, is needed. Per view i: S = student(x_i) in train mode,
+/// T_j = old(x_j) for every view j; loss_i = CE(z_S, y) + triplet(g_S, y) + factor ·
+/// distill(S, T, y), mixed over the teacher's views as in `incremental-x`; each view's loss
+/// is back-propagated divided by the number of views, then one optimiser step.
+///
+/// Labels y are the new classes 0..n−1, which come first in the expanded classifier, so
+/// `hinton`'s "last C classes" of the student's logits are exactly the old classes whose
+/// probabilities the old model gives on the same new images.
+pub struct NewDataStep {
+    /// The task-1 model: frozen, evaluated in eval mode.
+    pub old: ReidModel,
+    pub distillation: Distillation,
+    pub views: Views,
+}
+
+impl Step for NewDataStep {
+    type Batch = Batch;
+
+    fn loss_names(&self) -> Vec<&'static str> {
+        vec!["ce", "triplet", "distill"]
+    }
+
+    fn batch_images(&self, batch: &Batch) -> usize {
+        batch.indices.len() * batch.views.len()
+    }
+
+    /// The reported losses are the last view's, as the reference's.
+    fn step(&mut self, model: &ReidModel, opt: &mut Optimizer, batch: Batch) -> Result<Vec<f64>> {
+        let views = batch.views.len();
+        check_views(self.views, views)?;
+        let device = model.device();
+        let pids = batch.pids.to_device(device);
+        let teachers = teacher(&self.old, &batch, device);
+        opt.zero_grad();
+        let mut reported = Vec::new();
+        for (i, x) in batch.views.iter().enumerate() {
+            let out = model.forward(&to_input(x, device), true);
+            let base = BaseLoss::new(&out.logits, &out.global, &pids);
+            let distill = mixed_distill(
+                &self.distillation,
+                self.views,
+                self.old.classifier(),
+                &out,
+                &teachers,
+                i,
+                &pids,
+            )?;
+            let loss = base.total() + &distill;
+            (loss / views as f64).backward();
+            reported = vec![
+                base.ce.double_value(&[]),
+                base.triplet.double_value(&[]),
+                distill.double_value(&[]),
+            ];
+        }
+        opt.step();
+        Ok(reported)
     }
 }

@@ -12,5 +12,5 @@ pub mod plan;
 mod run;
 pub mod schedule;
 
-pub use plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+pub use plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
 pub use run::{run_base, run_incremental};

@@ -224,13 +224,32 @@ impl BasePlan {
 pub enum Learning {
     /// The forgetting baseline (`main_finetune.py`): new data only.
     Finetune,
-    /// Distillation of the old model on dreamed images, with a `--algo-config`.
+    /// Distillation of the old model on the new batch alone (the reference's
+    /// `IncrementalTrainer`): no images of the old task at all, dreamed or real. The
+    /// data-free baseline without dreaming, as LwF and PODNet were first run.
+    NewData {
+        /// The distillation config (`--algo-config`).
+        algo_config: PathBuf,
+    },
+    /// Distillation of the old model on images of the old identities (dreamed, or real
+    /// exemplars for the upper bound) paired with every new batch, with a `--algo-config`.
     Distill {
         algo_config: PathBuf,
-        inversion_dir: PathBuf,
-        /// Dreamed images used per old identity.
+        old_images: OldImages,
+        /// Images used per old identity (dreamed or real: one meaning for both).
         exemplars: usize,
     },
+}
+
+/// Where the images of the old identities come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OldImages {
+    /// Dreamed from the old model (`--inversion-dir`): the data-free method.
+    Dreamed(PathBuf),
+    /// Real training images of the old task's dataset (`--exemplar-dataset`), labelled as
+    /// `agd train --dataset NAME` labelled them: the upper bound a data-free method is
+    /// compared with.
+    Real(String),
 }
 
 /// `agd incremental` / `agd incremental-x` (SPEC §5, §6).
@@ -272,14 +291,25 @@ impl IncrementalPlan {
             Learning::Finetune => {
                 argv.switch("--finetune", true);
             }
+            Learning::NewData { algo_config } => {
+                argv.flag("--algo-config", algo_config.display())
+                    .switch("--new-data-distillation", true);
+            }
             Learning::Distill {
                 algo_config,
-                inversion_dir,
+                old_images,
                 exemplars,
             } => {
-                argv.flag("--algo-config", algo_config.display())
-                    .path("--inversion-dir", inversion_dir, DEFAULT_INVERSION_DIR)
-                    .differs("--exemplars", exemplars, &DEFAULT_EXEMPLARS);
+                argv.flag("--algo-config", algo_config.display());
+                match old_images {
+                    OldImages::Dreamed(dir) => {
+                        argv.path("--inversion-dir", dir, DEFAULT_INVERSION_DIR);
+                    }
+                    OldImages::Real(dataset) => {
+                        argv.flag("--exemplar-dataset", dataset);
+                    }
+                }
+                argv.differs("--exemplars", exemplars, &DEFAULT_EXEMPLARS);
             }
         }
         argv.opt("--old-dataset", self.old_dataset.as_deref());

@@ -5,11 +5,11 @@
 
 use super::base::BaseStep;
 use super::fit::{fit, EpochEval, FitConfig};
-use super::incremental::{IncrementalStep, Views};
+use super::incremental::{IncrementalStep, NewDataStep, Views};
 use super::optimizer::Optimizer;
-use super::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use super::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
 use crate::bad_setting;
-use crate::data::{Dreamed, ImageStore, PairedLoader, Record, ReidDataset, TrainLoader};
+use crate::data::{Dreamed, Exemplars, ImageStore, PairedLoader, Record, ReidDataset, TrainLoader};
 use crate::error::{AboutExt, Setting};
 use crate::eval::TestSet;
 use crate::logging::Logger;
@@ -205,14 +205,17 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
 /// The distillation config and how views are mixed, checked before any data is read.
 fn distillation(plan: &IncrementalPlan) -> Result<Option<(Distillation, Views)>> {
     let r = &plan.run;
-    let Learning::Distill { algo_config, .. } = &plan.learning else {
-        if plan.augmented {
-            bail!("the fine-tuning baseline has no views to mix: it is not an augmented (incremental-x) run");
+    let algo_config = match &plan.learning {
+        Learning::Distill { algo_config, .. } | Learning::NewData { algo_config } => algo_config,
+        Learning::Finetune => {
+            if plan.augmented {
+                bail!("the fine-tuning baseline has no views to mix: it is not an augmented (incremental-x) run");
+            }
+            if r.peers != 1 {
+                bad_setting!(Setting::Peers, r.peers, "fine-tuning sees one view");
+            }
+            return Ok(None);
         }
-        if r.peers != 1 {
-            bad_setting!(Setting::Peers, r.peers, "fine-tuning sees one view");
-        }
-        return Ok(None);
     };
     let config = Distillation::load(algo_config)?;
     let views = if plan.augmented {
@@ -255,9 +258,56 @@ fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
     Ok(())
 }
 
+/// The images of the old identities that every new batch is paired with, labelled with the
+/// old model's classes; logged with where they come from.
+fn old_images(
+    r: &LoopPlan,
+    source: &OldImages,
+    exemplars: usize,
+    old_classes: i64,
+    seed: u64,
+    log: &Logger,
+) -> Result<Vec<Record>> {
+    match source {
+        OldImages::Dreamed(dir) => {
+            let dreamed = Dreamed::load(dir, exemplars)?;
+            check_dreamed(&dreamed, old_classes)?;
+            log.line(format!(
+                "dreamed: {} images of {} old ids from {}",
+                dreamed.records.len(),
+                dreamed.num_ids,
+                dreamed.dir.display()
+            ));
+            Ok(dreamed.records)
+        }
+        OldImages::Real(name) => {
+            let real = Exemplars::load(&r.data_root, name, exemplars, seed)?;
+            // Labels are the old classes only if the old model learnt this very dataset.
+            if real.num_ids as i64 != old_classes {
+                bad_setting!(
+                    Setting::ExemplarDataset,
+                    name,
+                    "has {} training identities but the previous model has {old_classes} \
+                     classes: the exemplars must come from the dataset it was trained on",
+                    real.num_ids
+                );
+            }
+            log.line(format!(
+                "real exemplars (the upper bound, not data-free): {} training images of {} old ids \
+                 from {name}, at most {exemplars} each",
+                real.records.len(),
+                real.num_ids
+            ));
+            Ok(real.records)
+        }
+    }
+}
+
 /// `agd incremental` / `agd incremental-x`: the student starts as the old model with its
 /// classifier expanded by the new classes and learns the new task while the old model's
-/// geometry on the dreamed images is distilled into it (SPEC §5, §6).
+/// geometry on the dreamed images is distilled into it (SPEC §5, §6) — or, for the
+/// baselines (SPEC §4 last paragraph), on real exemplars of the old task, on the new batch
+/// alone, or not at all (fine-tuning).
 /// Returns the last evaluation (none when the plan does not evaluate).
 pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
@@ -305,17 +355,20 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
         (
             Some((distillation, views)),
             Learning::Distill {
-                inversion_dir,
+                old_images: source,
                 exemplars,
                 ..
             },
         ) => {
-            let dreamed = Dreamed::load(inversion_dir, *exemplars)?;
-            check_dreamed(&dreamed, old_classes)?;
-            log_distillation(&log, &dreamed, &distillation, views);
+            let records = old_images(r, source, *exemplars, old_classes, seed, &log)?;
+            log_distillation(&log, &distillation, views);
+            let what = match source {
+                OldImages::Dreamed(_) => "dreamed",
+                OldImages::Real(_) => "exemplars",
+            };
             let paired = PairedLoader {
                 new: new_loader,
-                dreamed: loader(r, &dreamed.records, seed, 1, "dreamed")?,
+                dreamed: loader(r, &records, seed, 1, what)?,
             };
             let mut step = IncrementalStep {
                 old,
@@ -329,6 +382,24 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
                 &mut opt,
                 &mut step,
                 |e| paired.epoch(e),
+                &test_sets,
+                &log,
+            )?
+        }
+        (Some((distillation, views)), Learning::NewData { .. }) => {
+            log.line("distillation on the new data only: no dreamed or real old images");
+            log_distillation(&log, &distillation, views);
+            let mut step = NewDataStep {
+                old,
+                distillation,
+                views,
+            };
+            fit(
+                &fit_cfg,
+                &model,
+                &mut opt,
+                &mut step,
+                |e| new_loader.epoch(e),
                 &test_sets,
                 &log,
             )?
@@ -349,16 +420,13 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     Ok(finish(r, eval, &log))
 }
 
-fn log_distillation(log: &Logger, dreamed: &Dreamed, distillation: &Distillation, views: Views) {
+fn log_distillation(log: &Logger, distillation: &Distillation, views: Views) {
     let mix = match views {
         Views::Single => String::new(),
         Views::Augmented { cross_factor } => format!(", cross factor {cross_factor}"),
     };
     log.line(format!(
-        "dreamed: {} images of {} old ids from {}; distillation {} × {}{mix}",
-        dreamed.records.len(),
-        dreamed.num_ids,
-        dreamed.dir.display(),
+        "distillation {} × {}{mix}",
         distillation.type_name(),
         distillation.factor
     ));

@@ -4,8 +4,8 @@ use agd::data::dataset::{parse_dreamed_name, parse_market_name, Layout};
 use agd::data::loader::INSTANCES;
 use agd::data::transforms::{test_into, MEAN, PAD, STD};
 use agd::data::{
-    Dreamed, Erasing, IdentitySampler, ImageStore, LoaderConfig, PairedLoader, Record, ReidDataset,
-    TrainLoader, TrainTransform,
+    Dreamed, Erasing, Exemplars, IdentitySampler, ImageStore, LoaderConfig, PairedLoader, Record,
+    ReidDataset, TrainLoader, TrainTransform,
 };
 use rand::SeedableRng;
 use std::collections::{HashMap, HashSet};
@@ -481,31 +481,157 @@ fn loader_batches_are_reproducible_views_share_samples_and_cameras_are_ordered()
         .any(|(x, y)| !tensors_equal(&x.views[0], &y.views[0])));
 }
 
+/// The dreamed batches an uninterrupted run pairs with `epochs` epochs, as the reference
+/// draws them: at the start of every epoch a fresh iterator over the dreamed loader (a new
+/// pass), replaced by the next pass whenever it runs out. Pass numbers count up from 0 over
+/// the whole run. Returns per epoch the (pass, batch in pass, indices) of every pair.
+fn reference_pairing(paired: &PairedLoader, epochs: u64) -> Vec<Vec<(u64, u64, Vec<usize>)>> {
+    let mut next_pass = 0u64;
+    let mut out = Vec::new();
+    for epoch in 0..epochs {
+        let mut pass = next_pass;
+        next_pass += 1;
+        let mut iter = paired.dreamed.plan(pass).into_iter().enumerate();
+        let mut pairs = Vec::new();
+        for _ in 0..paired.new.batches_in_epoch(epoch) {
+            let (b, idx) = match iter.next() {
+                Some(x) => x,
+                None => {
+                    pass = next_pass;
+                    next_pass += 1;
+                    iter = paired.dreamed.plan(pass).into_iter().enumerate();
+                    iter.next().expect("a pass holds at least one batch")
+                }
+            };
+            pairs.push((pass, b as u64, idx));
+        }
+        out.push(pairs);
+    }
+    out
+}
+
 #[test]
-fn paired_loader_cycles_dreamed_batches_across_epochs_and_resumes_exactly() {
-    // New data: 6 ids × 8 → several batches per epoch; dreamed: 2 ids × 4 → 1 batch per pass.
+fn every_epoch_pairs_new_batches_with_a_fresh_dreamed_pass() {
+    // MSMT17's dreams against Market in small: a dreamed pass (6 ids × 8 → 6 batches) is
+    // longer than an epoch of new data (2 ids × 8 → 2 batches).
     let paired = PairedLoader {
-        new: loader_fixture(&[8, 8, 8, 8, 8, 8], 1, 3, 0),
-        dreamed: loader_fixture(&[4, 4], 1, 3, 1),
+        new: loader_fixture(&[8, 8], 1, 3, 0),
+        dreamed: loader_fixture(&[8; 6], 1, 3, 1),
     };
-    let e0: Vec<_> = paired.epoch(0).map(Result::unwrap).collect();
-    let e1: Vec<_> = paired.epoch(1).map(Result::unwrap).collect();
-    assert_eq!(e0.len(), paired.new.batches_in_epoch(0));
-    assert!(e0.len() > 1);
-    // The dreamed loader restarts when exhausted: every pair gets a full dreamed batch.
-    for (n, d) in e0.iter().chain(&e1) {
-        assert_eq!(n.indices.len(), 8);
-        assert_eq!(d.indices.len(), 8);
+    assert_eq!(paired.new.batches_in_epoch(0), 2);
+    assert_eq!(paired.dreamed.batches_in_epoch(0), 6);
+    let mut firsts = Vec::new();
+    for epoch in 0..3u64 {
+        // Each epoch begins its own pass: pass e, not where epoch e − 1 stopped.
+        assert_eq!(paired.first_dreamed_pass(epoch), epoch);
+        let pairs: Vec<_> = paired.epoch(epoch).map(Result::unwrap).collect();
+        assert_eq!(pairs.len(), 2);
+        let pass = paired.dreamed.plan(epoch);
+        for (b, (_, d)) in pairs.iter().enumerate() {
+            assert_eq!(d.indices, pass[b], "epoch {epoch} batch {b}");
+        }
+        let first = paired.dreamed.build(epoch, 0, pass[0].clone());
+        assert!(tensors_equal(&pairs[0].1.views[0], &first.views[0]));
+        firsts.push(pairs[0].1.indices.clone());
     }
-    // Epoch 1 continues the dreamed stream where epoch 0 stopped: the same as drawing
-    // e0.len() + e1.len() batches from one uninterrupted cycled stream.
-    let continuous: Vec<_> = paired
-        .dreamed
-        .cycled(0)
-        .map(Result::unwrap)
-        .take(e0.len() + e1.len())
+    // Passes are distinct shuffles, and epoch 1 does not continue epoch 0's pass.
+    assert_ne!(paired.dreamed.plan(0), paired.dreamed.plan(1));
+    assert_ne!(firsts[0], firsts[1]);
+    assert_ne!(firsts[1], paired.dreamed.plan(0)[2]);
+}
+
+#[test]
+fn dreamed_passes_restart_within_an_epoch_and_a_resumed_run_sees_the_same_batches() {
+    // A dreamed pass (ids with 8, 8, 4, 4 images: 2 or 3 batches, depending on the shuffle)
+    // is shorter than an epoch of new data (6 ids × 8 → 6 batches): it restarts mid-epoch.
+    let make = || PairedLoader {
+        new: loader_fixture(&[8; 6], 1, 5, 0),
+        dreamed: loader_fixture(&[8, 8, 4, 4], 1, 5, 1),
+    };
+    let paired = make();
+    let epochs = 4;
+    let want = reference_pairing(&paired, epochs);
+    let lengths: HashSet<usize> = (0..12)
+        .map(|p| paired.dreamed.batches_in_epoch(p))
         .collect();
-    for ((_, d), c) in e0.iter().chain(&e1).zip(&continuous) {
-        assert!(tensors_equal(&d.views[0], &c.views[0]));
+    assert!(lengths.iter().all(|&n| n < 6), "{lengths:?}");
+    for (epoch, pairs) in want.iter().enumerate() {
+        let epoch = epoch as u64;
+        // A fresh loader is what a run resumed at this epoch builds: nothing carried over.
+        let resumed = make();
+        assert_eq!(resumed.first_dreamed_pass(epoch), pairs[0].0);
+        assert_eq!(
+            pairs[0].1, 0,
+            "epoch {epoch} starts at a pass's first batch"
+        );
+        let got: Vec<_> = resumed.epoch(epoch).map(Result::unwrap).collect();
+        assert_eq!(got.len(), pairs.len());
+        for ((_, d), (pass, b, idx)) in got.iter().zip(pairs) {
+            assert_eq!(&d.indices, idx, "epoch {epoch}, pass {pass} batch {b}");
+            let built = paired.dreamed.build(*pass, *b, idx.clone());
+            assert!(tensors_equal(&d.views[0], &built.views[0]));
+            assert_eq!(d.indices.len(), 8);
+        }
     }
+    // Every epoch began at least two passes (it ran out mid-epoch at least once).
+    let passes: Vec<u64> = (0..=epochs).map(|e| paired.first_dreamed_pass(e)).collect();
+    assert!(passes.windows(2).all(|w| w[1] >= w[0] + 2), "{passes:?}");
+}
+
+#[test]
+fn exemplars_take_n_real_images_per_old_identity_with_the_old_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Raw pids 3 (2 images), 7 (4), 10 (5) and junk: relabelled 0, 1, 2 in sorted order.
+    let mut train = vec!["-1_c1s1_000001_00.jpg".to_string()];
+    for (pid, n) in [(10, 5), (3, 2), (7, 4)] {
+        for i in 0..n {
+            train.push(format!("{pid:04}_c{}s1_{i:06}_00.jpg", i % 2 + 1));
+        }
+    }
+    let train: Vec<&str> = train.iter().map(String::as_str).collect();
+    market(
+        tmp.path(),
+        "old",
+        &train,
+        &["0001_c1s1_000001_00.jpg"],
+        &["0001_c2s1_000001_00.jpg"],
+    );
+    let dataset = ReidDataset::load(tmp.path(), "old").unwrap();
+    let label_of: HashMap<PathBuf, i64> = dataset
+        .train
+        .iter()
+        .map(|r| (r.path.clone(), r.pid))
+        .collect();
+
+    let chosen = Exemplars::load(tmp.path(), "old", 3, 1).unwrap();
+    assert_eq!(chosen.num_ids, 3);
+    let mut per_id: HashMap<i64, usize> = HashMap::new();
+    for r in &chosen.records {
+        // The labels `agd train --dataset old` used, the camera of the file name.
+        assert_eq!(Some(&r.pid), label_of.get(&r.path), "{}", r.path.display());
+        assert!(r.camera >= 1);
+        *per_id.entry(r.pid).or_default() += 1;
+    }
+    // pid 3 (label 0) has only 2 images: both; the others give 3 of theirs.
+    assert_eq!(per_id, HashMap::from([(0, 2), (1, 3), (2, 3)]));
+    let dir = tmp.path().join("old/bounding_box_train");
+    assert!(chosen.records.iter().all(|r| r.path.starts_with(&dir)));
+
+    // The same seed chooses the same images; another seed other ones.
+    let paths = |e: &Exemplars| e.records.iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+    let again = Exemplars::load(tmp.path(), "old", 3, 1).unwrap();
+    assert_eq!(paths(&again), paths(&chosen));
+    assert_eq!(again.records, chosen.records);
+    let other = (2..12)
+        .map(|seed| Exemplars::load(tmp.path(), "old", 3, seed).unwrap())
+        .find(|e| paths(e) != paths(&chosen));
+    assert!(other.is_some(), "ten seeds all chose the same images");
+    // Enough per identity: everything, in the dataset's order.
+    let all = Exemplars::load(tmp.path(), "old", 40, 1).unwrap();
+    assert_eq!(all.records, dataset.train);
+
+    let err = err_of(Exemplars::load(tmp.path(), "old", 0, 1));
+    assert!(err.starts_with("--exemplars 0:"), "{err}");
+    let err = err_of(Exemplars::load(tmp.path(), "missing", 3, 1));
+    assert!(err.starts_with("--exemplar-dataset missing:"), "{err}");
 }

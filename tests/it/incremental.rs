@@ -1,15 +1,17 @@
 //! `agd incremental` / `incremental-x` (SPEC §5, §6): class expansion and the pid shift,
-//! every shipped config learning on tiny data, cross-view mixing, the command end to end,
-//! and its errors.
+//! every shipped config learning on tiny data, cross-view mixing, the baselines of SPEC §4
+//! (distillation on the new data only, real exemplars), the command end to end, and its
+//! errors.
 
 use agd::data::{
-    Batch, Dreamed, Erasing, ImageStore, LoaderConfig, ReidDataset, TrainLoader, TrainTransform,
+    Batch, Dreamed, Erasing, Exemplars, ImageStore, LoaderConfig, ReidDataset, TrainLoader,
+    TrainTransform,
 };
-use agd::loss::distill::{DistillInput, Distillation};
+use agd::loss::distill::{DistillInput, DistillKind, Distillation};
 use agd::model::checkpoint::{resolve, Checkpoint};
 use agd::model::{to_input, Depth, ModelConfig, Pooling, ReidModel};
 use agd::train::fit::Step;
-use agd::train::incremental::{IncrementalStep, Views};
+use agd::train::incremental::{IncrementalStep, NewDataStep, Views};
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -624,4 +626,303 @@ fn bad_incremental_input_gets_a_clear_error() {
     ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("classes"), "{err}");
+}
+
+/// The shipped configs, and how each mixes views.
+fn shipped_configs() -> Vec<(String, Views)> {
+    let mut names: Vec<String> = std::fs::read_dir(configs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 14, "{names:?}");
+    names
+        .into_iter()
+        .map(|name| {
+            let config = Distillation::load(&configs_dir().join(&name)).unwrap();
+            let views = match config.cross_factor {
+                Some(cross_factor) => Views::Augmented { cross_factor },
+                None => Views::Single,
+            };
+            (name, views)
+        })
+        .collect()
+}
+
+fn new_data_step(w: &World, config: &str, views: Views) -> (NewDataStep, ReidModel) {
+    let (old, student) = models(w);
+    let distillation = Distillation::load(&configs_dir().join(config)).unwrap();
+    let step = NewDataStep {
+        old,
+        distillation,
+        views,
+    };
+    (step, student)
+}
+
+#[test]
+fn new_data_distillation_distils_the_old_classes_on_the_new_batch() {
+    let w = world();
+    let (new, _) = batches(w, 1);
+    let (mut step, student) = new_data_step(w, "LwF.yaml", Views::Single);
+    let DistillKind::Hinton { temperature } = step.distillation.kind else {
+        panic!("LwF is hinton");
+    };
+    // hinton by hand: the student's logits on the new images are [new classes; old
+    // classes], so its last OLD_IDS columns are the ones the old model's logits match.
+    let want = tch::no_grad(|| {
+        let x = to_input(&new.views[0], Device::Cpu);
+        let s = student.forward(&x, true).logits;
+        assert_eq!(s.size(), [8, (NEW_IDS + OLD_IDS) as i64]);
+        let t = step.old.forward(&x, false).logits;
+        let log_p = (s.narrow(1, NEW_IDS as i64, OLD_IDS as i64) / temperature)
+            .log_softmax(1, None::<tch::Kind>);
+        let q = (t / temperature).softmax(1, None::<tch::Kind>);
+        let kl = (&q * (q.log() - log_p))
+            .sum(None::<tch::Kind>)
+            .double_value(&[])
+            / 8.0;
+        step.distillation.factor * kl
+    });
+    let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+    opt.set_lr(0.0);
+    let reported = step.step(&student, &mut opt, clone_batch(&new)).unwrap();
+    assert_eq!(step.loss_names(), ["ce", "triplet", "distill"]);
+    assert!(
+        (reported[2] - want).abs() <= 1e-4 * want.abs().max(1e-3),
+        "distill {} vs hinton on the old columns {want}",
+        reported[2]
+    );
+    // The CE is against the new labels, which come first.
+    let ce = tch::no_grad(|| {
+        let logits = student
+            .forward(&to_input(&new.views[0], Device::Cpu), true)
+            .logits;
+        agd::loss::cross_entropy(&logits, &new.pids).double_value(&[])
+    });
+    assert!((reported[0] - ce).abs() < 1e-5, "{} vs {ce}", reported[0]);
+}
+
+#[test]
+fn new_data_distillation_with_every_shipped_config_lowers_the_total_loss() {
+    let w = world();
+    let (new, _) = batches(w, 2);
+    let mut failed = Vec::new();
+    for (name, views) in shipped_configs() {
+        let (mut step, student) = new_data_step(w, &name, views);
+        let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+        // As for the dreamed step: a rate this small model descends steadily with.
+        opt.set_lr(1e-5);
+        let mut totals = Vec::new();
+        for _ in 0..3 {
+            let batch = match views {
+                Views::Single => take(&new, Views::Single),
+                Views::Augmented { .. } => clone_batch(&new),
+            };
+            let losses = step
+                .step(&student, &mut opt, batch)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
+            totals.push(losses.iter().sum::<f64>());
+        }
+        println!("{name}: {totals:?}");
+        if totals[2] >= totals[0] {
+            failed.push(format!("{name} {totals:?}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "a step did not lower the total loss: {failed:?}"
+    );
+}
+
+#[test]
+fn real_exemplars_in_place_of_dreams_lower_the_loss() {
+    let w = world();
+    // The old task's training images, labelled as the old model learnt them.
+    let real = Exemplars::load(&w.root, "a", 4, 11).unwrap();
+    assert_eq!(real.num_ids, OLD_IDS);
+    assert_eq!(real.records.len(), 4 * OLD_IDS);
+    let new = ReidDataset::load(&w.root, "b").unwrap();
+    let mut new_batches = loader(&new.train, 1, 0, (H, W)).epoch(0);
+    let mut old_batches = loader(&real.records, 1, 1, (H, W)).epoch(0);
+    let pair = (
+        new_batches.next().unwrap().unwrap(),
+        old_batches.next().unwrap().unwrap(),
+    );
+    let pids: Vec<i64> = Vec::try_from(&pair.1.pids).unwrap();
+    assert!(
+        pids.iter().all(|&p| (0..OLD_IDS as i64).contains(&p)),
+        "{pids:?}"
+    );
+    let (mut step, student) = step_for(w, "res-triangle.yaml", Views::Single);
+    let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
+    opt.set_lr(1e-5);
+    let mut totals = Vec::new();
+    for _ in 0..3 {
+        let losses = step
+            .step(
+                &student,
+                &mut opt,
+                (clone_batch(&pair.0), clone_batch(&pair.1)),
+            )
+            .unwrap();
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        totals.push(losses.iter().sum::<f64>());
+    }
+    assert!(totals[2] < totals[0], "{totals:?}");
+}
+
+/// [`cli_args`] without `--inversion-dir`: the baselines that need no dreamed images.
+fn cli_args_without_dreams(w: &World, sub: &str, logs: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = cli_args(w, sub, logs, extra);
+    let at = a.iter().position(|x| x == "--inversion-dir").unwrap();
+    a.drain(at..at + 2);
+    a
+}
+
+#[test]
+fn the_baselines_run_end_to_end_and_bad_combinations_are_refused() {
+    let w = world();
+    let cfg = |n: &str| configs_dir().join(n).display().to_string();
+    // Distillation on the new data only, with augmented views.
+    let logs = w.root.join("../logs-new-data");
+    let out = run_ok(&cli_args_without_dreams(
+        w,
+        "incremental-x",
+        &logs,
+        &[
+            "--algo-config",
+            &cfg("inverXion.yaml"),
+            "--new-data-distillation",
+            "--epochs",
+            "1",
+        ],
+    ));
+    assert!(out.contains("new data only"), "{out}");
+    let csv = std::fs::read_to_string(logs.join("metrics.csv")).unwrap();
+    assert!(
+        csv.starts_with("epoch,lr,ce,triplet,distill,b_mAP"),
+        "{csv}"
+    );
+    let log = std::fs::read_to_string(logs.join("log.txt")).unwrap();
+    assert!(log.contains("--new-data-distillation"), "{log}");
+    let ck = Checkpoint::load(&logs.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.classes().unwrap(), (NEW_IDS + OLD_IDS) as i64);
+
+    // Real exemplars of the old task in place of dreams.
+    let logs = w.root.join("../logs-exemplars");
+    let out = run_ok(&cli_args_without_dreams(
+        w,
+        "incremental",
+        &logs,
+        &[
+            "--algo-config",
+            &cfg("res-triangle.yaml"),
+            "--exemplar-dataset",
+            "a",
+            "--exemplars",
+            "4",
+            "--epochs",
+            "1",
+        ],
+    ));
+    let want = format!(
+        "real exemplars (the upper bound, not data-free): {} training images of {OLD_IDS} old ids",
+        4 * OLD_IDS
+    );
+    assert!(out.contains(&want), "{out}");
+    let log = std::fs::read_to_string(logs.join("log.txt")).unwrap();
+    assert!(log.contains("--exemplar-dataset a --exemplars 4"), "{log}");
+
+    let bad = w.root.join("../logs-bad");
+    // Every needle is in the error (clap names two conflicting flags in command-line order).
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            cli_args(
+                w,
+                "incremental",
+                &bad,
+                &["--algo-config", &cfg("LwF.yaml"), "--new-data-distillation"],
+            ),
+            vec![
+                "cannot be used with",
+                "'--inversion-dir <PATH>'",
+                "'--new-data-distillation'",
+            ],
+        ),
+        (
+            cli_args(
+                w,
+                "incremental",
+                &bad,
+                &["--algo-config", &cfg("LwF.yaml"), "--exemplar-dataset", "a"],
+            ),
+            vec![
+                "cannot be used with",
+                "'--inversion-dir <PATH>'",
+                "'--exemplar-dataset <NAME>'",
+            ],
+        ),
+        (
+            cli_args_without_dreams(
+                w,
+                "incremental",
+                &bad,
+                &[
+                    "--algo-config",
+                    &cfg("LwF.yaml"),
+                    "--new-data-distillation",
+                    "--exemplars",
+                    "3",
+                ],
+            ),
+            vec![
+                "cannot be used with",
+                "'--exemplars <EXEMPLARS>'",
+                "'--new-data-distillation'",
+            ],
+        ),
+        (
+            cli_args_without_dreams(w, "incremental", &bad, &["--new-data-distillation"]),
+            vec!["--algo-config is required"],
+        ),
+        (
+            // The new task's dataset: its labels are not the old model's classes.
+            cli_args_without_dreams(
+                w,
+                "incremental",
+                &bad,
+                &["--algo-config", &cfg("LwF.yaml"), "--exemplar-dataset", "b"],
+            ),
+            vec![
+                "--exemplar-dataset b: has 5 training identities",
+                "but the previous model has 6 classes",
+            ],
+        ),
+        (
+            cli_args_without_dreams(
+                w,
+                "incremental",
+                &bad,
+                &[
+                    "--algo-config",
+                    &cfg("LwF.yaml"),
+                    "--exemplar-dataset",
+                    "nowhere",
+                ],
+            ),
+            vec!["--exemplar-dataset nowhere:"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "agd {} succeeded", args.join(" "));
+        for needle in needles {
+            assert!(err.contains(needle), "agd {}: {err}", args.join(" "));
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -10,7 +10,7 @@ use agd::inversion::InvertPlan;
 use agd::model::checkpoint::{Checkpoint, Pretrained};
 use agd::model::{Depth, ModelChoice, Pooling};
 use agd::train::optimizer::OptimizerKind;
-use agd::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan};
+use agd::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -98,11 +98,30 @@ fn every_plan_renders_a_command_line_that_parses_back_to_it() {
     }
     let distill = Learning::Distill {
         algo_config: "configs/inverXion.yaml".into(),
-        inversion_dir: "gen".into(),
+        old_images: OldImages::Dreamed("gen".into()),
         exemplars: 6,
     };
+    let real = Learning::Distill {
+        algo_config: "configs/inverXion.yaml".into(),
+        old_images: OldImages::Real("task-a".into()),
+        exemplars: 3,
+    };
+    let real_default = Learning::Distill {
+        algo_config: "configs/res-triangle.yaml".into(),
+        old_images: OldImages::Real("task-a".into()),
+        exemplars: agd::train::plan::DEFAULT_EXEMPLARS,
+    };
+    let new_data = Learning::NewData {
+        algo_config: "configs/LwF.yaml".into(),
+    };
     for augmented in [false, true] {
-        for learning in [Learning::Finetune, distill.clone()] {
+        for learning in [
+            Learning::Finetune,
+            distill.clone(),
+            real.clone(),
+            real_default.clone(),
+            new_data.clone(),
+        ] {
             if augmented && learning == Learning::Finetune {
                 continue;
             }
