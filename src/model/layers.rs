@@ -78,16 +78,14 @@ impl BatchNorm {
     pub const MOMENTUM: f64 = 0.1;
     pub const EPS: f64 = 1e-5;
 
-    /// Weight 1, bias 0; `train_bias` false keeps the bias fixed (the ReID head).
-    pub fn new(s: &mut Scope, channels: i64, train_bias: bool) -> Self {
+    /// Weight 1, bias 0, both trained. That includes the ReID head's (SPEC §3): the
+    /// reference's constructor freezes its bias, but every trainer calls
+    /// `requires_grad_(True)` on the whole network each epoch, so the bias does train.
+    pub fn new(s: &mut Scope, channels: i64) -> Self {
         let ones = || Tensor::ones([channels], (Kind::Float, tch::Device::Cpu));
         let zeros = || Tensor::zeros([channels], (Kind::Float, tch::Device::Cpu));
         let weight = s.trainable("weight", ones());
-        let bias = if train_bias {
-            s.trainable("bias", zeros())
-        } else {
-            s.frozen("bias", zeros())
-        };
+        let bias = s.trainable("bias", zeros());
         Self {
             weight,
             bias,
