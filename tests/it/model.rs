@@ -354,3 +354,70 @@ fn neck_bias_trains_at_ten_times_the_rate_with_weight_decay() {
         "{base_rate} {no_decay}"
     );
 }
+
+#[test]
+fn bn_input_moments_stay_accurate_when_the_mean_dwarfs_the_spread() {
+    use agd::model::layers::BatchNorm;
+    use agd::model::params::{Params, Scope};
+    tch::manual_seed(5);
+    let mut worst = 0f64;
+    for shape in [vec![16i64, 64, 32, 16], vec![64, 512]] {
+        let c = shape[1];
+        let mut params = Params::new(Device::Cpu);
+        let bn = BatchNorm::new(&mut Scope::root(&mut params, "bn", Group::Base), c);
+        let mut view = vec![1, c];
+        view.resize(shape.len(), 1);
+        for ratio in [1.0, 10.0, 100.0] {
+            // Per-channel std in [0.1, 2.1], mean ±ratio·std.
+            let std = Tensor::rand([c], (Kind::Float, Device::Cpu)) * 2.0 + 0.1;
+            let sign = Tensor::rand([c], (Kind::Float, Device::Cpu)).ge(0.5) * 2.0 - 1.0;
+            let mean = &std * &sign * ratio;
+            let x = (Tensor::randn(&shape[..], (Kind::Float, Device::Cpu)) * std.view(&view[..])
+                + mean.view(&view[..]))
+            .set_requires_grad(true);
+            let mut stats = Vec::new();
+            let _ = bn.forward(&x, false, Some(&mut stats));
+            let stat = &stats[0];
+
+            // Float64 two-pass reference on the same float32 values.
+            let xd = x.detach().to_kind(Kind::Double);
+            let dims: Vec<i64> = std::iter::once(0).chain(2..shape.len() as i64).collect();
+            let mean_ref = xd.mean_dim(&dims[..], true, None::<Kind>);
+            let centered = &xd - &mean_ref;
+            let var_ref = centered.square().mean_dim(&dims[..], false, None::<Kind>);
+            let rel = |got: &Tensor, want: &Tensor, scale: &Tensor| {
+                ((got.to_kind(Kind::Double) - want).abs() / scale)
+                    .max()
+                    .double_value(&[])
+            };
+            let var_err = rel(&stat.var, &var_ref, &var_ref);
+            let mean_err = rel(&stat.mean, &mean_ref.flatten(0, -1), &var_ref.sqrt());
+            worst = worst.max(var_err);
+            assert!(
+                var_err < 1e-4,
+                "{shape:?} ratio {ratio}: variance off by {var_err:e} (relative)"
+            );
+            assert!(
+                mean_err < 1e-4,
+                "{shape:?} ratio {ratio}: mean off by {mean_err:e} std"
+            );
+
+            // The shift is detached, yet the gradient is the variance's exact one:
+            // d Σ_c w_c·var_c / dx = 2·w_c·(x − mean_c)/count.
+            let w = Tensor::randn([c], (Kind::Float, Device::Cpu));
+            (&stat.var * &w).sum(None::<Kind>).backward();
+            let count = (x.numel() as i64 / c) as f64;
+            let want = centered * w.to_kind(Kind::Double).view(&view[..]) * (2.0 / count);
+            let grad_err = (x.grad().to_kind(Kind::Double) - &want)
+                .abs()
+                .max()
+                .double_value(&[])
+                / want.abs().max().double_value(&[]);
+            assert!(
+                grad_err < 1e-4,
+                "{shape:?} ratio {ratio}: gradient off by {grad_err:e}"
+            );
+        }
+    }
+    println!("worst relative variance error: {worst:e}");
+}
