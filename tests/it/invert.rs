@@ -537,9 +537,13 @@ fn dreamed_accuracy(logs: &Path, gen: &Path, classes: i64, shots: usize) -> f64 
     correct as f64 / seen as f64
 }
 
-/// The (component id, sampling factors HV, quantisation table) triples of a baseline JPEG's
-/// SOF0 segment, and its DQT tables as (id, 64 values in zigzag order).
-fn jpeg_layout(bytes: &[u8]) -> (Vec<(u8, u8, u8)>, Vec<(u8, Vec<u8>)>) {
+/// A SOF0 component: (id, sampling factors HV, quantisation table).
+type Component = (u8, u8, u8);
+/// A DQT table: (id, 64 values in zigzag order).
+type QuantTable = (u8, Vec<u8>);
+
+/// The components of a baseline JPEG's SOF0 segment, and its DQT tables.
+fn jpeg_layout(bytes: &[u8]) -> (Vec<Component>, Vec<QuantTable>) {
     let (mut components, mut tables) = (Vec::new(), Vec::new());
     let mut i = 2; // after SOI
     while i + 4 <= bytes.len() && bytes[i] == 0xFF {
@@ -598,7 +602,7 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
 
     // 4:2:0: luma sampled 2×2, both chroma components 1×1; the same q75 tables as PIL's.
     // (Component ids differ: PIL numbers them 1..3, the encoder 0..2; decoders take both.)
-    let sampling = |c: Vec<(u8, u8, u8)>| c.into_iter().map(|(_, hv, q)| (hv, q)).collect();
+    let sampling = |c: Vec<Component>| c.into_iter().map(|(_, hv, q)| (hv, q)).collect();
     let (components, tables) = jpeg_layout(&ours);
     let (pil_components, pil_tables) = jpeg_layout(&pil);
     let components: Vec<(u8, u8)> = sampling(components);
