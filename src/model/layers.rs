@@ -59,8 +59,12 @@ pub struct BnStat {
 /// ratios. Shifted, the error stays ~2e-7 whatever the ratio. The shift needs no gradient:
 /// the derivative of E[(x − s)²] − (E[x] − s)² with respect to s is zero at any s, and the
 /// correction term (E[x] − s)² is exactly zero for s = the same float mean, so it is
-/// omitted. The price is one temporary the size of the input (x − s) and its pass; the
-/// `invert` bench measured the cost stated in the README's bench table / this commit.
+/// omitted. The price is one temporary the size of the input (x − s) and one more
+/// elementwise pass over it per BatchNorm. On a shared 2-core machine (load ~15) the
+/// moments alone, forward and backward over ResNet-50's BN inputs at batch 16, took a
+/// median 25.2 s against 21.7 s before (+16%, runs spread 19–45 s: noise dominates). The
+/// `invert` bench (33.9 s per iteration before the change) did not finish its rerun after
+/// it under that load, so the cost per whole iteration is not measured yet.
 fn channel_moments(x: &Tensor) -> (Tensor, Tensor) {
     let size = x.size();
     let rows = x.reshape([size[0], size[1], -1]);
