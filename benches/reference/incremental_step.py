@@ -105,7 +105,8 @@ class Outputs(dict):
 
 
 class ResNet(nn.Module):
-    """Backbone: global average pool of layer4 -> BatchNorm1d neck (bias frozen)."""
+    """Backbone: global average pool of layer4 -> BatchNorm1d neck (bias frozen here,
+    trained again by the trainer's requires_grad_(True))."""
 
     def __init__(self, embedding=2048):
         super().__init__()

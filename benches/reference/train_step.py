@@ -1,10 +1,10 @@
 """PyTorch side of `cargo bench --bench train_step`: the same training step as agd's.
 
 ResNet-50 (torchvision layout, layer4 stride 2) -> global average pool -> BatchNorm1d
-head (bias frozen) -> bias-free linear classifier; loss = cross-entropy + TriHard+
-soft-margin triplet on the pooled feature; SGD (Nesterov, momentum 0.9, weight decay
-5e-4) over three parameter groups. Written in plain torch.nn because torchvision is not
-installed next to the libtorch that agd links.
+head (its bias trained, as the reference's trainers train it) -> bias-free linear
+classifier; loss = cross-entropy + TriHard+ soft-margin triplet on the pooled feature;
+SGD (Nesterov, momentum 0.9, weight decay 5e-4) over three parameter groups. Written in
+plain torch.nn because torchvision is not installed next to the libtorch that agd links.
 
 Standalone it prints one JSON line: median seconds per step (and per phase), the
 warm-up step's seconds, steps, threads, torch version. With --serve it prints
@@ -94,6 +94,8 @@ class ReidModel(nn.Module):
         super().__init__()
         self.base = ResNet50()
         self.bn = nn.BatchNorm1d(width)
+        # The reference's constructor freezes the neck's bias; its trainer's
+        # requires_grad_(True) on the whole network each epoch unfreezes it again.
         self.bn.bias.requires_grad_(False)
         self.W = nn.Parameter(torch.randn(classes, width) * 0.001)
 
@@ -144,12 +146,12 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = ReidModel(args.classes).train()
+    model = ReidModel(args.classes).train().requires_grad_(True)
     trunk = list(model.base.parameters())
     opt = torch.optim.SGD(
         [
             {"params": trunk, "lr": 0.01},
-            {"params": [model.bn.weight], "lr": 0.1},
+            {"params": list(model.bn.parameters()), "lr": 0.1},
             {"params": [model.W], "lr": 0.1},
         ],
         lr=0.01,

@@ -5,7 +5,6 @@
 use crate::data::dataset::{is_image, parse_dreamed_name};
 use crate::data::images::{decode_resized, grid};
 use anyhow::{bail, Context, Result};
-use image::codecs::jpeg::JpegEncoder;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -14,6 +13,29 @@ use tch::{Kind, Tensor};
 
 /// JPEG quality of the saved images: PIL's default, which the reference saves with.
 pub const JPEG_QUALITY: u8 = 75;
+
+/// `pixels` (h×w×3 RGB bytes) as the reference's `PIL.Image.save(path)` encodes them with
+/// its defaults (SPEC §7): baseline libjpeg at quality 75 — Annex K tables scaled by
+/// libjpeg's quality rule, the standard Huffman tables — and 4:2:0 chroma subsampling by
+/// 2×2 box average, as libjpeg's `h2v2_downsample`. The `image` crate's encoder writes
+/// 4:4:4 only: its chroma is sharper than the files the reference's students train on.
+pub fn encode_jpeg_like_pil(pixels: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+    let (Ok(w), Ok(h)) = (u16::try_from(width), u16::try_from(height)) else {
+        bail!("a {width}×{height} image is too large for a JPEG (65535 pixels a side at most)");
+    };
+    let mut jpeg = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, JPEG_QUALITY);
+    encoder.set_quantization_tables(
+        jpeg_encoder::QuantizationTableType::Default,
+        jpeg_encoder::QuantizationTableType::Default,
+    );
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    encoder.set_chroma_subsampling_method(jpeg_encoder::ChromaSubsamplingMethod::Average);
+    encoder
+        .encode(pixels, w, h, jpeg_encoder::ColorType::Rgb)
+        .context("cannot encode a dreamed image as JPEG")?;
+    Ok(jpeg)
+}
 
 /// Images each identity still needs; identities with `shots` images are gone from it.
 #[derive(Clone, Debug)]
@@ -118,10 +140,7 @@ impl Bags {
                 continue;
             }
             let pixels = &bytes[i * size..(i + 1) * size];
-            let mut jpeg = Vec::new();
-            JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
-                .encode(pixels, w, h, image::ExtendedColorType::Rgb8)
-                .context("cannot encode a dreamed image as JPEG")?;
+            let jpeg = encode_jpeg_like_pil(pixels, w, h)?;
             let path = unique_path(dir, pid, pixels);
             crate::io::write_atomic(&path, &jpeg)?;
             written.push(path);

@@ -81,12 +81,12 @@ impl Block {
                 st,
                 p,
             ));
-            bns.push(BatchNorm::new(&mut s.sub(format!("bn{}", i + 1)), co, true));
+            bns.push(BatchNorm::new(&mut s.sub(format!("bn{}", i + 1)), co));
         }
         let downsample = (stride != 1 || cin != cout).then(|| {
             let mut d = s.sub("downsample");
             let conv = Conv2d::new(&mut d.sub(0), cin, cout, 1, stride, 0);
-            let norm = BatchNorm::new(&mut d.sub(1), cout, true);
+            let norm = BatchNorm::new(&mut d.sub(1), cout);
             (conv, norm)
         });
         Self {
@@ -123,7 +123,7 @@ pub struct Base {
 impl Base {
     pub fn new(s: &mut Scope, depth: Depth, last_stride: i64) -> Self {
         let conv1 = Conv2d::new(&mut s.sub("conv1"), 3, 64, 7, 2, 3);
-        let bn1 = BatchNorm::new(&mut s.sub("bn1"), 64, true);
+        let bn1 = BatchNorm::new(&mut s.sub("bn1"), 64);
         let mut cin = 64;
         let mut layers = Vec::new();
         for (i, (planes, blocks, stride)) in

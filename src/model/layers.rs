@@ -47,21 +47,32 @@ pub struct BnStat {
 
 /// Per-channel mean and biased variance of N×C(×H×W) input, differentiable.
 ///
-/// DeepInversion needs them at every BatchNorm of every iteration, so they are computed as
-/// E[x] and E[x²] − E[x]² from sums over each (sample, channel) row, which is contiguous:
-/// two reading passes, no temporary, and a backward of one elementwise pass. libtorch's
-/// `var_mean` over dims (0, 2, 3) walks strided memory with Welford updates and measured
-/// over ten times slower (ResNet-50 activations at 256×128). In float32 the cancellation
-/// of E[x²] − E[x]² costs a relative ~1e-7·(1 + mean²/var) in the variance, far below
-/// what the statistics loss can tell apart.
+/// DeepInversion needs them at every BatchNorm of every iteration, so they come from sums
+/// over each (sample, channel) row, which is contiguous. libtorch's `var_mean` over dims
+/// (0, 2, 3) walks strided memory with Welford updates and measured over ten times slower
+/// (ResNet-50 activations at 256×128).
+///
+/// The variance is the mean square of the input shifted by its detached mean, not
+/// E[x²] − E[x]²: in float32 that difference cancels catastrophically when |mean| ≫ std
+/// (relative error 3e-3 to 5e-3 at |mean|/std = 100, 3e-5 to 5e-5 at 10, against a float64
+/// two-pass variance), and activations after a ReLU with a large offset do reach such
+/// ratios. Shifted, the error stays ~2e-7 whatever the ratio. The shift needs no gradient:
+/// the derivative of E[(x − s)²] − (E[x] − s)² with respect to s is zero at any s, and the
+/// correction term (E[x] − s)² is exactly zero for s = the same float mean, so it is
+/// omitted. The price is one temporary the size of the input (x − s) and one more
+/// elementwise pass over it per BatchNorm. On a shared 2-core machine (load ~15) the
+/// moments alone, forward and backward over ResNet-50's BN inputs at batch 16, took a
+/// median 25.2 s against 21.7 s before (+16%, runs spread 19–45 s: noise dominates). The
+/// `invert` bench (33.9 s per iteration before the change) did not finish its rerun after
+/// it under that load, so the cost per whole iteration is not measured yet.
 fn channel_moments(x: &Tensor) -> (Tensor, Tensor) {
     let size = x.size();
     let rows = x.reshape([size[0], size[1], -1]);
     let count = (size[0] * rows.size()[2]) as f64;
     let sum = |t: Tensor, dim: i64| t.sum_dim_intlist(&[dim][..], false, None::<Kind>);
     let mean = sum(sum(rows.shallow_clone(), 2), 0) / count;
-    let squares = sum(rows.norm_scalaropt_dim(2.0, [2], false).square(), 0) / count;
-    let var = squares - mean.square();
+    let centered = &rows - mean.detach().reshape([1, size[1], 1]);
+    let var = sum(centered.norm_scalaropt_dim(2.0, [2], false).square(), 0) / count;
     (mean, var)
 }
 
@@ -78,16 +89,14 @@ impl BatchNorm {
     pub const MOMENTUM: f64 = 0.1;
     pub const EPS: f64 = 1e-5;
 
-    /// Weight 1, bias 0; `train_bias` false keeps the bias fixed (the ReID head).
-    pub fn new(s: &mut Scope, channels: i64, train_bias: bool) -> Self {
+    /// Weight 1, bias 0, both trained. That includes the ReID head's (SPEC §3): the
+    /// reference's constructor freezes its bias, but every trainer calls
+    /// `requires_grad_(True)` on the whole network each epoch, so the bias does train.
+    pub fn new(s: &mut Scope, channels: i64) -> Self {
         let ones = || Tensor::ones([channels], (Kind::Float, tch::Device::Cpu));
         let zeros = || Tensor::zeros([channels], (Kind::Float, tch::Device::Cpu));
         let weight = s.trainable("weight", ones());
-        let bias = if train_bias {
-            s.trainable("bias", zeros())
-        } else {
-            s.frozen("bias", zeros())
-        };
+        let bias = s.trainable("bias", zeros());
         Self {
             weight,
             bias,

@@ -134,7 +134,6 @@ impl ReidModel {
         let head = BatchNorm::new(
             &mut Scope::root(&mut params, "backbone.bn", Group::Head),
             config.embedding,
-            false,
         );
         let classifier = Scope::root(&mut params, "classifier", Group::Classifier).trainable(
             "W",

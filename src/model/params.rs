@@ -29,8 +29,6 @@ impl Group {
 pub enum Role {
     /// Learned by the optimiser.
     Trainable(Group),
-    /// A parameter kept fixed (the BN head's bias).
-    Frozen,
     /// Running statistics and counters.
     Buffer,
 }
@@ -132,11 +130,6 @@ impl<'a> Scope<'a> {
     pub fn trainable(&mut self, name: &str, tensor: Tensor) -> Tensor {
         let (n, g) = (self.name(name), self.group);
         self.params.add(n, tensor, Role::Trainable(g))
-    }
-
-    pub fn frozen(&mut self, name: &str, tensor: Tensor) -> Tensor {
-        let n = self.name(name);
-        self.params.add(n, tensor, Role::Frozen)
     }
 
     pub fn buffer(&mut self, name: &str, tensor: Tensor) -> Tensor {

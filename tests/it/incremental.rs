@@ -437,6 +437,23 @@ fn cli_args(w: &World, sub: &str, logs: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// The neck's bias (`backbone.bn.bias`) of the checkpoint in `logs`.
+fn neck_bias(logs: &Path) -> Tensor {
+    let ck = Checkpoint::load(&resolve(logs, agd::error::Setting::Previous).unwrap()).unwrap();
+    ck.tensors["backbone.bn.bias"].shallow_clone()
+}
+
+/// SPEC §3: the neck's bias trains in every training script (base, incremental,
+/// incremental-x, fine-tuning), starting from 0.
+fn assert_bias_trained(before: &Tensor, logs: &Path) {
+    let moved = (neck_bias(logs) - before).abs().max().double_value(&[]);
+    assert!(
+        moved > 0.0,
+        "{}: the neck bias did not train",
+        logs.display()
+    );
+}
+
 #[test]
 fn incremental_runs_end_to_end_and_reports_both_tasks() {
     let w = world();
@@ -453,6 +470,9 @@ fn incremental_runs_end_to_end_and_reports_both_tasks() {
             "a",
         ],
     ));
+    let old_bias = neck_bias(&w.previous);
+    assert_bias_trained(&old_bias.zeros_like(), &w.previous);
+    assert_bias_trained(&old_bias, &logs);
     let ck = Checkpoint::load(&logs.join("checkpoint.safetensors")).unwrap();
     assert_eq!(ck.epoch, 2);
     assert_eq!(ck.classes().unwrap(), (NEW_IDS + OLD_IDS) as i64);
@@ -488,6 +508,7 @@ fn incremental_runs_end_to_end_and_reports_both_tasks() {
             "1",
         ],
     ));
+    assert_bias_trained(&old_bias, &x_logs);
     let ft_logs = w.root.join("../logs-ft");
     run_ok(&cli_args(
         w,
@@ -515,6 +536,7 @@ fn incremental_runs_end_to_end_and_reports_both_tasks() {
     assert!(header.starts_with("epoch,lr,ce,triplet,b_mAP"), "{header}");
     let ck = Checkpoint::load(&ft_logs.join("checkpoint.safetensors")).unwrap();
     assert_eq!(ck.classes().unwrap(), (NEW_IDS + OLD_IDS) as i64);
+    assert_bias_trained(&old_bias, &ft_logs);
 }
 
 #[test]

@@ -536,3 +536,100 @@ fn dreamed_accuracy(logs: &Path, gen: &Path, classes: i64, shots: usize) -> f64 
     assert_eq!(seen, dreamed.records.len());
     correct as f64 / seen as f64
 }
+
+/// A SOF0 component: (id, sampling factors HV, quantisation table).
+type Component = (u8, u8, u8);
+/// A DQT table: (id, 64 values in zigzag order).
+type QuantTable = (u8, Vec<u8>);
+
+/// The components of a baseline JPEG's SOF0 segment, and its DQT tables.
+fn jpeg_layout(bytes: &[u8]) -> (Vec<Component>, Vec<QuantTable>) {
+    let (mut components, mut tables) = (Vec::new(), Vec::new());
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        let seg = &bytes[i + 4..i + 2 + len];
+        match marker {
+            0xC0 => {
+                for k in 0..seg[5] as usize {
+                    let c = &seg[6 + 3 * k..9 + 3 * k];
+                    components.push((c[0], c[1], c[2]));
+                }
+            }
+            0xC1..=0xCF if marker != 0xC4 && marker != 0xC8 && marker != 0xCC => {
+                panic!("not a baseline JPEG (SOF marker {marker:#x})")
+            }
+            0xDB => {
+                for t in seg.chunks(65) {
+                    assert_eq!(t[0] >> 4, 0, "8-bit tables");
+                    tables.push((t[0] & 15, t[1..].to_vec()));
+                }
+            }
+            0xDA => break, // start of scan: the headers are over
+            _ => {}
+        }
+        i += 2 + len;
+    }
+    (components, tables)
+}
+
+#[test]
+fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
+    // tests/fixtures/pil_jpeg.{rgb,jpg}: raw pixels and PIL's default encoding of them
+    // (made by tests/fixtures/make_pil_jpeg.py).
+    let dir = super::util::fixture_dir();
+    let raw = std::fs::read(dir.join("pil_jpeg.rgb")).unwrap();
+    let pil = std::fs::read(dir.join("pil_jpeg.jpg")).unwrap();
+    let (h, w) = (56i64, 40i64);
+    assert_eq!(raw.len() as i64, h * w * 3);
+
+    // As the reference: images in [0, 1] become bytes by truncating x·255, so values just
+    // short of the next level stay at the lower one.
+    let levels = Tensor::from_slice(&raw).to_kind(Kind::Float);
+    let images = ((levels + 0.9) / 255.0)
+        .clamp_max(1.0)
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0);
+    assert_eq!(agd::inversion::store::to_hwc_bytes(&images), raw);
+
+    // A dreamed image written as `agd invert` writes it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bags = agd::inversion::store::Bags::new(1, 1);
+    let written = bags.save(tmp.path(), &[0], &images).unwrap();
+    let ours = std::fs::read(&written[0]).unwrap();
+
+    // 4:2:0: luma sampled 2×2, both chroma components 1×1; the same q75 tables as PIL's.
+    // (Component ids differ: PIL numbers them 1..3, the encoder 0..2; decoders take both.)
+    let sampling = |c: Vec<Component>| c.into_iter().map(|(_, hv, q)| (hv, q)).collect();
+    let (components, tables) = jpeg_layout(&ours);
+    let (pil_components, pil_tables) = jpeg_layout(&pil);
+    let components: Vec<(u8, u8)> = sampling(components);
+    assert_eq!(components, [(0x22, 0), (0x11, 1), (0x11, 1)]);
+    assert_eq!(components, sampling(pil_components));
+    assert_eq!(tables, pil_tables, "quantisation tables");
+
+    // Decoded by the same decoder, agd's file is within one grey level of PIL's.
+    let decode = |b: &[u8]| {
+        image::load_from_memory_with_format(b, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8()
+            .into_raw()
+    };
+    let (a, b) = (decode(&ours), decode(&pil));
+    assert_eq!(a.len(), raw.len());
+    let mad = |x: &[u8], y: &[u8]| {
+        x.iter()
+            .zip(y)
+            .map(|(&p, &q)| (p as f64 - q as f64).abs())
+            .sum::<f64>()
+            / x.len() as f64
+    };
+    let (to_pil, agd_loss, pil_loss) = (mad(&a, &b), mad(&a, &raw), mad(&b, &raw));
+    println!("mean |agd − PIL| {to_pil:.3}; vs the pixels: agd {agd_loss:.3}, PIL {pil_loss:.3}");
+    assert!(
+        to_pil <= 1.0,
+        "agd's JPEG decodes {to_pil:.3} grey levels from PIL's"
+    );
+}

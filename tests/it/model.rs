@@ -1,6 +1,6 @@
 //! The ReID model of SPEC §3: torchvision's layout, shapes, classifier expansion, losses.
 
-use agd::model::{Depth, ModelConfig, Pooling, ReidModel, Role};
+use agd::model::{Depth, Group, ModelConfig, Pooling, ReidModel, Role};
 use agd::train::schedule::learning_rate;
 use tch::{Device, Kind, Tensor};
 
@@ -55,7 +55,7 @@ fn parameter_names_and_counts_equal_torchvision() {
         vec![2048, 1024, 1, 1]
     );
     assert_eq!(p("classifier.W"), vec![10, 2048]);
-    // The head's bias is frozen; its weight trains.
+    // The head's weight and bias both train, in the head's lr×10 group (SPEC §3).
     let role = |n: &str| {
         m.params
             .entries()
@@ -64,8 +64,9 @@ fn parameter_names_and_counts_equal_torchvision() {
             .unwrap()
             .role
     };
-    assert_eq!(role("backbone.bn.bias"), Role::Frozen);
-    assert!(matches!(role("backbone.bn.weight"), Role::Trainable(_)));
+    for name in ["backbone.bn.weight", "backbone.bn.bias"] {
+        assert_eq!(role(name), Role::Trainable(Group::Head), "{name}");
+    }
 
     let m34 = ReidModel::new(config(Depth::R34), Device::Cpu).unwrap();
     assert_eq!(
@@ -300,4 +301,123 @@ fn sgd_steps_follow_pytorchs_nesterov_update() {
             assert!(diff < 1e-6, "{}: off by {diff}", watch[i]);
         }
     }
+}
+
+#[test]
+fn neck_bias_trains_at_ten_times_the_rate_with_weight_decay() {
+    use agd::train::optimizer::{Optimizer, OptimizerKind, MOMENTUM, WEIGHT_DECAY};
+    tch::manual_seed(4);
+    let model = ReidModel::new(small(), Device::Cpu).unwrap();
+    let bias = model.params.get("backbone.bn.bias").unwrap();
+    assert!(bias.requires_grad());
+    // A trained bias is not zero; starting from one makes the weight decay term visible.
+    let start = Tensor::randn([512], (Kind::Float, Device::Cpu)) * 0.5;
+    tch::no_grad(|| bias.shallow_clone().copy_(&start));
+    let mut opt = Optimizer::new(&model, OptimizerKind::Sgd);
+    let lr = 0.01;
+    opt.set_lr(lr);
+    opt.zero_grad();
+    let x = Tensor::randn([8, 3, 64, 32], (Kind::Float, Device::Cpu));
+    let pids = Tensor::from_slice(&[0i64, 0, 0, 0, 1, 1, 1, 1]);
+    let out = model.forward(&x, true);
+    agd::loss::BaseLoss::new(&out.logits, &out.global, &pids)
+        .total()
+        .backward();
+    let g = bias.grad().to_kind(Kind::Double);
+    assert!(
+        g.abs().max().double_value(&[]) > 0.0,
+        "no gradient on the bias"
+    );
+    opt.step();
+
+    // torch.optim.SGD, nesterov, first step: buf = d_p = g + wd·p; p −= lr'·(d_p + μ·buf),
+    // with lr' = 10·lr for the head group.
+    let p0 = start.to_kind(Kind::Double);
+    let got = bias.detach().to_kind(Kind::Double);
+    let expected_with = |mult: f64, wd: f64| {
+        let d_p = &g + &p0 * wd;
+        let buf = d_p.copy();
+        &p0 - (&d_p + &buf * MOMENTUM) * (lr * mult)
+    };
+    let off = |e: Tensor| (&got - e).abs().max().double_value(&[]);
+    let moved = (&got - &p0).abs().max().double_value(&[]);
+    let exact = off(expected_with(10.0, WEIGHT_DECAY));
+    assert!(moved > 1e-4, "the bias did not move ({moved})");
+    // float32 rounding of a ~0.5 parameter: a few ulps of 6e-8.
+    assert!(exact < 1e-6, "bias off torch's update by {exact}");
+    // Neither the base rate nor a decay-free update explains the step (the decay term
+    // alone is 10·lr·(1 + μ)·wd·|p| ≈ 1e-4 at |p| ≈ 1).
+    let base_rate = off(expected_with(1.0, WEIGHT_DECAY));
+    let no_decay = off(expected_with(10.0, 0.0));
+    assert!(
+        base_rate > 1e-5 && no_decay > 1e-5,
+        "{base_rate} {no_decay}"
+    );
+}
+
+#[test]
+fn bn_input_moments_stay_accurate_when_the_mean_dwarfs_the_spread() {
+    use agd::model::layers::BatchNorm;
+    use agd::model::params::{Params, Scope};
+    tch::manual_seed(5);
+    let mut worst = 0f64;
+    for shape in [vec![16i64, 64, 32, 16], vec![64, 512]] {
+        let c = shape[1];
+        let mut params = Params::new(Device::Cpu);
+        let bn = BatchNorm::new(&mut Scope::root(&mut params, "bn", Group::Base), c);
+        let mut view = vec![1, c];
+        view.resize(shape.len(), 1);
+        for ratio in [1.0, 10.0, 100.0] {
+            // Per-channel std in [0.1, 2.1], mean ±ratio·std.
+            let std = Tensor::rand([c], (Kind::Float, Device::Cpu)) * 2.0 + 0.1;
+            let sign = Tensor::rand([c], (Kind::Float, Device::Cpu)).ge(0.5) * 2.0 - 1.0;
+            let mean = &std * &sign * ratio;
+            let x = (Tensor::randn(&shape[..], (Kind::Float, Device::Cpu)) * std.view(&view[..])
+                + mean.view(&view[..]))
+            .set_requires_grad(true);
+            let mut stats = Vec::new();
+            let _ = bn.forward(&x, false, Some(&mut stats));
+            let stat = &stats[0];
+
+            // Float64 two-pass reference on the same float32 values.
+            let xd = x.detach().to_kind(Kind::Double);
+            let dims: Vec<i64> = std::iter::once(0).chain(2..shape.len() as i64).collect();
+            let mean_ref = xd.mean_dim(&dims[..], true, None::<Kind>);
+            let centered = &xd - &mean_ref;
+            let var_ref = centered.square().mean_dim(&dims[..], false, None::<Kind>);
+            let rel = |got: &Tensor, want: &Tensor, scale: &Tensor| {
+                ((got.to_kind(Kind::Double) - want).abs() / scale)
+                    .max()
+                    .double_value(&[])
+            };
+            let var_err = rel(&stat.var, &var_ref, &var_ref);
+            let mean_err = rel(&stat.mean, &mean_ref.flatten(0, -1), &var_ref.sqrt());
+            worst = worst.max(var_err);
+            assert!(
+                var_err < 1e-4,
+                "{shape:?} ratio {ratio}: variance off by {var_err:e} (relative)"
+            );
+            assert!(
+                mean_err < 1e-4,
+                "{shape:?} ratio {ratio}: mean off by {mean_err:e} std"
+            );
+
+            // The shift is detached, yet the gradient is the variance's exact one:
+            // d Σ_c w_c·var_c / dx = 2·w_c·(x − mean_c)/count.
+            let w = Tensor::randn([c], (Kind::Float, Device::Cpu));
+            (&stat.var * &w).sum(None::<Kind>).backward();
+            let count = (x.numel() as i64 / c) as f64;
+            let want = centered * w.to_kind(Kind::Double).view(&view[..]) * (2.0 / count);
+            let grad_err = (x.grad().to_kind(Kind::Double) - &want)
+                .abs()
+                .max()
+                .double_value(&[])
+                / want.abs().max().double_value(&[]);
+            assert!(
+                grad_err < 1e-4,
+                "{shape:?} ratio {ratio}: gradient off by {grad_err:e}"
+            );
+        }
+    }
+    println!("worst relative variance error: {worst:e}");
 }

@@ -8,7 +8,7 @@ use agd::model::checkpoint::{resolve, Checkpoint};
 use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
 use std::path::PathBuf;
 use std::process::Command;
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 /// A Python that can import torch: the virtualenv `make` set up, else `python3`.
 fn python_with_torch() -> Option<PathBuf> {
@@ -55,6 +55,16 @@ fn reference_checkpoint_pth_tar_loads_into_the_model() {
     };
     tch::manual_seed(7);
     let original = ReidModel::new(cfg, Device::Cpu).unwrap();
+    // The reference trains the neck's bias (SPEC §3): its checkpoints hold a non-zero one.
+    let trained_bias = Tensor::randn([512], (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        original
+            .params
+            .get("backbone.bn.bias")
+            .unwrap()
+            .shallow_clone()
+            .copy_(&trained_bias)
+    });
 
     // Hand PyTorch the raw tensors; it writes the reference's file format.
     let raw = tmp.path().join("raw");
@@ -103,6 +113,11 @@ fn reference_checkpoint_pth_tar_loads_into_the_model() {
     tch::manual_seed(8);
     let mut loaded = ReidModel::new(cfg, Device::Cpu).unwrap();
     loaded.load_checkpoint(&ck).unwrap();
+    let bias = loaded.params.get("backbone.bn.bias").unwrap();
+    assert!(
+        bias.equal(&trained_bias) && bias.requires_grad(),
+        "the trained neck bias loads, and keeps training"
+    );
     for ((name, a), (_, b)) in original.state().iter().zip(loaded.state().iter()) {
         assert!(
             a.equal(b),

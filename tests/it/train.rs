@@ -249,6 +249,16 @@ fn checkpoints_round_trip_and_mismatches_are_named() {
     let path: PathBuf = tmp.path().join("c.safetensors");
     tch::manual_seed(1);
     let model = ReidModel::new(small_config(7), Device::Cpu).unwrap();
+    // A trained neck bias (SPEC §3) is saved and restored like every other parameter.
+    let trained_bias = tch::Tensor::randn([512], (tch::Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        model
+            .params
+            .get("backbone.bn.bias")
+            .unwrap()
+            .shallow_clone()
+            .copy_(&trained_bias)
+    });
     let cfg = agd::train::fit::FitConfig {
         logs_dir: tmp.path().to_path_buf(),
         epochs: 1,
@@ -277,6 +287,11 @@ fn checkpoints_round_trip_and_mismatches_are_named() {
     for ((n, a), (_, b)) in model.state().iter().zip(other.state().iter()) {
         assert!(a.equal(b), "{n} did not round-trip");
     }
+    assert!(other
+        .params
+        .get("backbone.bn.bias")
+        .unwrap()
+        .equal(&trained_bias));
     // Classes and depth that do not fit are errors naming the checkpoint.
     let mut wrong = ReidModel::new(small_config(9), Device::Cpu).unwrap();
     let err = wrong.load_checkpoint(&ck).unwrap_err().to_string();
