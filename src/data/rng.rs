@@ -30,6 +30,8 @@ pub mod tag {
     /// DeepInversion: a batch's targets and its flips.
     pub const INVERT_TARGETS: u64 = 3;
     pub const INVERT_FLIPS: u64 = 4;
+    /// DeepInversion: a batch's starting noise.
+    pub const INVERT_NOISE: u64 = 5;
 }
 
 #[cfg(test)]

@@ -289,7 +289,10 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
             log_distillation(&log, &dreamed, &distillation, views);
             let paired = PairedLoader {
                 new: new_loader,
-                dreamed: loader(r, &dreamed.records, seed, 1, "dreamed")?,
+                // Too few dreamed identities for P = batch/4 is about the folder as much
+                // as the batch size: the error names both.
+                dreamed: loader(r, &dreamed.records, seed, 1, "dreamed")
+                    .about_value(Setting::InversionDir, inversion_dir.display())?,
             };
             let mut step = IncrementalStep {
                 old,

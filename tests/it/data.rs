@@ -541,9 +541,13 @@ fn truncated_images_are_one_error_naming_the_file() {
         &["0001_c1s1_000003_01.jpg"],
         &["0001_c2s1_000004_01.jpg"],
     );
-    let train = dir.join("bounding_box_train").join("0001_c2s1_000002_01.jpg");
+    let train = dir
+        .join("bounding_box_train")
+        .join("0001_c2s1_000002_01.jpg");
     let query = dir.join("query").join("0001_c1s1_000003_01.jpg");
-    let gallery = dir.join("bounding_box_test").join("0003_c1s1_000005_01.png");
+    let gallery = dir
+        .join("bounding_box_test")
+        .join("0003_c1s1_000005_01.png");
     for p in [&train, &query, &gallery] {
         write_noisy(p, 128, 64);
     }
