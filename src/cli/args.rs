@@ -265,16 +265,17 @@ pub struct InvertArgs {
     /// Images optimised together.
     #[arg(long, default_value_t = 64)]
     pub bs: usize,
-    /// Where dreamed images go.
-    #[arg(long, value_name = "PATH", default_value = "generations")]
-    pub generation_dir: PathBuf,
+    /// Where dreamed images go [default: the --resume folder, else generations].
+    #[arg(long, value_name = "PATH")]
+    pub generation_dir: Option<PathBuf>,
     /// Images per identity.
     #[arg(long, default_value_t = 10)]
     pub shots: usize,
-    /// Most batches to generate.
+    /// Most batches this run generates.
     #[arg(long, default_value_t = 320)]
     pub iters: usize,
-    /// A generation folder to complete (counts what is there).
+    /// A generation folder to complete: counts what is there and writes the missing
+    /// images into it.
     #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
     #[command(flatten)]

@@ -2,6 +2,7 @@
 
 use super::args::InvertArgs;
 use super::train::ModelFlags;
+use crate::inversion::plan::DEFAULT_GENERATION_DIR;
 use crate::inversion::prior::PriorWeights;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 
@@ -11,7 +12,12 @@ impl InvertArgs {
             gpu: self.device.gpu.clone(),
             seed: self.seed,
             bs: self.bs,
-            generation_dir: self.generation_dir.clone(),
+            // Completing a folder writes into it; the library refuses two different ones.
+            generation_dir: self
+                .generation_dir
+                .clone()
+                .or_else(|| self.resume.clone())
+                .unwrap_or_else(|| DEFAULT_GENERATION_DIR.into()),
             shots: self.shots,
             iters: self.iters,
             resume: self.resume.clone(),

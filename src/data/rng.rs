@@ -32,6 +32,8 @@ pub mod tag {
     pub const INVERT_FLIPS: u64 = 4;
     /// Real exemplars: which images of an old identity are kept.
     pub const EXEMPLARS: u64 = 5;
+    /// DeepInversion: a batch's starting noise.
+    pub const INVERT_NOISE: u64 = 6;
 }
 
 #[cfg(test)]

@@ -161,6 +161,34 @@ impl DreamBatch {
         )
     }
 
+    /// Like [`DreamBatch::new`], with the noise drawn from `rng` (Box–Muller on the CPU)
+    /// instead of torch's global generator: the starting images of a batch are then a
+    /// function of the batch's own random stream, so batch b starts the same whether the
+    /// run dreaming it was resumed or not, and on any device.
+    pub fn seeded(
+        targets: &[i64],
+        height: usize,
+        width: usize,
+        device: Device,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let n = targets.len() * 3 * height * width;
+        let mut noise = Vec::with_capacity(n + 1);
+        while noise.len() < n {
+            let u1 = 1.0 - rng.gen::<f64>(); // (0, 1]: the logarithm stays finite
+            let u2 = rng.gen::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+            noise.extend([(r * cos) as f32, (r * sin) as f32]);
+        }
+        noise.truncate(n);
+        let shape = [targets.len() as i64, 3, height as i64, width as i64];
+        Self::from_images(
+            Tensor::from_slice(&noise).view(shape).to_device(device),
+            Tensor::from_slice(targets).to_device(device),
+        )
+    }
+
     /// A batch starting from given images (normalised, N×3×H×W).
     pub fn from_images(images: Tensor, targets: Tensor) -> Self {
         let images = images.detach().set_requires_grad(true);

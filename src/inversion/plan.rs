@@ -15,13 +15,13 @@ pub struct InvertPlan {
     pub seed: Option<u64>,
     /// Images optimised together.
     pub bs: usize,
-    /// Where dreamed images go.
+    /// Where dreamed images go; with `resume`, the same folder.
     pub generation_dir: PathBuf,
     /// Images per identity.
     pub shots: usize,
-    /// Most batches to generate.
+    /// Most batches this run generates (a resumed run counts its own).
     pub iters: usize,
-    /// A generation folder to complete (counts what is there).
+    /// A generation folder to complete (counts what is there): `generation_dir` itself.
     pub resume: Option<PathBuf>,
     /// The task-1 checkpoint (file or logs folder).
     pub teacher: PathBuf,
@@ -115,15 +115,16 @@ impl InvertPlan {
         let d = Self::default();
         let (c, dc) = (&self.coefficients, &d.coefficients);
         let (s, ds) = (&self.stages, &d.stages);
+        // The command line's generation folder defaults to the folder it resumes.
+        let implied = self
+            .resume
+            .as_ref()
+            .map_or(DEFAULT_GENERATION_DIR.into(), |r| r.to_string_lossy());
         let mut argv = Argv::new("invert");
         argv.list("-g", &self.gpu, &d.gpu)
             .opt("-s", self.seed)
             .path("--teacher", &self.teacher, DEFAULT_TEACHER)
-            .path(
-                "--generation-dir",
-                &self.generation_dir,
-                DEFAULT_GENERATION_DIR,
-            )
+            .path("--generation-dir", &self.generation_dir, &implied)
             .opt_path("--resume", self.resume.as_deref())
             .differs("--shots", &self.shots, &d.shots)
             .differs("--bs", &self.bs, &d.bs)

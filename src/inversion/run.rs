@@ -1,18 +1,26 @@
 //! `agd invert` as a library stage: DeepInversion of the task-1 model (SPEC §7). Batches
 //! of `bs` targets are dreamed until every identity has `shots` images or `iters` batches
-//! were made; the images go to `generation_dir` as `<pid>_<unique>.jpg` beside a `log.txt`.
+//! were made; the images go to `generation_dir` as `<pid>_b<batch>_<slot>.jpg` beside a
+//! `log.txt`.
+//!
+//! Batch n (numbered on from the batches the folder already holds) draws its targets, its
+//! starting noise and its flips from random streams keyed by (seed, n), and is saved whole
+//! or not at all ([`Bags::save`]). A run killed at any point and resumed with the same
+//! seed therefore dreams exactly the batches the uninterrupted run would have dreamed, and
+//! never repeats one.
 
 use super::plan::InvertPlan;
-use super::store::{contact_sheet, Bags, CONTACT_SHEET};
+use super::store::{batches_in, contact_sheet, recover, Bags, CONTACT_SHEET};
 use super::{denormalize, DreamBatch, Inverter, Progress};
 use crate::bad_setting;
 use crate::data::rng::{stream, tag};
-use crate::error::{AboutExt, Setting};
+use crate::error::{AboutExt, BadSetting, Setting};
 use crate::logging::Logger;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
 use crate::stage::open_log;
 use anyhow::{Context, Result};
+use std::path::Path;
 use std::time::Instant;
 
 /// Log every this many iterations (and each stage's last), as the reference prints every 10.
@@ -37,6 +45,15 @@ fn load_teacher(plan: &InvertPlan, device: tch::Device, log: &Logger) -> Result<
     Ok(model)
 }
 
+/// True when `a` and `b` name the same folder (`b` may not exist yet).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
 fn progress_text(p: &Progress) -> String {
     let r = &p.report;
     format!(
@@ -56,15 +73,32 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let device = crate::device::select(&args.gpu)?;
     // The teacher must exist before anything is created on disk.
     resolve(&args.teacher, Setting::Teacher)?;
-    if let Some(dir) = &args.resume {
-        if !dir.is_dir() {
-            bad_setting!(Setting::InversionResume, dir.display(), "no such folder");
+    let dir = &args.generation_dir;
+    if let Some(from) = &args.resume {
+        if !from.is_dir() {
+            bad_setting!(Setting::InversionResume, from.display(), "no such folder");
+        }
+        // Completing a folder means writing into it: images dreamed elsewhere would leave
+        // it as incomplete as it was, under a message saying it is complete.
+        if !same_folder(from, dir) {
+            return Err(BadSetting::new(
+                Setting::GenerationDir,
+                dir.display(),
+                "a resumed run writes into the folder it completes: name the same folder, or leave the generation folder out",
+            ))
+            .about_value(Setting::InversionResume, from.display());
         }
     }
-    let dir = &args.generation_dir;
     let log = open_log(dir, &args.argv(), true)
         .context("cannot write there")
         .about_value(Setting::GenerationDir, dir.display())?;
+    let moved = recover(dir).about_value(Setting::GenerationDir, dir.display())?;
+    if moved > 0 {
+        log.line(format!(
+            "moved {moved} images of a batch a killed run had saved into {}",
+            dir.display()
+        ));
+    }
     crate::alloc::retain_freed_memory();
     let seed = crate::stage::seed(args.seed, &log);
     let teacher = load_teacher(args, device, &log)?;
@@ -90,7 +124,8 @@ pub fn run(args: &InvertPlan) -> Result<()> {
                 .unwrap_or(0);
             if n > 0 {
                 log.line(format!(
-                    "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them)",
+                    "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them), \
+                     and the new batches are numbered after theirs",
                     dir.display(),
                     dir.display()
                 ));
@@ -114,13 +149,21 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let stages = args.stages;
     let per_batch = (args.stages.low_res_iters + args.stages.full_res_iters) as u64;
     let started = Instant::now();
+    // The folder's batches so far: this run's are numbered, and seeded, after them.
+    let before = batches_in(dir).about_value(Setting::GenerationDir, dir.display())?;
     let mut batches = 0;
     let mut written = 0;
     while !bags.is_done() && batches < args.iters {
-        let b = batches as u64;
+        let b = before + batches as u64 + 1;
         let targets = bags.draw_targets(args.bs, &mut stream(seed, &[tag::INVERT_TARGETS, b]));
-        let mut batch = DreamBatch::new(&targets, args.height, args.width, device);
-        let pb = crate::progress::bar(per_batch, format!("batch {}", batches + 1));
+        let mut batch = DreamBatch::seeded(
+            &targets,
+            args.height,
+            args.width,
+            device,
+            &mut stream(seed, &[tag::INVERT_NOISE, b]),
+        );
+        let pb = crate::progress::bar(per_batch, format!("batch {b}"));
         let t0 = Instant::now();
         let kept = inverter.dream(
             &mut batch,
@@ -132,8 +175,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
                 if p.iteration % LOG_EVERY == 0 || p.iteration + 1 == p.stage_iters {
                     pb.suspend(|| {
                         log.line(format!(
-                            "[batch {}][{} {}/{}] lr {:.4}  {}",
-                            batches + 1,
+                            "[batch {b}][{} {}/{}] lr {:.4}  {}",
                             p.stage.name(),
                             p.iteration + 1,
                             p.stage_iters,
@@ -147,11 +189,11 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         pb.finish_and_clear();
         let accuracy = inverter.accuracy(&kept, &batch.targets);
         let best = batch.best().map_or(f64::NAN, |(l, _)| l);
-        let paths = bags.save(dir, &targets, &denormalize(&kept))?;
+        let paths = bags.save(dir, b, &targets, &denormalize(&kept))?;
         written += paths.len();
         batches += 1;
         log.line(format!(
-            "batch {batches}: kept loss {best:.4}, teacher accuracy {:.1}%, wrote {} images ({:.1} s); \
+            "batch {b}: kept loss {best:.4}, teacher accuracy {:.1}%, wrote {} images ({:.1} s); \
              {} images of {} identities to go",
             100.0 * accuracy,
             paths.len(),
@@ -161,7 +203,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         ));
     }
     let elapsed = started.elapsed().as_secs_f64();
-    if written > 0 || args.resume.as_deref() == Some(dir.as_path()) {
+    if written > 0 || args.resume.is_some() {
         let sheet = contact_sheet(dir, 8, args.shots.min(10), 128, 64)?;
         let path = dir.join(CONTACT_SHEET);
         crate::io::create_dir(path.parent().expect("a subfolder"))?;

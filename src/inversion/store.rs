@@ -1,13 +1,14 @@
 //! The generation folder's bookkeeping (SPEC §7): which identities still need images, the
-//! targets of the next batch, and the dreamed images on disk as `<pid>_<unique>.jpg` —
-//! the names `--inversion-dir` reads back ([`crate::data::dataset::parse_dreamed_name`]).
+//! targets of the next batch, and the dreamed images on disk as `<pid>_b<batch>_<slot>.jpg`
+//! — the `<pid>_<unique>.jpg` names `--inversion-dir` reads back
+//! ([`crate::data::dataset::parse_dreamed_name`]), with the batch number in them so that a
+//! resumed run continues the numbering (and the random streams keyed by it).
 
 use crate::data::dataset::{is_image, parse_dreamed_name};
 use crate::data::images::{decode_resized, grid};
 use anyhow::{bail, Context, Result};
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -126,42 +127,128 @@ impl Bags {
         }
     }
 
-    /// Writes each image whose target still needs one into `dir` as `<pid>_<unique>.jpg`
-    /// (atomically) and counts it; images of identities already complete (duplicates in a
-    /// batch drawn with replacement) are dropped. `images`: N×3×H×W in [0, 1].
-    /// Returns the paths written.
-    pub fn save(&mut self, dir: &Path, targets: &[i64], images: &Tensor) -> Result<Vec<PathBuf>> {
+    /// Saves batch number `batch` (1-based): each image whose target still needs one is
+    /// written into `dir` as [`image_name`] and counted; images of identities already
+    /// complete (duplicates in a batch drawn with replacement) are dropped. `images`:
+    /// N×3×H×W in [0, 1]. Returns the paths written.
+    ///
+    /// The batch lands whole or not at all, so a run killed at any moment leaves a folder
+    /// whose batches are all complete: the images go to the [`PENDING`] journal, which is
+    /// renamed to [`COMMITTED`] in one step once all are written, and only then moved into
+    /// the folder ([`recover`] finishes or discards what a kill interrupted).
+    pub fn save(
+        &mut self,
+        dir: &Path,
+        batch: u64,
+        targets: &[i64],
+        images: &Tensor,
+    ) -> Result<Vec<PathBuf>> {
         let bytes = to_hwc_bytes(images);
         let (h, w) = (images.size()[2] as u32, images.size()[3] as u32);
         let size = (h * w * 3) as usize;
-        let mut written = Vec::new();
-        for (i, &pid) in targets.iter().enumerate() {
-            if !self.have.contains_key(&pid) {
+        let mut after = self.clone();
+        let mut jpegs = Vec::new();
+        for (slot, &pid) in targets.iter().enumerate() {
+            if !after.have.contains_key(&pid) {
                 continue;
             }
-            let pixels = &bytes[i * size..(i + 1) * size];
+            let pixels = &bytes[slot * size..(slot + 1) * size];
             let jpeg = encode_jpeg_like_pil(pixels, w, h)?;
-            let path = unique_path(dir, pid, pixels);
-            crate::io::write_atomic(&path, &jpeg)?;
-            written.push(path);
-            self.add(pid, 1);
+            jpegs.push((image_name(pid, batch, slot), jpeg));
+            after.add(pid, 1);
         }
-        Ok(written)
+        let pending = dir.join(PENDING);
+        if pending.exists() {
+            std::fs::remove_dir_all(&pending)
+                .with_context(|| format!("cannot remove {}", pending.display()))?;
+        }
+        crate::io::create_dir(&pending)?;
+        for (name, jpeg) in &jpegs {
+            crate::io::write_atomic(&pending.join(name), jpeg)?;
+        }
+        let committed = dir.join(COMMITTED);
+        std::fs::rename(&pending, &committed)
+            .with_context(|| format!("cannot move {} into place", committed.display()))?;
+        publish(dir)?;
+        *self = after;
+        Ok(jpegs.into_iter().map(|(name, _)| dir.join(name)).collect())
     }
 }
 
-/// `<pid>_<hash of the pixels>.jpg`, with a counter appended if that name is taken.
-fn unique_path(dir: &Path, pid: i64, pixels: &[u8]) -> PathBuf {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    pixels.hash(&mut hasher);
-    let digest = hasher.finish();
-    let mut path = dir.join(format!("{pid}_{digest:016x}.jpg"));
-    let mut n = 1;
-    while path.exists() {
-        path = dir.join(format!("{pid}_{digest:016x}-{n}.jpg"));
-        n += 1;
+/// The file name of the image dreamed in slot `slot` of batch `batch`:
+/// `<pid>_b<batch>_<slot>.jpg`, zero-padded so that sorted order is batch order. Unique
+/// by construction (a run numbers its batches after those in the folder), and the
+/// folder's batch count can be read back from the names ([`batches_in`]).
+pub fn image_name(pid: i64, batch: u64, slot: usize) -> String {
+    format!("{pid}_b{batch:05}_{slot:03}.jpg")
+}
+
+/// The batch number in an [`image_name`], if the name has that shape (images from other
+/// tools or older versions, `<pid>_<anything>`, have none).
+fn batch_of(name: &str) -> Option<u64> {
+    let (_, rest) = name.split_once('_')?;
+    let (batch, _) = rest.strip_prefix('b')?.split_once('_')?;
+    (!batch.is_empty() && batch.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| batch.parse().ok())
+        .flatten()
+}
+
+/// The highest batch number among the images in `dir` (0 when none): the batches a run
+/// in this folder already completed, so that the next one is numbered — and seeded —
+/// as an uninterrupted run would have numbered it.
+pub fn batches_in(dir: &Path) -> Result<u64> {
+    let mut last = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
+        if path.is_file() && is_image(&path) {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            last = last.max(batch_of(&name).unwrap_or(0));
+        }
     }
-    path
+    Ok(last)
+}
+
+/// Brings `dir` back to whole batches after a run was killed while saving one: a batch
+/// still being written ([`PENDING`]) is discarded (it is dreamed again, the same way), one
+/// written whole ([`COMMITTED`]) is moved into place. Returns the images moved.
+pub fn recover(dir: &Path) -> Result<usize> {
+    let pending = dir.join(PENDING);
+    if pending.exists() {
+        std::fs::remove_dir_all(&pending)
+            .with_context(|| format!("cannot remove {}", pending.display()))?;
+    }
+    if dir.join(COMMITTED).exists() {
+        publish(dir)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Moves every image of the [`COMMITTED`] journal into `dir`, then removes the journal.
+fn publish(dir: &Path) -> Result<usize> {
+    let committed = dir.join(COMMITTED);
+    let mut moved = 0;
+    for entry in std::fs::read_dir(&committed)
+        .with_context(|| format!("cannot read {}", committed.display()))?
+    {
+        let from = entry
+            .with_context(|| format!("cannot read {}", committed.display()))?
+            .path();
+        if !(from.is_file() && is_image(&from)) {
+            // A temporary file of an interrupted write: never part of the batch.
+            let _ = std::fs::remove_file(&from);
+            continue;
+        }
+        let to = dir.join(from.file_name().expect("a file"));
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("cannot move {} into place", to.display()))?;
+        moved += 1;
+    }
+    std::fs::remove_dir(&committed)
+        .with_context(|| format!("cannot remove {}", committed.display()))?;
+    Ok(moved)
 }
 
 /// N×3×H×W floats in [0, 1] as N HWC byte images, truncating v·255 as the reference's
@@ -213,3 +300,12 @@ pub fn contact_sheet(
         .collect::<Result<Vec<_>>>()?;
     Ok(grid(&tiles, cols, height, width))
 }
+
+/// The journal of a batch being saved, in the generation folder: its images are written
+/// here first, so a run killed while writing leaves them out of the folder's count (the
+/// resumed run discards it and dreams the batch again, identically).
+pub const PENDING: &str = ".batch-pending";
+/// The journal of a batch written whole, renamed from [`PENDING`] in one atomic step; its
+/// images are then moved into the folder. A run killed while moving them leaves the rest
+/// here, and the resumed run moves them first.
+pub const COMMITTED: &str = ".batch-committed";

@@ -368,7 +368,18 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
             };
             let paired = PairedLoader {
                 new: new_loader,
-                dreamed: loader(r, &records, seed, 1, what)?,
+                // Too few old identities for P = batch/4 is about their source as much as
+                // the batch size: the error names both.
+                dreamed: loader(r, &records, seed, 1, what).about_value(
+                    match source {
+                        OldImages::Dreamed(_) => Setting::InversionDir,
+                        OldImages::Real(_) => Setting::ExemplarDataset,
+                    },
+                    match source {
+                        OldImages::Dreamed(dir) => dir.display().to_string(),
+                        OldImages::Real(name) => name.clone(),
+                    },
+                )?,
             };
             let mut step = IncrementalStep {
                 old,

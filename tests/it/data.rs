@@ -635,3 +635,88 @@ fn exemplars_take_n_real_images_per_old_identity_with_the_old_labels() {
     let err = err_of(Exemplars::load(tmp.path(), "missing", 3, 1));
     assert!(err.starts_with("--exemplar-dataset missing:"), "{err}");
 }
+
+/// Writes a noisy `h`×`w` image (JPEG or PNG by the extension): noise leaves most of the
+/// file to the pixel data, so cutting it in half cuts the pixels, not the headers.
+fn write_noisy(path: &Path, h: u32, w: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(path.as_os_str().len() as u64);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        image::Rgb([
+            rand::Rng::gen(&mut rng),
+            rand::Rng::gen(&mut rng),
+            rand::Rng::gen(&mut rng),
+        ])
+    });
+    img.save(path).unwrap();
+}
+
+/// Keeps the first half of the file: an interrupted copy or download.
+fn cut_in_half(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+#[test]
+fn truncated_images_are_one_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = market(
+        tmp.path(),
+        "m",
+        &["0001_c1s1_000001_01.jpg", "0001_c2s1_000002_01.jpg"],
+        &["0001_c1s1_000003_01.jpg"],
+        &["0001_c2s1_000004_01.jpg"],
+    );
+    let train = dir
+        .join("bounding_box_train")
+        .join("0001_c2s1_000002_01.jpg");
+    let query = dir.join("query").join("0001_c1s1_000003_01.jpg");
+    let gallery = dir
+        .join("bounding_box_test")
+        .join("0003_c1s1_000005_01.png");
+    for p in [&train, &query, &gallery] {
+        write_noisy(p, 128, 64);
+    }
+    let dreamed = tmp.path().join("dreamed");
+    for i in 0..3 {
+        write_noisy(&dreamed.join(format!("{i}_b00001_{i:03}.jpg")), 128, 64);
+    }
+    let dreamed_cut = dreamed.join("1_b00001_001.jpg");
+
+    // Whole, every image loads; a JPEG with bytes after its end marker is whole too.
+    let d = ReidDataset::load(tmp.path(), "m").unwrap();
+    for set in [&d.train, &d.query, &d.gallery] {
+        ImageStore::load(set, 64, 32, "whole").unwrap();
+    }
+    let mut padded = std::fs::read(&query).unwrap();
+    padded.extend_from_slice(b"\0\0trailing bytes");
+    std::fs::write(&query, &padded).unwrap();
+    ImageStore::load(&d.query, 64, 32, "query").unwrap();
+    let dream = Dreamed::load(&dreamed, 10).unwrap();
+    ImageStore::load(&dream.records, 64, 32, "dreamed").unwrap();
+
+    // Cut in half, each is an error naming it: training, query and gallery sets, and a
+    // dreamed folder (`--inversion-dir`).
+    for p in [&train, &query, &gallery, &dreamed_cut] {
+        cut_in_half(p);
+    }
+    let d = ReidDataset::load(tmp.path(), "m").unwrap();
+    let dream = Dreamed::load(&dreamed, 10).unwrap();
+    for (records, path) in [
+        (&d.train, &train),
+        (&d.query, &query),
+        (&d.gallery, &gallery),
+        (&dream.records, &dreamed_cut),
+    ] {
+        let err = err_of(ImageStore::load(records, 64, 32, "cut"));
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        if path.extension().unwrap() == "jpg" {
+            assert!(err.contains("truncated"), "{err}");
+        }
+        // The contact sheet of a dreamed folder reads the same way.
+        if path == &dreamed_cut {
+            let err = err_of(agd::inversion::store::contact_sheet(&dreamed, 4, 4, 32, 16));
+            assert!(err.contains("1_b00001_001.jpg"), "{err}");
+        }
+    }
+}

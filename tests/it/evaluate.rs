@@ -253,3 +253,39 @@ fn bad_checkpoints_and_datasets_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_truncated_gallery_image_is_an_error_naming_it() {
+    let s = Setup::new();
+    let gallery = s.root.join("a").join("bounding_box_test");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&gallery)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let cut = &files[files.len() / 2];
+    let bytes = std::fs::read(cut).unwrap();
+    std::fs::write(cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = agd(&[
+        "evaluate",
+        "-g",
+        "cpu",
+        "--data-root",
+        Setup::s(&s.root),
+        "--dataset",
+        "a",
+        "-c",
+        Setup::s(&s.logs),
+        "--height",
+        "64",
+        "--width",
+        "32",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&cut.display().to_string())
+            && err.contains("truncated"),
+        "{err}"
+    );
+}

@@ -648,6 +648,33 @@ fn bad_incremental_input_gets_a_clear_error() {
     ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("classes"), "{err}");
+
+    // Dreamed images of one identity, where a batch of 8 needs P = 8/4 = 2: the error is
+    // about the dreamed folder and the batch size, and names both.
+    let one = w.root.join("../dreamed-one");
+    std::fs::create_dir_all(&one).unwrap();
+    for i in 0..4 {
+        std::fs::copy(&any, one.join(format!("0_{i}.jpg"))).unwrap();
+    }
+    let out = run(&cli_args(
+        w,
+        "incremental",
+        &logs,
+        &[
+            "--algo-config",
+            &cfg("res-triangle.yaml"),
+            "--inversion-dir",
+            one.to_str().unwrap(),
+        ],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!("--inversion-dir {}", one.display()))
+            && err.contains("--batch-size 8")
+            && err.contains("only 1"),
+        "{err}"
+    );
 }
 
 /// The shipped configs, and how each mixes views.

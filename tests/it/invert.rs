@@ -631,5 +631,183 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
     assert!(
         to_pil <= 1.0,
         "agd's JPEG decodes {to_pil:.3} grey levels from PIL's"
+
+// ---------------------------------------------------------------------------------------
+// Interrupted runs.
+
+/// A quick `agd invert` on `teacher`: 12 identities × 2 shots in batches of 8 (at least
+/// three batches), seconds per batch; no `--generation-dir`.
+fn quick_args(teacher: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = super::util::strings(&[
+        "invert",
+        "-g",
+        "cpu",
+        "-s",
+        "3",
+        "--height",
+        "64",
+        "--width",
+        "32",
+        "--bs",
+        "8",
+        "--shots",
+        "2",
+        "--low-res-iters",
+        "2",
+        "--full-res-iters",
+        "10",
+        "--warmup-iters",
+        "5",
+    ]);
+    a.extend(["--teacher".into(), teacher.display().to_string()]);
+    a.extend(super::util::strings(extra));
+    a
+}
+
+/// The dreamed images of a folder, name → bytes (the log and the preview left out).
+fn images_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && agd::data::dataset::is_image(p))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+/// Names of files with the same bytes as another file of the folder.
+fn duplicates(images: &BTreeMap<String, Vec<u8>>) -> Vec<&String> {
+    let mut seen: BTreeMap<&Vec<u8>, &String> = BTreeMap::new();
+    images
+        .iter()
+        .filter(|(name, bytes)| seen.insert(bytes, name).is_some())
+        .map(|(name, _)| name)
+        .collect()
+}
+
+fn assert_same_images(got: &Path, want: &BTreeMap<String, Vec<u8>>) {
+    let got = images_of(got);
+    assert!(duplicates(&got).is_empty(), "{:?}", duplicates(&got));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in want {
+        assert!(&got[name] == bytes, "{name} differs");
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_images_an_uninterrupted_run_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher.safetensors");
+    save_untrained_teacher(&teacher, 12);
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let gen = |dir: &Path| ["--generation-dir".to_string(), dir.display().to_string()];
+
+    let mut args = quick_args(&teacher, &[]);
+    args.extend(gen(&straight));
+    let stdout = run_ok(&args);
+    let want = images_of(&straight);
+    assert_eq!(want.len(), 24, "{stdout}");
+    assert!(duplicates(&want).is_empty());
+
+    // The same run, SIGKILLed once its first batch is saved (the second is being dreamed).
+    let mut args = quick_args(&teacher, &[]);
+    args.extend(gen(&killed));
+    let mut child = super::util::agd()
+        .env("OMP_NUM_THREADS", "1")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = killed.join("log.txt");
+    super::util::wait_until(
+        "batch 1 saved in the log",
+        std::time::Duration::from_secs(600),
+        || super::util::read_or_empty(&log).contains("batch 1: kept loss"),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = images_of(&killed).len();
+    assert!(
+        (1..24).contains(&at_kill),
+        "{at_kill} images at the kill: the run finished before it could be killed"
+    );
+
+    // Resumed with --resume alone (run where ./generations would be the default): it
+    // writes into the folder it completes, and ends with the uninterrupted run's images.
+    let resume = killed.display().to_string();
+    let out = super::util::agd()
+        .env("OMP_NUM_THREADS", "1")
+        .current_dir(tmp.path())
+        .args(quick_args(&teacher, &["--resume", &resume]))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("every identity has 2 images in {resume}")),
+        "{stdout}"
+    );
+    assert!(!tmp.path().join("generations").exists());
+    assert_same_images(&killed, &want);
+
+    // Killed while saving a batch: a batch half written is redone, one half moved into
+    // place is finished, and either way the folder ends as the uninterrupted one.
+    let last = want
+        .keys()
+        .max_by_key(|n| n.split('_').nth(1).map(String::from))
+        .unwrap()
+        .split('_')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let in_last: Vec<&String> = want
+        .keys()
+        .filter(|n| n.split('_').nth(1) == Some(&last))
+        .collect();
+    assert!(!in_last.is_empty() && in_last.len() < want.len());
+    for (journal, name) in [
+        (agd::inversion::store::PENDING, "pending"),
+        (agd::inversion::store::COMMITTED, "committed"),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(dir.join(journal)).unwrap();
+        for (i, (file, bytes)) in want.iter().enumerate() {
+            let to = match (in_last.contains(&file), journal) {
+                (false, _) => dir.join(file),
+                // Half the batch written into the journal, the rest never written.
+                (true, agd::inversion::store::PENDING) if i % 2 == 0 => continue,
+                (true, agd::inversion::store::PENDING) => dir.join(journal).join(file),
+                // Half the batch moved into place, the rest still in the journal.
+                (true, _) if i % 2 == 0 => dir.join(file),
+                (true, _) => dir.join(journal).join(file),
+            };
+            std::fs::write(to, bytes).unwrap();
+        }
+        let from = dir.display().to_string();
+        run_ok(&quick_args(&teacher, &["--resume", &from]));
+        assert_same_images(&dir, &want);
+        assert!(!dir.join(journal).exists(), "{journal} left behind");
+    }
+
+    // Completing one folder while writing into another is refused, naming both.
+    let other = tmp.path().join("other").display().to_string();
+    let out = agd(&quick_args(
+        &teacher,
+        &["--resume", &resume, "--generation-dir", &other],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--resume") && err.contains("--generation-dir"),
+        "{err}"
     );
 }
