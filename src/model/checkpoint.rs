@@ -126,8 +126,54 @@ fn is_safetensors(bytes: &[u8]) -> bool {
     bytes.len() > 8 && bytes[8] == b'{'
 }
 
+/// What a file is, from its first bytes, so that a wrong file is named for what it is
+/// rather than for the first thing a reader failed to find in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Empty,
+    Safetensors,
+    /// A zip archive (torch.save since PyTorch 1.6) or a legacy pickle.
+    TorchSave,
+    /// Neither of the formats agd reads.
+    Other,
+}
+
+impl FileKind {
+    pub fn of(bytes: &[u8]) -> Self {
+        if bytes.is_empty() {
+            FileKind::Empty
+        } else if is_safetensors(bytes) {
+            FileKind::Safetensors
+        } else if bytes.starts_with(b"PK\x03\x04") || bytes[0] == 0x80 {
+            FileKind::TorchSave
+        } else {
+            FileKind::Other
+        }
+    }
+}
+
+/// The `format` metadata of feature files (`agd evaluate --save-features`).
+pub const FEATURES_FORMAT: &str = "agd-features";
+/// The `format` metadata of agd's checkpoints.
+pub const CHECKPOINT_FORMAT: &str = "agd-reid";
+
+/// Why `bytes`, read from `path`, cannot be a model checkpoint, when their kind already
+/// tells (`None`: try reading them).
+fn not_a_checkpoint(path: &Path, bytes: &[u8]) -> Option<String> {
+    let shown = path.display();
+    match FileKind::of(bytes) {
+        FileKind::Empty => Some(format!("{shown}: empty file (0 bytes), not a checkpoint")),
+        FileKind::Other => Some(format!(
+            "{shown}: neither safetensors nor torch.save ({} bytes of something else), not a \
+             checkpoint",
+            bytes.len()
+        )),
+        _ => None,
+    }
+}
+
 /// Tensors and metadata of safetensors bytes read from `path`.
-fn parse_safetensors(
+pub fn parse_safetensors(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
@@ -194,10 +240,22 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some(why) = not_a_checkpoint(path, &bytes) {
+            bail!(why);
+        }
         if !is_safetensors(&bytes) {
             return Self::from_torch(path);
         }
         let (tensors, metadata) = parse_safetensors(path, &bytes)?;
+        if metadata.get("format").map(String::as_str) == Some(FEATURES_FORMAT)
+            || tensors.contains_key("query_features")
+        {
+            bail!(
+                "{}: a feature file (query and gallery features, as evaluation writes them), \
+                 not a model checkpoint",
+                path.display()
+            );
+        }
         let epoch = metadata
             .get("epoch")
             .and_then(|e| e.parse().ok())
@@ -272,7 +330,7 @@ impl Checkpoint {
 /// Model metadata written into every checkpoint.
 pub fn model_metadata(config: &ModelConfig) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("format".into(), "agd-reid".into()),
+        ("format".into(), CHECKPOINT_FORMAT.into()),
         ("depth".into(), config.depth.number().to_string()),
         ("classes".into(), config.classes.to_string()),
         ("embedding".into(), config.embedding.to_string()),
@@ -365,6 +423,11 @@ impl ReidModel {
 /// Tensors of a flat state dict file (safetensors or torch.save), by name.
 fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match FileKind::of(&bytes) {
+        FileKind::Empty => bail!("{}: empty file (0 bytes)", path.display()),
+        FileKind::Other => bail!("{}: neither safetensors nor torch.save", path.display()),
+        _ => {}
+    }
     if !is_safetensors(&bytes) {
         let file = TorchFile::load(path)?;
         return Ok(file
