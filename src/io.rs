@@ -66,12 +66,14 @@ pub fn write_atomic_with(
 /// Encodes `img` as PNG and writes it atomically: the one PNG writer of contact sheets,
 /// previews, rank lists and charts.
 pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
+    write_image(path, img, image::ImageFormat::Png)
+}
+
+/// Encodes `img` in `format` and writes it atomically.
+pub fn write_image(path: &Path, img: &image::RgbImage, format: image::ImageFormat) -> Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .with_context(|| format!("cannot encode {}", path.display()))?;
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
     write_atomic(path, &bytes)
 }
 

@@ -164,13 +164,38 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) 
     Ok(())
 }
 
-/// Renders into an RGB buffer and writes it as a PNG atomically: a reader (or a crash
-/// mid-epoch) never sees a half-written picture.
+/// The picture formats a plot can be written in, by file extension.
+pub const PICTURE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The format of a picture at `path`, from its extension (any case): PNG or JPEG. Anything
+/// else is refused before drawing, rather than PNG bytes written under a name that says
+/// otherwise.
+pub fn picture_format(path: &Path) -> Result<image::ImageFormat> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+    match ext.as_deref() {
+        Some("png") => Ok(image::ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(image::ImageFormat::Jpeg),
+        other => {
+            let given = match other {
+                Some(e) => format!(".{e} pictures are not supported"),
+                None => "no file extension to tell the picture format".to_string(),
+            };
+            let supported: Vec<String> =
+                PICTURE_EXTENSIONS.iter().map(|e| format!(".{e}")).collect();
+            bail!("{given}: give a {} file", supported.join(", "))
+        }
+    }
+}
+
+/// Renders into an RGB buffer and writes it atomically, as PNG or JPEG by `out`'s
+/// extension ([`picture_format`]): a reader (or a crash mid-epoch) never sees a
+/// half-written picture.
 fn render_png(
     out_png: &Path,
     (width, height): (u32, u32),
     draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
 ) -> Result<()> {
+    let format = picture_format(out_png).with_context(|| format!("{}", out_png.display()))?;
     register_font()?;
     let mut buffer = vec![0u8; width as usize * height as usize * 3];
     {
@@ -180,7 +205,7 @@ fn render_png(
         root.present()?;
     }
     let image = image::RgbImage::from_raw(width, height, buffer).expect("buffer of width*height*3");
-    crate::io::write_png(out_png, &image)
+    crate::io::write_image(out_png, &image, format)
 }
 
 /// Draws `out_png` (1200×400) from a run's `metrics.csv`: loss terms, learning rate, and

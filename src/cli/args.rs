@@ -340,10 +340,12 @@ pub struct EvaluateArgs {
     #[arg(short = 'r', long)]
     pub re_ranking: bool,
     /// Append results to eval.txt beside each checkpoint.
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, conflicts_with = "features")]
     pub output: bool,
-    /// Evaluate every checkpoint under --ckpt.
-    #[arg(long)]
+    /// Evaluate every checkpoint under --ckpt; one that fails does not stop the others,
+    /// but is named at the end (with --json, as a `{checkpoint, error}` row) and the exit
+    /// code is non-zero.
+    #[arg(long, conflicts_with = "features")]
     pub recursive: bool,
     #[arg(long, value_parser = flag_value::<OutputFeature>(), default_value = "embedding")]
     pub output_feature: OutputFeature,
@@ -353,18 +355,21 @@ pub struct EvaluateArgs {
     /// Re-rank all queries in one graph instead of the reference's chunks of 1024.
     #[arg(long, requires = "re_ranking")]
     pub one_shot: bool,
-    /// Write each dataset's features and labels to this safetensors file (several
-    /// datasets: the dataset name is added to the file name).
+    /// Write each query set's features and labels to this safetensors file. Several query
+    /// sets (several datasets, or `a+b`) get one file each, named by appending the query
+    /// set to the stem: `F-a.safetensors`, and `F-a-in-a+b.safetensors` for a's queries
+    /// against the union gallery of a+b. The folder must exist.
     #[arg(long, value_name = "FILE")]
     pub save_features: Option<PathBuf>,
     /// Evaluate a feature file written by --save-features; no model or images needed.
     #[arg(long, value_name = "FILE", conflicts_with = "save_features")]
     pub features: Option<PathBuf>,
     /// Write rank-list pictures (query, then its top-10 gallery images framed green or
-    /// red) into this folder, one subfolder per dataset.
-    #[arg(long, value_name = "DIR")]
+    /// red) into this folder, one subfolder per query set: `DIR/a`, and `DIR/a-in-a+b`
+    /// for a's queries against the union gallery of a+b.
+    #[arg(long, value_name = "DIR", conflicts_with = "features")]
     pub rank_list: Option<PathBuf>,
-    /// Queries to draw rank lists for.
+    /// Queries to draw rank lists for (at least 1).
     #[arg(long, default_value_t = 10)]
     pub rank_list_n: usize,
     #[command(flatten)]
@@ -451,7 +456,8 @@ pub struct PlotArgs {
     /// Logs folders of training runs (each holds a `metrics.csv`).
     #[arg(value_name = "LOGS_DIR", required = true, num_args = 1..)]
     pub logs_dirs: Vec<PathBuf>,
-    /// Write the picture here instead of `<LOGS_DIR>/curves.png` (one folder only).
+    /// Write the picture here instead of `<LOGS_DIR>/curves.png` (one folder only); PNG,
+    /// or JPEG for a `.jpg`/`.jpeg` name.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

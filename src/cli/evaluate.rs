@@ -3,7 +3,7 @@
 
 use super::args::EvaluateArgs;
 use super::train::ModelFlags;
-use crate::eval::EvalPlan;
+use crate::eval::{CheckpointsFailed, EvalPlan};
 use anyhow::Result;
 
 impl EvaluateArgs {
@@ -31,11 +31,33 @@ impl EvaluateArgs {
     }
 }
 
+/// Runs the plan; `--json` prints the rows. When some checkpoints of several failed, the
+/// JSON still lists the others' rows, plus one `{checkpoint, error}` row per failed one,
+/// and the command then fails naming them.
 pub fn run(args: &EvaluateArgs) -> Result<()> {
     let plan = args.plan();
-    let rows = crate::eval::run(&plan)?;
-    if plan.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+    match crate::eval::run(&plan) {
+        Ok(rows) => {
+            if plan.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if let (true, Some(f)) = (plan.json, e.downcast_ref::<CheckpointsFailed>()) {
+                let mut rows = serde_json::to_value(&f.rows)?
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for (path, err) in &f.failed {
+                    rows.push(serde_json::json!({
+                        "checkpoint": path.display().to_string(),
+                        "error": super::message(err),
+                    }));
+                }
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+            Err(e)
+        }
     }
-    Ok(())
 }

@@ -9,6 +9,7 @@ mod synth;
 pub mod train;
 
 use crate::error::{About, AnotherRun, BadSetting, Occupied, Setting};
+use crate::eval::CheckpointsFailed;
 use crate::model::choice::Contradiction;
 use crate::train::plan::LoopPlan;
 use anyhow::Result;
@@ -159,8 +160,11 @@ pub fn flag(setting: Setting) -> &'static str {
         Previous => "--previous",
         RandomErasing => "--re",
         RandomErasingArea => "--re-area",
+        RankList => "--rank-list",
+        RankListN => "--rank-list-n",
         Recursive => "--recursive",
         RFeature => "--r-feature",
+        SaveFeatures => "--save-features",
         Shots => "--shots",
         Teacher => "--teacher",
         TestIds => "--test-ids",
@@ -190,6 +194,8 @@ pub fn message(err: &anyhow::Error) -> String {
                 o.describe(flag(o.setting))
             } else if let Some(c) = e.downcast_ref::<Contradiction>() {
                 c.describe(flag(c.setting))
+            } else if let Some(f) = e.downcast_ref::<CheckpointsFailed>() {
+                f.describe(message)
             } else {
                 e.to_string()
             }

@@ -8,6 +8,12 @@ pub fn run(args: &PlotArgs) -> Result<()> {
     if args.output.is_some() && args.logs_dirs.len() > 1 {
         bail!("-o/--output names one picture: give one logs folder with it");
     }
+    if let Some(out) = &args.output {
+        // Before reading anything: the extension decides the format.
+        if let Err(e) = crate::plot::picture_format(out) {
+            bail!("-o/--output {}: {e}", out.display());
+        }
+    }
     for dir in &args.logs_dirs {
         let csv = dir.join("metrics.csv");
         if !csv.is_file() {

@@ -4,8 +4,10 @@
 
 use crate::bad_setting;
 use crate::error::{AboutExt, Setting};
-use crate::model::checkpoint::{read_safetensors, write_safetensors};
-use anyhow::Result;
+use crate::model::checkpoint::{
+    parse_safetensors, write_safetensors, FileKind, CHECKPOINT_FORMAT, FEATURES_FORMAT,
+};
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -37,14 +39,43 @@ impl FeatureFile {
             ("query_cams".to_string(), ints(&self.query_cams)),
             ("gallery_cams".to_string(), ints(&self.gallery_cams)),
         ];
-        let meta = BTreeMap::from([("format".to_string(), "agd-features".to_string())]);
+        let meta = BTreeMap::from([("format".to_string(), FEATURES_FORMAT.to_string())]);
         write_safetensors(path, &tensors, &meta)
     }
 
-    /// Reads a feature file, checking every tensor is there with a consistent shape.
+    /// Reads a feature file, checking every tensor is there with a consistent shape. A
+    /// file of another kind (a checkpoint, say) is named for what it is.
     pub fn load(path: &Path) -> Result<Self> {
-        let (tensors, _) =
-            read_safetensors(path).about_value(Setting::FeatureFile, path.display())?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .about_value(Setting::FeatureFile, path.display())?;
+        match FileKind::of(&bytes) {
+            FileKind::Safetensors => {}
+            FileKind::Empty => {
+                bad_setting!(Setting::FeatureFile, path.display(), "empty file (0 bytes)")
+            }
+            FileKind::TorchSave => bad_setting!(
+                Setting::FeatureFile,
+                path.display(),
+                "a torch.save file (a model checkpoint?), not a feature file"
+            ),
+            FileKind::Other => bad_setting!(
+                Setting::FeatureFile,
+                path.display(),
+                "neither safetensors nor torch.save, not a feature file"
+            ),
+        }
+        let (tensors, meta) =
+            parse_safetensors(path, &bytes).about_value(Setting::FeatureFile, path.display())?;
+        if meta.get("format").map(String::as_str) == Some(CHECKPOINT_FORMAT)
+            || tensors.contains_key("classifier.W")
+        {
+            bad_setting!(
+                Setting::FeatureFile,
+                path.display(),
+                "a model checkpoint, not a feature file (evaluate it as the checkpoint)"
+            );
+        }
         let get = |name: &str, kind: Kind, dims: usize| -> Result<Tensor> {
             let Some(t) = tensors.get(name) else {
                 bad_setting!(Setting::FeatureFile, path.display(), "no tensor `{name}`");

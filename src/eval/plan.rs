@@ -1,9 +1,13 @@
 //! The plan of `agd evaluate` (SPEC §8), defaulted as the reference's `evaluate.py`.
 
 use super::features::OutputFeature;
+use crate::bad_setting;
+use crate::error::Setting;
 use crate::model::ModelChoice;
 use crate::stage::Argv;
-use std::path::PathBuf;
+use anyhow::Result;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalPlan {
@@ -28,11 +32,13 @@ pub struct EvalPlan {
     pub output: bool,
     /// Print results as JSON instead of tables.
     pub json: bool,
-    /// Write features and labels to this safetensors file (per dataset when several).
+    /// Write features and labels to this safetensors file; with several query sets (several
+    /// datasets, or the parts of `a+b`) one file each, named by [`EvalPlan::feature_path`].
     pub save_features: Option<PathBuf>,
     /// Evaluate a feature file instead of checkpoints.
     pub features: Option<PathBuf>,
-    /// Rank-list pictures of the first `rank_list_n` queries go here.
+    /// Rank-list pictures of the first `rank_list_n` queries go here, one subfolder per
+    /// query set ([`EvalPlan::rank_list_dir`]).
     pub rank_list: Option<PathBuf>,
     pub rank_list_n: usize,
 }
@@ -92,4 +98,162 @@ impl EvalPlan {
         crate::train::plan::render_model(&mut argv, &self.model);
         argv
     }
+}
+
+/// The name of one query set's outputs (feature file, rank-list folder): the dataset's own
+/// name, or `a-in-a+b` for dataset a's queries against the union gallery of `a+b`, so the
+/// outputs of `--dataset a a+b` never overwrite each other.
+pub fn query_set_name(spec: &str, part: &str) -> String {
+    if spec.contains('+') {
+        format!("{part}-in-{spec}")
+    } else {
+        part.to_string()
+    }
+}
+
+impl EvalPlan {
+    /// Where the features of `part`'s queries within `spec` go: `save_features` itself
+    /// when one dataset is evaluated alone; otherwise the query set's name
+    /// ([`query_set_name`]) is appended to the file's stem (`f-a.safetensors`,
+    /// `f-a-in-a+b.safetensors`).
+    pub fn feature_path(&self, spec: &str, part: &str) -> Option<PathBuf> {
+        let base = self.save_features.as_ref()?;
+        if self.datasets.len() == 1 && !spec.contains('+') {
+            return Some(base.clone());
+        }
+        let stem = base.file_stem().unwrap_or_default().to_string_lossy();
+        let ext = base
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        let name = query_set_name(spec, part);
+        Some(base.with_file_name(format!("{stem}-{name}{ext}")))
+    }
+
+    /// The folder of the rank-list pictures of `part`'s queries within `spec`:
+    /// `<rank_list>/a`, `<rank_list>/a-in-a+b`.
+    pub fn rank_list_dir(&self, spec: &str, part: &str) -> Option<PathBuf> {
+        Some(self.rank_list.as_ref()?.join(query_set_name(spec, part)))
+    }
+
+    /// Refuses a plan that cannot work, before any image is decoded or checkpoint read: a
+    /// size or count of zero (libtorch would abort with a backtrace deep in the first
+    /// forward pass), a dataset named twice, and outputs that could only fail once the
+    /// whole evaluation is done.
+    pub fn validate(&self) -> Result<()> {
+        for (setting, value) in [
+            (Setting::Height, self.height),
+            (Setting::Width, self.width),
+            (Setting::BatchSize, self.batch_size),
+        ] {
+            if value == 0 {
+                bad_setting!(setting, value, "must be at least 1");
+            }
+        }
+        if self.rank_list.is_some() && self.rank_list_n == 0 {
+            bad_setting!(
+                Setting::RankListN,
+                self.rank_list_n,
+                "must be at least 1: no rank list would be drawn"
+            );
+        }
+        if self.features.is_some() {
+            // A feature file is scored as it is: no model, no images, nothing to write.
+            if let Some(f) = &self.save_features {
+                bad_setting!(
+                    Setting::SaveFeatures,
+                    f.display(),
+                    "a feature file is evaluated without a model: there are no features to write"
+                );
+            }
+            if let Some(d) = &self.rank_list {
+                bad_setting!(
+                    Setting::RankList,
+                    d.display(),
+                    "a feature file holds no images to draw"
+                );
+            }
+            return Ok(());
+        }
+        if self.datasets.is_empty() {
+            bad_setting!(Setting::Dataset, "", "no dataset to evaluate");
+        }
+        let mut specs = HashSet::new();
+        for spec in &self.datasets {
+            if !specs.insert(spec) {
+                bad_setting!(
+                    Setting::Dataset,
+                    spec,
+                    "listed twice: its results and files would repeat"
+                );
+            }
+            let mut parts = HashSet::new();
+            for part in spec.split('+') {
+                if part.is_empty() {
+                    bad_setting!(
+                        Setting::DatasetPart,
+                        spec,
+                        "empty name in a `+` combination"
+                    );
+                }
+                if !parts.insert(part) {
+                    bad_setting!(
+                        Setting::DatasetPart,
+                        spec,
+                        "`{part}` appears twice: the union gallery would hold its gallery twice"
+                    );
+                }
+            }
+        }
+        if let Some(dir) = &self.rank_list {
+            // The folder is created as needed; what exists on its way must be folders.
+            if let Some(blocker) = dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+                bad_setting!(
+                    Setting::RankList,
+                    dir.display(),
+                    "{} exists and is not a folder",
+                    blocker.display()
+                );
+            }
+        }
+        if let Some(base) = &self.save_features {
+            for spec in &self.datasets {
+                for part in spec.split('+') {
+                    let path = self.feature_path(spec, part).expect("save_features is set");
+                    check_destination(base, &path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A feature file can be written at `path` (derived from the `base` the plan names):
+/// its folder exists and it is not itself a folder.
+fn check_destination(base: &Path, path: &Path) -> Result<()> {
+    let derived = if path == base {
+        String::new()
+    } else {
+        format!("{}: ", path.display())
+    };
+    if path.is_dir() {
+        bad_setting!(
+            Setting::SaveFeatures,
+            base.display(),
+            "{derived}is a folder; give a file name"
+        );
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        bad_setting!(
+            Setting::SaveFeatures,
+            base.display(),
+            "{derived}folder {} does not exist",
+            folder.display()
+        );
+    }
+    Ok(())
 }

@@ -11,21 +11,21 @@ use super::metrics::{
 use super::plan::EvalPlan;
 use super::ranklist;
 use super::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
-use super::union::{union, EvalSplit, Part};
+use super::union::{union, union_records, EvalSplit, Part};
 use crate::bad_setting;
 use crate::data::{ImageStore, ReidDataset};
-use crate::error::Setting;
+use crate::error::{AboutExt, Setting};
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// One line of results.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Debug)]
 pub struct EvalRow {
     pub checkpoint: String,
     pub dataset: String,
@@ -76,6 +76,8 @@ impl EvalRow {
 /// the rank-list pictures (none without `--rank-list`). Plain evaluation never holds the
 /// whole Q×G matrix; re-ranking computes it anyway.
 fn score(args: &EvalPlan, s: &EvalSplit) -> Result<(Metrics, Vec<f32>)> {
+    check_finite(&s.query, "query")?;
+    check_finite(&s.gallery, "gallery")?;
     let query = Labels::new(&s.query_labels.0, &s.query_labels.1);
     let gallery = Labels::new(&s.gallery_labels.0, &s.gallery_labels.1);
     if args.re_ranking {
@@ -105,6 +107,39 @@ fn score(args: &EvalPlan, s: &EvalSplit) -> Result<(Metrics, Vec<f32>)> {
         Distance::Cosine,
     )?;
     Ok((m, rows))
+}
+
+/// Refuses features that are NaN or infinite, naming the first such row and which it
+/// holds: the distances would otherwise be NaN ("distance of query 1 to gallery item 0 is
+/// NaN"), which says neither where the bad value came from nor what it was.
+fn check_finite(features: &Tensor, side: &str) -> Result<()> {
+    let rows = features
+        .f_isfinite()?
+        .f_logical_not()?
+        .f_any_dim(1, false)?
+        .f_to_kind(Kind::Int64)?
+        .f_to_device(tch::Device::Cpu)?;
+    let rows = Vec::<i64>::try_from(&rows)?;
+    let mut bad = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b != 0)
+        .map(|(i, _)| i);
+    let Some(row) = bad.next() else {
+        return Ok(());
+    };
+    let values = features.f_get(row as i64)?;
+    let has = |t: Tensor| -> Result<bool> { Ok(t.f_any()?.f_int64_value(&[])? != 0) };
+    let holds = match (has(values.f_isnan()?)?, has(values.f_isinf()?)?) {
+        (true, true) => "NaN and infinite values",
+        (true, false) => "NaN",
+        _ => "an infinite value",
+    };
+    let others = match bad.count() {
+        0 => String::new(),
+        n => format!(" ({n} more rows are not finite either)"),
+    };
+    bail!("{side} feature {row} holds {holds}{others}")
 }
 
 /// The checkpoints `ckpt` names: one file or folder, or with `recursive` every
@@ -159,18 +194,6 @@ struct Loaded {
     dataset: ReidDataset,
     query: Arc<ImageStore>,
     gallery: Arc<ImageStore>,
-}
-
-fn feature_path(base: &Path, dataset: &str, several: bool) -> PathBuf {
-    if !several {
-        return base.to_path_buf();
-    }
-    let stem = base.file_stem().unwrap_or_default().to_string_lossy();
-    let ext = base
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    base.with_file_name(format!("{stem}-{dataset}{ext}"))
 }
 
 fn print_rows(args: &EvalPlan, title: &str, rows: &[EvalRow]) {
@@ -229,7 +252,7 @@ fn run_features_file(args: &EvalPlan, file: &Path) -> Result<Vec<EvalRow>> {
         query_labels: (f.query_pids, f.query_cams),
         gallery_labels: (f.gallery_pids, f.gallery_cams),
     };
-    let (m, _) = score(args, &split)?;
+    let (m, _) = score(args, &split).about_value(Setting::FeatureFile, file.display())?;
     let name = file
         .file_stem()
         .unwrap_or_default()
@@ -240,9 +263,59 @@ fn run_features_file(args: &EvalPlan, file: &Path) -> Result<Vec<EvalRow>> {
     Ok(rows)
 }
 
+/// Checkpoints of a recursive evaluation that failed, and the results of those that did
+/// not: one unreadable file among many must neither hide the others' results nor pass
+/// unnoticed. [`run`] returns it as its error whenever a checkpoint of several failed.
+#[derive(Debug)]
+pub struct CheckpointsFailed {
+    /// Rows of the checkpoints that were evaluated.
+    pub rows: Vec<EvalRow>,
+    /// Each failed checkpoint, with why.
+    pub failed: Vec<(PathBuf, anyhow::Error)>,
+    /// Checkpoints tried.
+    pub total: usize,
+}
+
+impl CheckpointsFailed {
+    /// The message, each checkpoint's error rendered by `render` (anyhow's `{:#}`, or the
+    /// CLI's flag-naming message).
+    pub fn describe(&self, render: impl Fn(&anyhow::Error) -> String) -> String {
+        let lines: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(path, e)| {
+                let (shown, msg) = (path.display().to_string(), render(e));
+                if msg.contains(&shown) {
+                    format!("  {msg}")
+                } else {
+                    format!("  {shown}: {msg}")
+                }
+            })
+            .collect();
+        format!(
+            "{} of {} checkpoints failed (the other {} were evaluated):\n{}",
+            self.failed.len(),
+            self.total,
+            self.total - self.failed.len(),
+            lines.join("\n")
+        )
+    }
+}
+
+impl std::fmt::Display for CheckpointsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(|e| format!("{e:#}")))
+    }
+}
+
+impl std::error::Error for CheckpointsFailed {}
+
 /// `agd evaluate`: every checkpoint on every dataset (or a feature file), printed as
-/// tables as it goes (unless `json`); returns the rows.
+/// tables as it goes (unless `json`); returns the rows. The plan is checked first
+/// ([`EvalPlan::validate`]). With several checkpoints, one that fails does not stop the
+/// others: the error is then a [`CheckpointsFailed`] holding their rows.
 pub fn run(args: &EvalPlan) -> Result<Vec<EvalRow>> {
+    args.validate()?;
     crate::alloc::release_freed_memory();
     match &args.features {
         Some(file) => run_features_file(args, file),
@@ -253,127 +326,149 @@ pub fn run(args: &EvalPlan) -> Result<Vec<EvalRow>> {
 fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
     let device = crate::device::select(&args.gpu)?;
     let ckpts = checkpoints(args)?;
-    let (h, w) = (args.height, args.width);
-    let mut loaded: HashMap<String, Loaded> = HashMap::new();
-    for spec in &args.datasets {
-        for part in spec.split('+') {
-            if part.is_empty() {
-                bad_setting!(
-                    Setting::DatasetPart,
-                    spec,
-                    "empty name in a `+` combination"
-                );
-            }
-            if !loaded.contains_key(part) {
-                let dataset = ReidDataset::load(&args.data_root, part)?;
-                let query = Arc::new(ImageStore::load(
-                    &dataset.query,
-                    h,
-                    w,
-                    &format!("{part} query"),
-                )?);
-                let gallery = Arc::new(ImageStore::load(
-                    &dataset.gallery,
-                    h,
-                    w,
-                    &format!("{part} gallery"),
-                )?);
-                loaded.insert(
-                    part.to_string(),
-                    Loaded {
-                        dataset,
-                        query,
-                        gallery,
-                    },
-                );
-            }
+    let loaded = load_datasets(args)?;
+    let mut all = Vec::new();
+    let mut failed = Vec::new();
+    for ck_path in &ckpts {
+        match evaluate_checkpoint(args, ck_path, &loaded, device) {
+            Ok(rows) => all.extend(rows),
+            Err(e) if ckpts.len() == 1 => return Err(e),
+            Err(e) => failed.push((ck_path.clone(), e)),
         }
     }
-    let mut all = Vec::new();
-    for ck_path in &ckpts {
-        let ck = Checkpoint::load(ck_path)?;
-        let model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
-        let ck_name = ck_path.display().to_string();
-        let feature = args.output_feature;
-        let mut features: HashMap<&str, (Tensor, Tensor)> = HashMap::new();
-        for (name, l) in &loaded {
-            let q = extract(
-                &model,
-                &l.query,
-                args.batch_size,
-                feature,
-                &format!("{name} query"),
-            )?;
-            let g = extract(
-                &model,
-                &l.gallery,
-                args.batch_size,
-                feature,
-                &format!("{name} gallery"),
-            )?;
-            features.insert(name.as_str(), (q, g));
+    if !failed.is_empty() {
+        return Err(CheckpointsFailed {
+            rows: all,
+            failed,
+            total: ckpts.len(),
         }
-        let mut rows = Vec::new();
-        for spec in &args.datasets {
-            let parts: Vec<&str> = spec.split('+').collect();
-            let union_parts: Vec<Part> = parts
-                .iter()
-                .map(|part| {
-                    let (l, (q, g)) = (&loaded[*part], &features[part]);
-                    Part {
-                        query: &l.dataset.query,
-                        gallery: &l.dataset.gallery,
-                        query_features: q,
-                        gallery_features: g,
-                    }
-                })
-                .collect();
-            let mut part_rows = Vec::new();
-            for (part, split) in parts.iter().zip(union(&union_parts)) {
-                let l = &loaded[*part];
-                let (m, dist) = score(args, &split)?;
-                let label = if parts.len() > 1 {
-                    format!("{part} (in {spec})")
-                } else {
-                    part.to_string()
-                };
-                part_rows.push(EvalRow::new(&ck_name, &label, &m, args.re_ranking));
-                if parts.len() == 1 {
-                    if let Some(base) = &args.save_features {
-                        let path = feature_path(base, part, args.datasets.len() > 1);
-                        FeatureFile {
-                            query: split.query.shallow_clone(),
-                            gallery: split.gallery.shallow_clone(),
-                            query_pids: split.query_labels.0.clone(),
-                            gallery_pids: split.gallery_labels.0.clone(),
-                            query_cams: split.query_labels.1.clone(),
-                            gallery_cams: split.gallery_labels.1.clone(),
-                        }
-                        .save(&path)?;
-                    }
-                    if let Some(dir) = &args.rank_list {
-                        ranklist::write(
-                            &dir.join(part),
-                            &dist,
-                            &l.dataset.query,
-                            &l.dataset.gallery,
-                            args.rank_list_n,
-                            10,
-                        )?;
-                    }
-                }
-            }
-            if parts.len() > 1 {
-                let avg = EvalRow::average(&ck_name, &format!("{spec} (average)"), &part_rows);
-                part_rows.push(avg);
-            }
-            rows.extend(part_rows);
-        }
-        print_rows(args, &format!("{ck_name} (epoch {})", ck.epoch), &rows);
-        if args.output {
-            append_eval_txt(&ck, &rows)?;
-        }
-        all.extend(rows);
+        .into());
     }
     Ok(all)
+}
+
+/// Every dataset the plan names (each part of `a+b` once), images decoded once for all
+/// checkpoints.
+fn load_datasets(args: &EvalPlan) -> Result<HashMap<String, Loaded>> {
+    let (h, w) = (args.height, args.width);
+    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    for part in args.datasets.iter().flat_map(|spec| spec.split('+')) {
+        if loaded.contains_key(part) {
+            continue;
+        }
+        let dataset = ReidDataset::load(&args.data_root, part)?;
+        let query = Arc::new(ImageStore::load(
+            &dataset.query,
+            h,
+            w,
+            &format!("{part} query"),
+        )?);
+        let gallery = Arc::new(ImageStore::load(
+            &dataset.gallery,
+            h,
+            w,
+            &format!("{part} gallery"),
+        )?);
+        loaded.insert(
+            part.to_string(),
+            Loaded {
+                dataset,
+                query,
+                gallery,
+            },
+        );
+    }
+    Ok(loaded)
+}
+
+/// One checkpoint on every dataset: its rows (printed, and appended to `eval.txt` when
+/// asked), its feature files and rank lists.
+fn evaluate_checkpoint(
+    args: &EvalPlan,
+    ck_path: &Path,
+    loaded: &HashMap<String, Loaded>,
+    device: tch::Device,
+) -> Result<Vec<EvalRow>> {
+    let ck = Checkpoint::load(ck_path)?;
+    let model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
+    let ck_name = ck_path.display().to_string();
+    let feature = args.output_feature;
+    let mut features: HashMap<&str, (Tensor, Tensor)> = HashMap::new();
+    for (name, l) in loaded {
+        let q = extract(
+            &model,
+            &l.query,
+            args.batch_size,
+            feature,
+            &format!("{name} query"),
+        )?;
+        let g = extract(
+            &model,
+            &l.gallery,
+            args.batch_size,
+            feature,
+            &format!("{name} gallery"),
+        )?;
+        features.insert(name.as_str(), (q, g));
+    }
+    let mut rows = Vec::new();
+    for spec in &args.datasets {
+        let parts: Vec<&str> = spec.split('+').collect();
+        let union_parts: Vec<Part> = parts
+            .iter()
+            .map(|part| {
+                let (l, (q, g)) = (&loaded[*part], &features[part]);
+                Part {
+                    query: &l.dataset.query,
+                    gallery: &l.dataset.gallery,
+                    query_features: q,
+                    gallery_features: g,
+                }
+            })
+            .collect();
+        let (gallery_records, query_records) = union_records(&union_parts);
+        let mut part_rows = Vec::new();
+        for ((part, split), query_records) in
+            parts.iter().zip(union(&union_parts)).zip(&query_records)
+        {
+            let label = if parts.len() > 1 {
+                format!("{part} (in {spec})")
+            } else {
+                part.to_string()
+            };
+            let (m, dist) = score(args, &split).with_context(|| format!("{ck_name} on {label}"))?;
+            part_rows.push(EvalRow::new(&ck_name, &label, &m, args.re_ranking));
+            if let Some(path) = args.feature_path(spec, part) {
+                FeatureFile {
+                    query: split.query.shallow_clone(),
+                    gallery: split.gallery.shallow_clone(),
+                    query_pids: split.query_labels.0.clone(),
+                    gallery_pids: split.gallery_labels.0.clone(),
+                    query_cams: split.query_labels.1.clone(),
+                    gallery_cams: split.gallery_labels.1.clone(),
+                }
+                .save(&path)?;
+            }
+            if let Some(dir) = args.rank_list_dir(spec, part) {
+                ranklist::write(
+                    &dir,
+                    &dist,
+                    query_records,
+                    &gallery_records,
+                    args.rank_list_n,
+                    10,
+                )?;
+            }
+        }
+        if parts.len() > 1 {
+            let avg = EvalRow::average(&ck_name, &format!("{spec} (average)"), &part_rows);
+            part_rows.push(avg);
+        }
+        rows.extend(part_rows);
+    }
+    print_rows(args, &format!("{ck_name} (epoch {})", ck.epoch), &rows);
+    if args.output {
+        append_eval_txt(&ck, &rows)?;
+    }
+    Ok(rows)
 }

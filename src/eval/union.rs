@@ -30,37 +30,70 @@ pub fn labels(records: &[Record]) -> (Vec<i64>, Vec<i64>) {
     records.iter().map(|r| (r.pid, r.camera)).unzip()
 }
 
+/// The (pid, camera) offsets of each part: past every label of the parts before it.
+fn offsets(parts: &[Part]) -> Vec<(i64, i64)> {
+    let (mut pid_off, mut cam_off) = (0i64, 0i64);
+    parts
+        .iter()
+        .map(|part| {
+            let here = (pid_off, cam_off);
+            let all_records = part.query.iter().chain(part.gallery);
+            pid_off += all_records.clone().map(|r| r.pid).max().unwrap_or(0) + 1;
+            cam_off += all_records.map(|r| r.camera).max().unwrap_or(0) + 1;
+            here
+        })
+        .collect()
+}
+
+fn shifted(records: &[Record], (po, co): (i64, i64)) -> Vec<Record> {
+    records
+        .iter()
+        .map(|r| Record {
+            pid: r.pid + po,
+            camera: r.camera + co,
+            ..r.clone()
+        })
+        .collect()
+}
+
 /// One split per part, in order: the part's queries against every part's gallery. With
 /// one part this is the dataset's own split, labels unchanged.
 pub fn union(parts: &[Part]) -> Vec<EvalSplit> {
-    let (mut galleries, mut g_pids, mut g_cams) = (Vec::new(), Vec::new(), Vec::new());
-    let mut offsets = Vec::new();
-    let (mut pid_off, mut cam_off) = (0i64, 0i64);
-    for part in parts {
-        offsets.push((pid_off, cam_off));
-        let (p, c) = labels(part.gallery);
-        g_pids.extend(p.iter().map(|x| x + pid_off));
-        g_cams.extend(c.iter().map(|x| x + cam_off));
-        galleries.push(part.gallery_features.shallow_clone());
-        let all_records = part.query.iter().chain(part.gallery);
-        pid_off += all_records.clone().map(|r| r.pid).max().unwrap_or(0) + 1;
-        cam_off += all_records.map(|r| r.camera).max().unwrap_or(0) + 1;
-    }
-    let gallery = Tensor::cat(&galleries, 0);
+    let offsets = offsets(parts);
+    let (gallery_records, _) = union_records(parts);
+    let gallery = Tensor::cat(
+        &parts
+            .iter()
+            .map(|p| p.gallery_features.shallow_clone())
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let gallery_labels = labels(&gallery_records);
     parts
         .iter()
         .zip(&offsets)
-        .map(|(part, &(po, co))| {
-            let (p, c) = labels(part.query);
-            EvalSplit {
-                query: part.query_features.shallow_clone(),
-                gallery: gallery.shallow_clone(),
-                query_labels: (
-                    p.iter().map(|x| x + po).collect(),
-                    c.iter().map(|x| x + co).collect(),
-                ),
-                gallery_labels: (g_pids.clone(), g_cams.clone()),
-            }
+        .map(|(part, &off)| EvalSplit {
+            query: part.query_features.shallow_clone(),
+            gallery: gallery.shallow_clone(),
+            query_labels: labels(&shifted(part.query, off)),
+            gallery_labels: gallery_labels.clone(),
         })
         .collect()
+}
+
+/// The records behind [`union`]'s splits, labels offset as there: the union gallery, and
+/// each part's queries (what rank-list pictures show and frame green or red).
+pub fn union_records(parts: &[Part]) -> (Vec<Record>, Vec<Vec<Record>>) {
+    let offsets = offsets(parts);
+    let gallery = parts
+        .iter()
+        .zip(&offsets)
+        .flat_map(|(p, &off)| shifted(p.gallery, off))
+        .collect();
+    let queries = parts
+        .iter()
+        .zip(&offsets)
+        .map(|(p, &off)| shifted(p.query, off))
+        .collect();
+    (gallery, queries)
 }

@@ -140,6 +140,9 @@ enum Format {
 /// The format of a file, from its content alone: a checkpoint renamed, or Paddle weights
 /// saved as `.pth`, still load.
 fn format_of(path: &Path, bytes: &[u8]) -> Result<Format> {
+    if bytes.is_empty() {
+        bail!("{}: empty file (0 bytes), not a checkpoint", path.display());
+    }
     if is_safetensors(bytes) {
         Ok(Format::Safetensors)
     } else if super::pth::is_torch(bytes) {
@@ -148,14 +151,48 @@ fn format_of(path: &Path, bytes: &[u8]) -> Result<Format> {
         Ok(Format::Paddle)
     } else {
         bail!(
-            "{}: not a safetensors, torch.save or paddle.save file",
-            path.display()
+            "{}: not a safetensors, torch.save or paddle.save file ({} bytes of something \
+             else), not a checkpoint",
+            path.display(),
+            bytes.len()
         )
     }
 }
 
+/// What a file is, from its first bytes, so that a wrong file is named for what it is
+/// rather than for the first thing a reader failed to find in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Empty,
+    Safetensors,
+    /// A zip archive (torch.save since PyTorch 1.6) or a pickle (legacy torch.save,
+    /// paddle.save).
+    TorchSave,
+    /// Neither of the formats agd reads.
+    Other,
+}
+
+impl FileKind {
+    pub fn of(bytes: &[u8]) -> Self {
+        if bytes.is_empty() {
+            FileKind::Empty
+        } else if is_safetensors(bytes) {
+            FileKind::Safetensors
+        } else if super::pth::is_torch(bytes) || super::pth::is_paddle(bytes) {
+            FileKind::TorchSave
+        } else {
+            FileKind::Other
+        }
+    }
+}
+
+/// The `format` metadata of feature files (`agd evaluate --save-features`).
+pub const FEATURES_FORMAT: &str = "agd-features";
+/// The `format` metadata of agd's checkpoints.
+pub const CHECKPOINT_FORMAT: &str = "agd-reid";
+
 /// Tensors and metadata of safetensors bytes read from `path`.
-fn parse_safetensors(
+pub fn parse_safetensors(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
@@ -258,6 +295,15 @@ impl Checkpoint {
             }
         }
         let (tensors, metadata) = parse_safetensors(path, &bytes)?;
+        if metadata.get("format").map(String::as_str) == Some(FEATURES_FORMAT)
+            || tensors.contains_key("query_features")
+        {
+            bail!(
+                "{}: a feature file (query and gallery features, as evaluation writes them), \
+                 not a model checkpoint",
+                path.display()
+            );
+        }
         let epoch = metadata
             .get("epoch")
             .and_then(|e| e.parse().ok())
@@ -324,7 +370,7 @@ impl Checkpoint {
 /// Model metadata written into every checkpoint.
 pub fn model_metadata(config: &ModelConfig) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("format".into(), "agd-reid".into()),
+        ("format".into(), CHECKPOINT_FORMAT.into()),
         ("depth".into(), config.depth.number().to_string()),
         ("classes".into(), config.classes.to_string()),
         ("embedding".into(), config.embedding.to_string()),

@@ -6,7 +6,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::{Depth, ModelConfig, Pooling, ReidModel};
-use crate::error::Setting;
+use crate::error::{BadSetting, Setting};
 use anyhow::Result;
 use std::path::PathBuf;
 use tch::Device;
@@ -113,8 +113,45 @@ impl ModelChoice {
             embedding,
         }
         .fresh(classes);
+        // A value the checkpoint decided is no flag's fault: say where it came from, so
+        // the user is not told to change a flag they never gave.
+        if let Err(e) = fresh.validate() {
+            if let Some(b) = e.downcast_ref::<BadSetting>() {
+                let from_checkpoint = match b.setting {
+                    Setting::Embedding => saved_embedding.is_some(),
+                    Setting::LastStride => saved_stride.is_some(),
+                    Setting::Depth => ck.depth().is_some(),
+                    _ => false,
+                };
+                if from_checkpoint {
+                    return Err(Unbuildable {
+                        path: ck.path.clone(),
+                        setting: b.setting,
+                        value: b.value.clone(),
+                        reason: b.reason.clone(),
+                    }
+                    .into());
+                }
+            }
+            return Err(e);
+        }
         Ok(fresh)
     }
+}
+
+/// A model shape read from a checkpoint that no model can have (an embedding narrower
+/// than the backbone's features, a last stride of 3). Unlike a [`BadSetting`] it names no
+/// flag: the value came from the file, and no flag can change it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: the checkpoint's {setting} {value} (read from the checkpoint, no flag gave it): {reason}",
+    path.display()
+)]
+pub struct Unbuildable {
+    pub path: PathBuf,
+    pub setting: Setting,
+    pub value: String,
+    pub reason: String,
 }
 
 /// The checkpoint's value where it has one (a differing request is a [`Contradiction`]),

@@ -289,3 +289,393 @@ fn a_truncated_gallery_image_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+impl Setup {
+    /// `agd evaluate` on this setup's data and checkpoints, without --json, not asserting
+    /// success.
+    fn run(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "evaluate",
+            "-g",
+            "cpu",
+            "--data-root",
+            Self::s(&self.root),
+            "--height",
+            "64",
+            "--width",
+            "32",
+        ];
+        args.extend_from_slice(extra);
+        agd(&args)
+    }
+
+    /// The tensors and metadata of the setup's checkpoint.
+    fn checkpoint_contents(
+        &self,
+    ) -> (
+        std::collections::HashMap<String, tch::Tensor>,
+        std::collections::BTreeMap<String, String>,
+    ) {
+        agd::model::checkpoint::read_safetensors(&self.logs.join("checkpoint.safetensors")).unwrap()
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A clean refusal: exit code 1 (not a panic's 101), no backtrace.
+fn assert_refused(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    err
+}
+
+/// Rows of `agd evaluate --features file --json`.
+fn rows_of_features(file: &Path) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ok(&["evaluate", "--features", Setup::s(file), "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn union_datasets_write_features_and_rank_lists_per_query_set() {
+    let s = Setup::new();
+    let base = s.logs.join("f.safetensors");
+    let ranks = s.logs.join("ranks");
+    let rows = s.eval(&[
+        "-c",
+        Setup::s(&s.logs),
+        "--dataset",
+        "a",
+        "b",
+        "a+b",
+        "--save-features",
+        Setup::s(&base),
+        "--rank-list",
+        Setup::s(&ranks),
+        "--rank-list-n",
+        "2",
+    ]);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["dataset"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "a (in a+b)", "b (in a+b)", "a+b (average)"]
+    );
+    // One file and one picture folder per query set; a union part's file holds its
+    // queries against the union gallery, and scores as its row did.
+    for (name, row) in [("a", 0), ("b", 1), ("a-in-a+b", 2), ("b-in-a+b", 3)] {
+        let file = s.logs.join(format!("f-{name}.safetensors"));
+        assert!(file.is_file(), "{} not written", file.display());
+        let again = rows_of_features(&file);
+        assert_eq!(again[0]["mAP"], rows[row]["mAP"], "{name}");
+        assert_eq!(again[0]["rank1"], rows[row]["rank1"], "{name}");
+        assert_eq!(
+            again[0]["valid_queries"], rows[row]["valid_queries"],
+            "{name}"
+        );
+        let pictures = std::fs::read_dir(ranks.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .count();
+        assert_eq!(pictures, 2, "{name}");
+    }
+    assert!(!base.exists());
+    let gallery = |name: &str| {
+        let file = s.logs.join(format!("f-{name}.safetensors"));
+        agd::model::checkpoint::read_safetensors(&file).unwrap().0["gallery_features"].size()[0]
+    };
+    assert_eq!(gallery("a-in-a+b"), gallery("a") + gallery("b"));
+    assert_eq!(gallery("b-in-a+b"), gallery("a") + gallery("b"));
+}
+
+#[test]
+fn recursive_evaluation_reports_good_checkpoints_and_names_the_bad_one() {
+    let s = Setup::new();
+    let broken = s.logs.join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        broken.join("checkpoint.safetensors"),
+        b"not a checkpoint at all",
+    )
+    .unwrap();
+    let bad = broken.join("checkpoint.safetensors");
+    let bad = bad.to_str().unwrap();
+
+    let out = s.run(&[
+        "-c",
+        Setup::s(&s.logs),
+        "--dataset",
+        "a",
+        "--recursive",
+        "--json",
+    ]);
+    let err = assert_refused(&out);
+    assert!(err.contains(bad) && err.contains("1 of 3"), "{err}");
+    let rows: Vec<Value> = serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let good: Vec<&Value> = rows.iter().filter(|r| r.get("mAP").is_some()).collect();
+    assert_eq!(good.len(), 2, "{rows:?}");
+    let failed: Vec<&Value> = rows.iter().filter(|r| r.get("error").is_some()).collect();
+    assert_eq!(failed.len(), 1, "{rows:?}");
+    assert_eq!(failed[0]["checkpoint"], bad);
+
+    // Tables: the good checkpoints' are printed, the bad one is named on stderr.
+    let out = s.run(&["-c", Setup::s(&s.logs), "--dataset", "a", "--recursive"]);
+    let err = assert_refused(&out);
+    assert!(err.contains(bad), "{err}");
+    let tables = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(tables.matches("(epoch 1)").count(), 2, "{tables}");
+}
+
+#[test]
+fn output_destinations_are_checked_before_any_work() {
+    let s = Setup::new();
+    let missing = s.logs.join("missing").join("f.safetensors");
+    let out = s.run(&[
+        "-c",
+        Setup::s(&s.logs),
+        "--dataset",
+        "a",
+        "--save-features",
+        Setup::s(&missing),
+    ]);
+    let err = assert_refused(&out);
+    assert!(
+        err.contains("--save-features") && err.contains(Setup::s(&missing)),
+        "{err}"
+    );
+    assert!(!err.contains(".tmp-"), "{err}");
+    assert!(out.stdout.is_empty(), "evaluated before refusing");
+
+    let a_file = s.logs.join("ranks.txt");
+    std::fs::write(&a_file, "").unwrap();
+    let out = s.run(&[
+        "-c",
+        Setup::s(&s.logs),
+        "--dataset",
+        "a",
+        "--rank-list",
+        Setup::s(&a_file),
+    ]);
+    let err = assert_refused(&out);
+    assert!(
+        err.contains("--rank-list") && err.contains("ranks.txt"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "evaluated before refusing");
+}
+
+#[test]
+fn values_read_from_a_checkpoint_are_not_reported_as_flags() {
+    let s = Setup::new();
+    let (tensors, meta) = s.checkpoint_contents();
+    // A ResNet-34 whose embedding is 256 wide: no flag said 256.
+    let narrow: Vec<(String, tch::Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let t = match n.as_str() {
+                "backbone.bn.weight" | "backbone.bn.running_var" => {
+                    tch::Tensor::ones([256], tch::kind::FLOAT_CPU)
+                }
+                "backbone.bn.bias" | "backbone.bn.running_mean" => {
+                    tch::Tensor::zeros([256], tch::kind::FLOAT_CPU)
+                }
+                "classifier.W" => tch::Tensor::zeros([6, 256], tch::kind::FLOAT_CPU),
+                _ => t.shallow_clone(),
+            };
+            (n.clone(), t)
+        })
+        .collect();
+    let file = s.logs.join("narrow.safetensors");
+    agd::model::checkpoint::write_safetensors(&file, &narrow, &meta).unwrap();
+    let out = s.run(&["-c", Setup::s(&file), "--dataset", "a"]);
+    let err = assert_refused(&out);
+    assert!(!err.contains("--embedding"), "{err}");
+    assert!(
+        err.contains("narrow.safetensors") && err.contains("256") && err.contains("checkpoint"),
+        "{err}"
+    );
+
+    // A last stride of 3 in the metadata.
+    let mut meta3 = meta.clone();
+    meta3.insert("last_stride".into(), "3".into());
+    let all: Vec<(String, tch::Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let file = s.logs.join("stride3.safetensors");
+    agd::model::checkpoint::write_safetensors(&file, &all, &meta3).unwrap();
+    let out = s.run(&["-c", Setup::s(&file), "--dataset", "a"]);
+    let err = assert_refused(&out);
+    assert!(!err.contains("--last-stride"), "{err}");
+    assert!(
+        err.contains("stride3.safetensors") && err.contains("3") && err.contains("checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_random_and_misplaced_files_say_what_they_are() {
+    let s = Setup::new();
+    let empty = s.logs.join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    let random = s.logs.join("random.pth.tar");
+    let noise: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert!(noise[8] != b'{' && !noise.starts_with(b"PK"));
+    std::fs::write(&random, &noise).unwrap();
+    let features = s.logs.join("features.safetensors");
+    agd::eval::features_file::FeatureFile {
+        query: tch::Tensor::ones([2, 4], tch::kind::FLOAT_CPU),
+        gallery: tch::Tensor::ones([3, 4], tch::kind::FLOAT_CPU),
+        query_pids: vec![1, 2],
+        gallery_pids: vec![1, 2, 3],
+        query_cams: vec![1, 1],
+        gallery_cams: vec![2, 2, 2],
+    }
+    .save(&features)
+    .unwrap();
+
+    let err = assert_refused(&s.run(&["-c", Setup::s(&empty), "--dataset", "a"]));
+    assert!(
+        err.contains("empty.safetensors") && err.contains("empty"),
+        "{err}"
+    );
+    let err = assert_refused(&s.run(&["-c", Setup::s(&random), "--dataset", "a"]));
+    assert!(
+        err.contains("random.pth.tar") && err.contains("neither safetensors nor torch.save"),
+        "{err}"
+    );
+    let err = assert_refused(&s.run(&["-c", Setup::s(&features), "--dataset", "a"]));
+    assert!(
+        err.contains("features.safetensors") && err.contains("a feature file"),
+        "{err}"
+    );
+
+    // The reverse: checkpoints (and an empty file) given as a feature file.
+    let ckpt = s.logs.join("checkpoint.safetensors");
+    let err = assert_refused(&agd(&["evaluate", "--features", Setup::s(&ckpt)]));
+    assert!(
+        err.contains("--features") && err.contains("a model checkpoint"),
+        "{err}"
+    );
+    let err = assert_refused(&agd(&["evaluate", "--features", Setup::s(&empty)]));
+    assert!(err.contains("--features") && err.contains("empty"), "{err}");
+    let err = assert_refused(&agd(&["evaluate", "--features", Setup::s(&random)]));
+    assert!(
+        err.contains("--features") && err.contains("neither safetensors nor torch.save"),
+        "{err}"
+    );
+}
+
+/// A feature file whose `poison` query (or gallery) row holds `value`.
+fn poisoned_features(dir: &Path, name: &str, gallery_row: bool, value: f32) -> PathBuf {
+    let query = tch::Tensor::ones([2, 4], tch::kind::FLOAT_CPU);
+    let gallery = tch::Tensor::ones([3, 4], tch::kind::FLOAT_CPU);
+    let target = if gallery_row { &gallery } else { &query };
+    let _ = target.get(1).get(2).fill_(value as f64);
+    let file = dir.join(name);
+    agd::eval::features_file::FeatureFile {
+        query,
+        gallery,
+        query_pids: vec![1, 2],
+        gallery_pids: vec![1, 2, 3],
+        query_cams: vec![1, 1],
+        gallery_cams: vec![2, 2, 2],
+    }
+    .save(&file)
+    .unwrap();
+    file
+}
+
+#[test]
+fn non_finite_features_name_the_file_and_what_they_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nan = poisoned_features(tmp.path(), "nan.safetensors", false, f32::NAN);
+    let err = assert_refused(&agd(&["evaluate", "--features", Setup::s(&nan)]));
+    assert!(
+        err.contains("nan.safetensors") && err.contains("NaN") && err.contains("query"),
+        "{err}"
+    );
+    let inf = poisoned_features(tmp.path(), "inf.safetensors", true, f32::INFINITY);
+    for extra in [&[][..], &["-r"][..]] {
+        let mut args = vec!["evaluate", "--features", Setup::s(&inf)];
+        args.extend_from_slice(extra);
+        let err = assert_refused(&agd(&args));
+        assert!(
+            err.contains("inf.safetensors")
+                && err.contains("infinite")
+                && err.contains("gallery")
+                && !err.contains("NaN"),
+            "{extra:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_dataset_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = Setup::s(tmp.path());
+    for (given, shown) in [
+        (&["a+a"][..], "--dataset a+a"),
+        (&["a", "a"][..], "--dataset a"),
+    ] {
+        let mut args = vec![
+            "evaluate",
+            "-g",
+            "cpu",
+            "--data-root",
+            nowhere,
+            "-c",
+            nowhere,
+        ];
+        args.push("--dataset");
+        args.extend_from_slice(given);
+        let err = assert_refused(&agd(&args));
+        assert!(err.contains(shown) && err.contains("twice"), "{err}");
+    }
+}
+
+#[test]
+fn size_and_count_flags_of_evaluate_are_checked_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = Setup::s(tmp.path());
+    let ranks = tmp.path().join("ranks");
+    for (flags, shown) in [
+        (vec!["--height", "0"], "--height 0"),
+        (vec!["--width", "0"], "--width 0"),
+        (vec!["-b", "0"], "--batch-size 0"),
+        (
+            vec!["--rank-list", Setup::s(&ranks), "--rank-list-n", "0"],
+            "--rank-list-n 0",
+        ),
+    ] {
+        // No data and no checkpoint: only a check made before any work names the flag.
+        let mut args = vec![
+            "evaluate",
+            "-g",
+            "cpu",
+            "--data-root",
+            nowhere,
+            "-c",
+            nowhere,
+        ];
+        args.extend_from_slice(&flags);
+        let err = assert_refused(&agd(&args));
+        assert!(err.contains(shown), "{shown}: {err}");
+    }
+}

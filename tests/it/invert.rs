@@ -597,7 +597,7 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
     // A dreamed image written as `agd invert` writes it.
     let tmp = tempfile::tempdir().unwrap();
     let mut bags = agd::inversion::store::Bags::new(1, 1);
-    let written = bags.save(tmp.path(), &[0], &images).unwrap();
+    let written = bags.save(tmp.path(), 1, &[0], &images).unwrap();
     let ours = std::fs::read(&written[0]).unwrap();
 
     // 4:2:0: luma sampled 2×2, both chroma components 1×1; the same q75 tables as PIL's.
@@ -631,6 +631,8 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
     assert!(
         to_pil <= 1.0,
         "agd's JPEG decodes {to_pil:.3} grey levels from PIL's"
+    );
+}
 
 // ---------------------------------------------------------------------------------------
 // Interrupted runs.

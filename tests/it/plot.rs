@@ -192,6 +192,39 @@ fn plot_subcommand_redraws_logs_folders() {
     assert!(!empty.join("curves.png").exists());
 }
 
+/// `-o x.jpg` writes a JPEG (not PNG bytes under a .jpg name); an extension no encoder
+/// serves is refused before drawing, naming it and what is supported.
+#[test]
+fn plot_output_format_follows_the_extension() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("metrics.csv"), EVALUATED).unwrap();
+    for name in ["curves.jpg", "curves.JPEG"] {
+        let jpg = tmp.path().join(name);
+        let out = agd(&[&run, Path::new("-o"), &jpg]);
+        assert!(out.status.success(), "{out:?}");
+        let bytes = std::fs::read(&jpg).unwrap();
+        assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff], "{name} is not a JPEG");
+        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!((img.width(), img.height()), (1200, 400));
+    }
+    for name in ["curves.gif", "curves"] {
+        let bad = tmp.path().join(name);
+        let out = agd(&[&run, Path::new("-o"), &bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("-o/--output") && stderr.contains(name) && stderr.contains(".png"),
+            "{stderr}"
+        );
+        if name == "curves.gif" {
+            assert!(stderr.contains(".gif"), "{stderr}");
+        }
+        assert!(!bad.exists());
+    }
+}
+
 fn row(method: &str, old: f64, new: f64) -> ResultRow {
     ResultRow {
         method: method.into(),
