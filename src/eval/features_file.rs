@@ -57,12 +57,12 @@ impl FeatureFile {
             FileKind::TorchSave => bad_setting!(
                 Setting::FeatureFile,
                 path.display(),
-                "a torch.save file (a model checkpoint?), not a feature file"
+                "a torch.save or paddle.save file (a model checkpoint?), not a feature file"
             ),
             FileKind::Other => bad_setting!(
                 Setting::FeatureFile,
                 path.display(),
-                "neither safetensors nor torch.save, not a feature file"
+                "neither safetensors, torch.save nor paddle.save, not a feature file"
             ),
         }
         let (tensors, meta) =

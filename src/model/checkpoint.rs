@@ -151,7 +151,7 @@ fn format_of(path: &Path, bytes: &[u8]) -> Result<Format> {
         Ok(Format::Paddle)
     } else {
         bail!(
-            "{}: not a safetensors, torch.save or paddle.save file ({} bytes of something \
+            "{}: neither safetensors, torch.save nor paddle.save ({} bytes of something \
              else), not a checkpoint",
             path.display(),
             bytes.len()

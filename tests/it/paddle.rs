@@ -467,7 +467,8 @@ fn formats_are_told_apart_by_content_not_extension() {
     assert_eq!(
         checkpoint_error(&text),
         format!(
-            "{}: not a safetensors, torch.save or paddle.save file",
+            "{}: neither safetensors, torch.save nor paddle.save (9 bytes of something else), \
+             not a checkpoint",
             text.display()
         )
     );
