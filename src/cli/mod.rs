@@ -5,6 +5,7 @@ mod demo;
 pub mod evaluate;
 mod invert;
 mod plot;
+mod sequence;
 mod synth;
 pub mod train;
 
@@ -40,6 +41,9 @@ pub enum Command {
     Synth(SynthArgs),
     /// The whole method on synthetic data: base, invert, finetune/GD/simGD/AGD, evaluate.
     Demo(DemoArgs),
+    /// Lifelong learning over several datasets: base on the first, then for each next one
+    /// invert, learn it (agd, gd, simgd, finetune or a config), evaluate on all seen so far.
+    Sequence(SequenceArgs),
     /// Redraw `curves.png` of training logs folders from their `metrics.csv`.
     Plot(PlotArgs),
 }
@@ -116,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => crate::demo::run(&args.plan()).map(drop),
+        Command::Sequence(args) => crate::sequence::run(&args.plan()).map(drop),
         Command::Plot(args) => plot::run(&args),
     }
 }
@@ -129,6 +134,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Checkpoint => "-c/--ckpt",
         DataRoot => "--data-root",
         Dataset | DatasetPart => "--dataset",
+        Datasets => "--datasets",
         Depth => "--depth",
         Embedding => "--embedding",
         Epochs => "--epochs",
@@ -152,6 +158,7 @@ pub fn flag(setting: Setting) -> &'static str {
         LearningRate => "--learning-rate",
         LogsDir => "--logs-dir",
         MainLossMultiplier => "--main-loss-multiplier",
+        Method => "--method",
         Optimizer => "--optimizer",
         Peers => "--peers",
         Pretrained => "--pretrained",
@@ -165,6 +172,7 @@ pub fn flag(setting: Setting) -> &'static str {
         TestIds => "--test-ids",
         TvL1 => "--tv-l1",
         TvL2 => "--tv-l2",
+        Unseen => "--unseen",
         Warmup => "--warmup",
         WarmupIters => "--warmup-iters",
         Width => "--width",

@@ -8,6 +8,7 @@ use crate::model::ModelChoice;
 use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, RANDOM_INIT};
 use anyhow::{Context, Result};
 use clap::Args;
+use std::path::Path;
 
 /// The model a run's flags ask for.
 pub trait ModelFlags: Args {
@@ -66,16 +67,21 @@ impl<M: ModelFlags> LoopArgs<M> {
     }
 }
 
+/// What `--pretrained` asks for: the default file, random initialisation (`none`), or
+/// this file.
+pub fn pretrained(flag: Option<&Path>) -> Pretrained {
+    match flag {
+        None => Pretrained::Found,
+        Some(p) if p.as_os_str() == RANDOM_INIT => Pretrained::Random,
+        Some(p) => Pretrained::File(p.to_path_buf()),
+    }
+}
+
 impl TrainArgs {
     pub fn plan(&self) -> BasePlan {
-        let pretrained = match &self.pretrained {
-            None => Pretrained::Found,
-            Some(p) if p.as_os_str() == RANDOM_INIT => Pretrained::Random,
-            Some(p) => Pretrained::File(p.clone()),
-        };
         BasePlan {
             run: self.run.plan(),
-            pretrained,
+            pretrained: pretrained(self.pretrained.as_deref()),
         }
     }
 }
