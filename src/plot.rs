@@ -455,10 +455,7 @@ pub fn heat_map(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(row_area)
-            .build_cartesian_2d(
-                -0.5..n_cols as f64 - 0.5,
-                -(n_rows as f64) + 0.5..0.5,
-            )?;
+            .build_cartesian_2d(-0.5..n_cols as f64 - 0.5, -(n_rows as f64) + 0.5..0.5)?;
         chart
             .configure_mesh()
             .disable_mesh()

@@ -440,6 +440,26 @@ pub struct PlotArgs {
     pub output: Option<PathBuf>,
 }
 
+/// The base model's shape in `agd sequence`: `agd train`'s flags, except that the
+/// embedding width follows the depth unless given (`--depth 34` alone asks for a valid
+/// model).
+#[derive(Args, Clone, Debug)]
+pub struct BaseModelArgs {
+    /// Global pooling of layer4.
+    #[arg(long, value_parser = flag_value::<Pooling>(), default_value = "avg")]
+    pub last_pooling: Pooling,
+    /// Stride of layer4.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=2))]
+    pub last_stride: i64,
+    /// ResNet depth.
+    #[arg(long, value_parser = flag_value::<Depth>(), default_value = "50")]
+    pub depth: Depth,
+    /// Embedding width; must equal the backbone's feature width [default: that width,
+    /// 2048 for 50, 512 for 34].
+    #[arg(long)]
+    pub embedding: Option<i64>,
+}
+
 /// The inversion flags of `agd sequence`, named and defaulted as `agd invert`'s.
 #[derive(Args, Clone, Debug)]
 pub struct DreamingArgs {
@@ -501,7 +521,11 @@ pub struct SequenceArgs {
     /// --peers views), gd (res-triangle), simgd (sim-res-triangle), finetune (no
     /// distillation), or a distillation config's path (incremental-x when it has
     /// `cross_factor`, else incremental).
-    #[arg(long, value_name = "agd|gd|simgd|finetune|CONFIG", default_value = "agd")]
+    #[arg(
+        long,
+        value_name = "agd|gd|simgd|finetune|CONFIG",
+        default_value = "agd"
+    )]
     pub method: String,
     /// Where every step's folder and the results go.
     #[arg(long, value_name = "PATH", default_value = "logs/sequence")]
@@ -549,7 +573,7 @@ pub struct SequenceArgs {
     pub augment: AugmentArgs,
     /// The base model's shape; every later stage reads it from the checkpoints.
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: BaseModelArgs,
     /// ImageNet weights of the base model's ResNet, or `none` (as `agd train`).
     #[arg(long, value_name = "FILE|none")]
     pub pretrained: Option<PathBuf>,

@@ -1,7 +1,9 @@
 //! `agd train`, `agd incremental`, `agd incremental-x`: flags → plans
 //! ([`crate::train::plan`]); the stages run in the library.
 
-use super::args::{CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, TrainArgs};
+use super::args::{
+    BaseModelArgs, CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, TrainArgs,
+};
 use crate::model::checkpoint::Pretrained;
 use crate::model::choice::{DEFAULT_DEPTH, DEFAULT_LAST_STRIDE, DEFAULT_POOLING};
 use crate::model::ModelChoice;
@@ -25,6 +27,19 @@ impl ModelFlags for ModelArgs {
             last_stride: (self.last_stride != DEFAULT_LAST_STRIDE).then_some(self.last_stride),
             pooling: (self.last_pooling != DEFAULT_POOLING).then_some(self.last_pooling),
             embedding: (self.embedding != self.depth.feature_width()).then_some(self.embedding),
+        }
+    }
+}
+
+/// As [`ModelArgs`], with an absent embedding width left to the depth.
+impl ModelFlags for BaseModelArgs {
+    fn choice(&self) -> ModelChoice {
+        let width = self.depth.feature_width();
+        ModelChoice {
+            depth: (self.depth != DEFAULT_DEPTH).then_some(self.depth),
+            last_stride: (self.last_stride != DEFAULT_LAST_STRIDE).then_some(self.last_stride),
+            pooling: (self.last_pooling != DEFAULT_POOLING).then_some(self.last_pooling),
+            embedding: self.embedding.filter(|&e| e != width),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::error::{BadSetting, Setting};
 use crate::eval::EvalPlan;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::model::checkpoint::{Pretrained, LATEST};
-use crate::model::{Depth, ModelChoice};
+use crate::model::ModelChoice;
 use crate::stage::Argv;
 use crate::train::optimizer::OptimizerKind;
 use crate::train::plan::{render_model, BasePlan, LoopPlan, RANDOM_INIT};
@@ -252,13 +252,8 @@ impl SequencePlan {
             .differs("--peers", &self.peers, &d.peers)
             .differs("--re", &self.re, &d.re)
             .differs("--re-area", &self.re_area, &d.re_area);
-        // As `agd train` renders a fresh model: another depth spells out its embedding
-        // width, the flag's default being ResNet-50's.
-        let mut model = self.model;
-        if model.embedding.is_none() {
-            model.embedding = model.depth.map(Depth::feature_width);
-        }
-        render_model(&mut argv, &model);
+        // The embedding width follows the depth unless given.
+        render_model(&mut argv, &self.model);
         match &self.pretrained {
             Pretrained::Found => {}
             Pretrained::Random => {
@@ -381,8 +376,9 @@ impl SequencePlan {
                 }
             })?;
         }
-        let depth = self.model.fresh(1).depth;
-        self.pretrained.weights(depth)?;
+        let model = self.model.fresh(1);
+        model.validate()?;
+        self.pretrained.weights(model.depth)?;
         Ok(method)
     }
 }
@@ -515,7 +511,10 @@ pub fn run(plan: &SequencePlan) -> Result<Vec<StepResult>> {
             } else {
                 None
             };
-            log.line(format!("step {step}/{n}: learning {dataset} ({})", method.label));
+            log.line(format!(
+                "step {step}/{n}: learning {dataset} ({})",
+                method.label
+            ));
             engine.learn(&method, dataset, &previous, dreams.as_deref(), &logs)?;
         }
         let mut evaluated = plan.datasets[..step].to_vec();

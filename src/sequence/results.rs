@@ -62,10 +62,7 @@ pub fn forgetting(steps: &[StepResult], datasets: &[String]) -> Vec<(String, f64
     datasets
         .iter()
         .filter_map(|d| {
-            let best = earlier
-                .iter()
-                .filter_map(|s| s.map(d))
-                .reduce(f64::max)?;
+            let best = earlier.iter().filter_map(|s| s.map(d)).reduce(f64::max)?;
             Some((d.clone(), best - last.map(d)?))
         })
         .collect()
@@ -151,12 +148,14 @@ impl Summary<'_> {
                     },
                     s.trained_on.clone(),
                 ];
-                row.extend(self.columns().into_iter().map(|(d, _)| {
-                    match (s.map(d), s.rank1(d)) {
-                        (Some(m), Some(r)) => format!("{} / {}", percent(m), percent(r)),
-                        _ => "–".into(),
-                    }
-                }));
+                row.extend(
+                    self.columns()
+                        .into_iter()
+                        .map(|(d, _)| match (s.map(d), s.rank1(d)) {
+                            (Some(m), Some(r)) => format!("{} / {}", percent(m), percent(r)),
+                            _ => "–".into(),
+                        }),
+                );
                 row.push(percent(s.seen_map));
                 row
             })
@@ -204,7 +203,11 @@ impl Summary<'_> {
                 ));
             }
         }
-        md.push_str(&format!("\nWall time {:.1} min.\n", self.wall_seconds / 60.0));
+        md.push_str(&format!(
+            "\nWall time of the run that wrote this (stages reused from earlier runs take \
+             seconds): {:.1} min.\n",
+            self.wall_seconds / 60.0
+        ));
         md
     }
 

@@ -32,10 +32,7 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
         datasets: strings(&["market", "duke", "msmt17"]),
         ..SequencePlan::default()
     };
-    assert_eq!(
-        plan_of("agd sequence --datasets market duke msmt17"),
-        plain
-    );
+    assert_eq!(plan_of("agd sequence --datasets market duke msmt17"), plain);
     let custom = SequencePlan {
         datasets: strings(&["market", "duke", "msmt 17"]),
         unseen: strings(&["cuhk03"]),
@@ -138,14 +135,24 @@ fn forgetting_is_the_best_earlier_map_minus_the_final_one() {
     let steps = [
         step(1, &["a"], &[("a", 0.6), ("u", 0.1)]),
         step(2, &["a", "b"], &[("a", 0.4), ("b", 0.7), ("u", 0.2)]),
-        step(3, &["a", "b", "c"], &[("a", 0.3), ("b", 0.8), ("c", 0.5), ("u", 0.3)]),
+        step(
+            3,
+            &["a", "b", "c"],
+            &[("a", 0.3), ("b", 0.8), ("c", 0.5), ("u", 0.3)],
+        ),
     ];
-    assert!((steps[1].seen_map - 0.55).abs() < 1e-12, "unseen u is not averaged");
+    assert!(
+        (steps[1].seen_map - 0.55).abs() < 1e-12,
+        "unseen u is not averaged"
+    );
     let f = forgetting(&steps, &strings(&["a", "b", "c"]));
     let names: Vec<&str> = f.iter().map(|(d, _)| d.as_str()).collect();
     assert_eq!(names, ["a", "b"], "the last dataset has no earlier value");
     assert!((f[0].1 - 0.3).abs() < 1e-12, "a: best 0.6, final 0.3");
-    assert!((f[1].1 + 0.1).abs() < 1e-12, "b improved: negative forgetting");
+    assert!(
+        (f[1].1 + 0.1).abs() < 1e-12,
+        "b improved: negative forgetting"
+    );
 }
 
 /// Runs `agd sequence args…`, expecting a one-line error containing every needle.
@@ -175,7 +182,10 @@ fn bad_sequence_input_is_one_error_naming_the_flag() {
         v
     };
     fails(&with(&["--datasets", "a"]), &["--datasets", "at least 2"]);
-    fails(&with(&["--datasets", "a", "b", "a"]), &["--datasets a", "twice"]);
+    fails(
+        &with(&["--datasets", "a", "b", "a"]),
+        &["--datasets a", "twice"],
+    );
     fails(&with(&["--datasets", "nope", "a"]), &["--datasets", "nope"]);
     fails(
         &with(&["--datasets", "a", "b", "--unseen", "b"]),
@@ -185,7 +195,10 @@ fn bad_sequence_input_is_one_error_naming_the_flag() {
         &with(&["--datasets", "a", "b", "--method", "agdx"]),
         &["--method agdx", "finetune, gd, simgd, agd"],
     );
-    assert!(!logs.exists(), "a sequence that cannot start creates nothing");
+    assert!(
+        !logs.exists(),
+        "a sequence that cannot start creates nothing"
+    );
 }
 
 /// A tiny synthetic dataset: `style` and `seed` make it a task of its own.
@@ -232,11 +245,47 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
     tiny_dataset(&root, "u", Style::Mall, 4);
     let out = tmp.join("seq");
     let mut args = strings(&[
-        "sequence", "--datasets", "t1", "t2", "t3", "--unseen", "u", "-g", "cpu", "-s", "1",
-        "--height", "64", "--width", "32", "--depth", "34", "--pretrained", "none",
-        "--base-epochs", "2", "--epochs", "1", "-b", "16", "--evaluate", "0", "--optimizer",
-        "Adam", "--learning-rate", "0.0003", "--bs", "8", "--shots", "2", "--low-res-iters",
-        "2", "--full-res-iters", "2", "--warmup-iters", "1",
+        "sequence",
+        "--datasets",
+        "t1",
+        "t2",
+        "t3",
+        "--unseen",
+        "u",
+        "-g",
+        "cpu",
+        "-s",
+        "1",
+        "--height",
+        "64",
+        "--width",
+        "32",
+        "--depth",
+        "34",
+        "--pretrained",
+        "none",
+        "--base-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "-b",
+        "16",
+        "--evaluate",
+        "0",
+        "--optimizer",
+        "Adam",
+        "--learning-rate",
+        "0.0003",
+        "--bs",
+        "16",
+        "--shots",
+        "1",
+        "--low-res-iters",
+        "1",
+        "--full-res-iters",
+        "1",
+        "--warmup-iters",
+        "1",
     ]);
     args.extend([
         "--data-root".into(),
@@ -262,10 +311,16 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
         );
     }
     for step in ["step1-t1", "step2-t2", "step3-t3"] {
-        assert!(out.join(step).join("checkpoint.safetensors").is_file(), "{step}");
+        assert!(
+            out.join(step).join("checkpoint.safetensors").is_file(),
+            "{step}"
+        );
     }
     let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
-    assert!(log.starts_with("agd sequence --datasets t1 t2 t3 --unseen u"), "{log}");
+    assert!(
+        log.starts_with("agd sequence --datasets t1 t2 t3 --unseen u"),
+        "{log}"
+    );
     // Each inversion dreams every class its model knows: 8, then 8 + 8.
     for (dreams, ids) in [("step2-t2-dreams", 8), ("step3-t3-dreams", 16)] {
         let d = agd::data::Dreamed::load(&out.join(dreams), 100).unwrap();
@@ -284,7 +339,12 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
     for (k, s) in steps.iter().enumerate() {
         assert_eq!(s["step"], k + 1);
         assert_eq!(s["trained_on"], all[k]);
-        let mut keys: Vec<&str> = s["mAP"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = s["mAP"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         keys.sort();
         let mut expected: Vec<&str> = all[..=k].to_vec();
         expected.push("u");
@@ -295,7 +355,10 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
                 assert!((0.0..=1.0).contains(&v), "step {} {metric} {d}: {v}", k + 1);
             }
         }
-        let seen: Vec<f64> = all[..=k].iter().map(|d| s["mAP"][d].as_f64().unwrap()).collect();
+        let seen: Vec<f64> = all[..=k]
+            .iter()
+            .map(|d| s["mAP"][d].as_f64().unwrap())
+            .collect();
         let mean = seen.iter().sum::<f64>() / seen.len() as f64;
         assert!((s["seen_mAP"].as_f64().unwrap() - mean).abs() < 1e-9, "{s}");
         maps.push(seen);
@@ -305,10 +368,16 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
     for (j, d) in ["t1", "t2"].iter().enumerate() {
         let best = maps[j..2].iter().map(|m| m[j]).fold(f64::MIN, f64::max);
         let expected = best - maps[2][j];
-        assert!((f[*d].as_f64().unwrap() - expected).abs() < 1e-9, "{d}: {f:?}");
+        assert!(
+            (f[*d].as_f64().unwrap() - expected).abs() < 1e-9,
+            "{d}: {f:?}"
+        );
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert!(md.contains("| 1 (base) | t1 |") && md.contains("## Forgetting"), "{md}");
+    assert!(
+        md.contains("| 1 (base) | t1 |") && md.contains("## Forgetting"),
+        "{md}"
+    );
     let png = image::open(out.join("results.png")).unwrap();
     assert!(png.width() >= 600 && png.height() >= 300);
 
@@ -319,10 +388,21 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
         .collect();
     let before: Vec<_> = checkpoints.iter().map(|c| modified(c)).collect();
     let again = run_sequence(&args);
-    assert!(again.contains("all 2 epochs are done already"), "{again}");
-    assert_eq!(again.matches("all 1 epochs are done already").count(), 2, "{again}");
-    assert_eq!(again.matches("0 identities still short").count(), 2, "{again}");
-    assert_eq!(again.matches("reusing the evaluation").count(), 3, "{again}");
+    assert_eq!(
+        again.matches("all 1 epochs are done already").count(),
+        3,
+        "{again}"
+    );
+    assert_eq!(
+        again.matches("0 identities still short").count(),
+        2,
+        "{again}"
+    );
+    assert_eq!(
+        again.matches("reusing the evaluation").count(),
+        3,
+        "{again}"
+    );
     let after: Vec<_> = checkpoints.iter().map(|c| modified(c)).collect();
     assert_eq!(before, after, "no checkpoint written again");
     let json_again: serde_json::Value =
@@ -338,5 +418,9 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
         .set_modified(later)
         .unwrap();
     let third = run_sequence(&args);
-    assert_eq!(third.matches("reusing the evaluation").count(), 2, "{third}");
+    assert_eq!(
+        third.matches("reusing the evaluation").count(),
+        2,
+        "{third}"
+    );
 }
