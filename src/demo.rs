@@ -2,9 +2,11 @@
 //!
 //! Two visually different synthetic tasks; a base model trained on task A; images of A's
 //! identities dreamed back out of it; task B learnt four ways (fine-tuning, GD, simGD,
-//! AGD); every model evaluated on both tasks. Each stage is a plan run by its library
-//! stage; the demo prints the plan's command line first, so a user can rerun any stage by
-//! pasting it, and every stage resumes: a second run reuses what is finished.
+//! AGD); every model evaluated on both tasks: a lifelong sequence of length two, learnt
+//! four ways. The stages are built from the demo's templates and run by the engine
+//! `agd sequence` uses ([`crate::sequence::Engine`]), which prints each plan's command
+//! line first, so a user can rerun any stage by pasting it, and resumes every stage: a
+//! second run reuses what is finished.
 
 use crate::data::synth::{self, Style, SynthConfig};
 use crate::eval::{EvalPlan, EvalRow};
