@@ -2,21 +2,23 @@
 //!
 //! Two visually different synthetic tasks; a base model trained on task A; images of A's
 //! identities dreamed back out of it; task B learnt four ways (fine-tuning, GD, simGD,
-//! AGD); every model evaluated on both tasks. Each stage is a plan run by its library
-//! stage; the demo prints the plan's command line first, so a user can rerun any stage by
-//! pasting it, and every stage resumes: a second run reuses what is finished.
+//! AGD); every model evaluated on both tasks: a lifelong sequence of length two, learnt
+//! four ways. The stages are built from the demo's templates and run by the engine
+//! `agd sequence` uses ([`crate::sequence::Engine`]), which prints each plan's command
+//! line first, so a user can rerun any stage by pasting it, and resumes every stage: a
+//! second run reuses what is finished.
 
 use crate::data::synth::{self, Style, SynthConfig};
 use crate::eval::{EvalPlan, EvalRow};
 use crate::inversion::prior::PriorWeights;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::logging::Logger;
-use crate::model::checkpoint::{Pretrained, LATEST};
+use crate::model::checkpoint::Pretrained;
 use crate::model::{Depth, ModelChoice};
 use crate::plot::ResultRow;
-use crate::stage::Argv;
+use crate::sequence::{Engine, Method, Templates, PRESETS};
 use crate::train::optimizer::OptimizerKind;
-use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
+use crate::train::plan::{BasePlan, LoopPlan};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -76,48 +78,6 @@ pub struct DemoPlan {
     pub gpu: Vec<String>,
 }
 
-/// The four ways of learning task B, as the paper's table lists them.
-struct Method {
-    name: &'static str,
-    label: &'static str,
-    augmented: bool,
-    /// The shipped distillation config (None: the fine-tuning baseline).
-    config: Option<(&'static str, &'static str)>,
-}
-
-const METHODS: [Method; 4] = [
-    Method {
-        name: "finetune",
-        label: "fine-tuning (no distillation)",
-        augmented: false,
-        config: None,
-    },
-    Method {
-        name: "gd",
-        label: "GD (res-triangle)",
-        augmented: false,
-        config: Some((
-            "res-triangle.yaml",
-            include_str!("../configs/res-triangle.yaml"),
-        )),
-    },
-    Method {
-        name: "simgd",
-        label: "simGD (sim-res-triangle)",
-        augmented: false,
-        config: Some((
-            "sim-res-triangle.yaml",
-            include_str!("../configs/sim-res-triangle.yaml"),
-        )),
-    },
-    Method {
-        name: "agd",
-        label: "AGD (inverXion, 2 views)",
-        augmented: true,
-        config: Some(("inverXion.yaml", include_str!("../configs/inverXion.yaml"))),
-    },
-];
-
 #[derive(Serialize)]
 struct Results {
     rows: Vec<ResultRow>,
@@ -139,48 +99,101 @@ const TASK_B: &str = "task-b";
 const HEIGHT: usize = 64;
 const WIDTH: usize = 32;
 
-impl Run<'_> {
-    /// ResNet-34 with last stride 1. Only the base model is given it; every later stage
-    /// reads it from the checkpoint.
-    fn model() -> ModelChoice {
-        ModelChoice {
-            depth: Some(Depth::R34),
-            last_stride: Some(1),
-            pooling: None,
-            embedding: None,
-        }
+/// ResNet-34 with last stride 1. Only the base model is given it; every later stage reads
+/// it from the checkpoint.
+fn model() -> ModelChoice {
+    ModelChoice {
+        depth: Some(Depth::R34),
+        last_stride: Some(1),
+        pooling: None,
+        embedding: None,
     }
+}
 
-    /// The training recipe of the base and incremental runs: Adam at 3e-4 (from scratch
-    /// on small synthetic images the reference's SGD recipe, made for an ImageNet-pretrained
-    /// backbone, overshoots), evaluation left to the last stage.
-    fn loop_plan(&self, defaults: LoopPlan, dataset: &str, logs: &Path, epochs: usize) -> LoopPlan {
+/// The demo's stage templates, run by the [`Engine`] that `agd sequence` uses.
+fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
+    let s = &plan.sizes;
+    // The training recipe of the base and incremental runs: Adam at 3e-4 (from scratch on
+    // small synthetic images the reference's SGD recipe, made for an ImageNet-pretrained
+    // backbone, overshoots), evaluation left to the last stage.
+    let loop_plan = |defaults: LoopPlan, epochs: usize| {
         // lr × 0.1 for the last epoch (none in a one-epoch run).
         let decay = if epochs >= 2 { epochs } else { epochs + 1 };
         LoopPlan {
-            gpu: self.plan.gpu.clone(),
-            seed: Some(self.plan.seed),
-            data_root: self.data_root.clone(),
-            dataset: dataset.into(),
+            gpu: plan.gpu.clone(),
+            seed: Some(plan.seed),
+            data_root: data_root.to_path_buf(),
             height: HEIGHT,
             width: WIDTH,
-            batch_size: self.plan.sizes.batch_size,
-            resume: logs.join(LATEST).is_file().then(|| logs.to_path_buf()),
+            batch_size: s.batch_size,
             epochs,
             epochs_decay: vec![decay],
-            logs_dir: logs.to_path_buf(),
             optimizer: OptimizerKind::Adam,
             learning_rate: 0.0003,
             evaluate: 0,
             ..defaults
         }
+    };
+    let base = BasePlan {
+        run: LoopPlan {
+            warmup: 1,
+            model: model(),
+            ..loop_plan(LoopPlan::base_defaults(), s.base_epochs)
+        },
+        // No ImageNet weights can be downloaded here; the demo's small models learn from
+        // scratch.
+        pretrained: Pretrained::Random,
+    };
+    let defaults = InvertPlan::default();
+    let invert = InvertPlan {
+        gpu: plan.gpu.clone(),
+        seed: Some(plan.seed),
+        // One image of every identity per batch: `invert` draws distinct identities when
+        // there are enough, so `shots` batches fill every bag with no image dreamed and
+        // then dropped.
+        bs: s.ids,
+        shots: s.shots,
+        iters: 1000,
+        model: ModelChoice::default(),
+        coefficients: Coefficients {
+            // The reference's 1e-4 is tuned for 3,000 iterations; in a few hundred its
+            // images stay close to the starting noise. A stronger smoothness prior gives
+            // dreams whose distillation carries over to A (+5 mAP points over fine-tuning
+            // for GD, against +1 with 1e-4).
+            prior: PriorWeights {
+                tv_l2: 0.003,
+                ..defaults.coefficients.prior
+            },
+            ..defaults.coefficients
+        },
+        stages: Stages {
+            low_res_iters: s.low_res_iters,
+            full_res_iters: s.full_res_iters,
+            ..defaults.stages
+        },
+        height: HEIGHT,
+        width: WIDTH,
+        ..defaults
+    };
+    let eval = EvalPlan {
+        gpu: plan.gpu.clone(),
+        data_root: data_root.to_path_buf(),
+        height: HEIGHT,
+        width: WIDTH,
+        rank_list_n: 4,
+        ..EvalPlan::default()
+    };
+    Templates {
+        base,
+        // AGD's 2 views (incremental-x's default); the other methods see one.
+        incremental: loop_plan(LoopPlan::incremental_defaults(true), s.epochs),
+        exemplars: s.shots,
+        invert,
+        eval,
     }
+}
 
-    /// Prints the command line that reruns a stage, as the user would type it.
-    fn announce(&self, argv: &Argv) {
-        self.log.line(format!("  $ {}", argv.command_line()));
-    }
-
+impl Run<'_> {
     fn synth(&self, name: &str, style: Style, seed: u64) -> Result<()> {
         let s = &self.plan.sizes;
         let cfg = SynthConfig {
@@ -212,143 +225,52 @@ impl Run<'_> {
         self.log.line(summary.table(name).to_string());
         Ok(())
     }
+}
 
-    fn train_base(&self) -> Result<PathBuf> {
-        let logs = self.plan.out.join("base");
-        let mut run = self.loop_plan(
-            LoopPlan::base_defaults(),
-            TASK_A,
-            &logs,
-            self.plan.sizes.base_epochs,
-        );
-        run.warmup = 1;
-        run.model = Self::model();
-        // No ImageNet weights can be downloaded here; the demo's small models learn from
-        // scratch.
-        let plan = BasePlan {
-            run,
-            pretrained: Pretrained::Random,
-        };
-        self.announce(&plan.argv());
-        crate::train::run_base(&plan)?;
-        Ok(logs)
-    }
+/// A model on both tasks; rank lists of a few queries when asked, so forgetting can be
+/// seen.
+fn evaluate(
+    engine: &Engine,
+    out: &Path,
+    method: &str,
+    logs: &Path,
+    rank_lists: bool,
+) -> Result<ResultRow> {
+    let plan = engine.eval_plan(
+        logs,
+        &[TASK_A.into(), TASK_B.into()],
+        rank_lists.then(|| out.join("rank-lists").join(method)),
+    );
+    let rows = engine.evaluate(&plan)?;
+    let on = |task: &str| -> Result<&EvalRow> {
+        rows.iter()
+            .find(|r| r.dataset == task)
+            .with_context(|| format!("agd evaluate reported no {task}"))
+    };
+    let (a, b) = (on(TASK_A)?, on(TASK_B)?);
+    Ok(ResultRow {
+        method: method.into(),
+        old_map: a.map,
+        old_rank1: a.rank1,
+        new_map: b.map,
+        new_rank1: b.rank1,
+    })
+}
 
-    fn invert(&self, base: &Path) -> Result<PathBuf> {
-        let dir = self.plan.out.join("dreamed");
-        let s = &self.plan.sizes;
-        let defaults = InvertPlan::default();
-        let plan = InvertPlan {
-            gpu: self.plan.gpu.clone(),
-            seed: Some(self.plan.seed),
-            // One image of every identity per batch: `invert` draws distinct identities
-            // when there are enough, so `shots` batches fill every bag with no image
-            // dreamed and then dropped.
-            bs: s.ids,
-            generation_dir: dir.clone(),
-            shots: s.shots,
-            iters: 1000,
-            resume: dir.is_dir().then(|| dir.clone()),
-            teacher: base.to_path_buf(),
-            model: ModelChoice::default(),
-            coefficients: Coefficients {
-                // The reference's 1e-4 is tuned for 3,000 iterations; in a few hundred its
-                // images stay close to the starting noise. A stronger smoothness prior
-                // gives dreams whose distillation carries over to A (+5 mAP points over
-                // fine-tuning for GD, against +1 with 1e-4).
-                prior: PriorWeights {
-                    tv_l2: 0.003,
-                    ..defaults.coefficients.prior
-                },
-                ..defaults.coefficients
-            },
-            stages: Stages {
-                low_res_iters: s.low_res_iters,
-                full_res_iters: s.full_res_iters,
-                ..defaults.stages
-            },
-            height: HEIGHT,
-            width: WIDTH,
-        };
-        self.announce(&plan.argv());
-        crate::inversion::run(&plan)?;
-        Ok(dir)
-    }
-
-    fn learn(&self, m: &Method, base: &Path, dreamed: &Path) -> Result<PathBuf> {
-        let logs = self.plan.out.join(m.name);
-        let run = self.loop_plan(
-            LoopPlan::incremental_defaults(m.augmented),
-            TASK_B,
-            &logs,
-            self.plan.sizes.epochs,
-        );
-        let learning = match m.config {
-            None => Learning::Finetune,
-            Some((file, text)) => {
-                let path = self.plan.out.join("configs").join(file);
-                crate::io::create_dir(path.parent().expect("configs folder"))?;
-                crate::io::write_atomic(&path, text.as_bytes())?;
-                Learning::Distill {
-                    algo_config: path,
-                    old_images: OldImages::Dreamed(dreamed.to_path_buf()),
-                    exemplars: self.plan.sizes.shots,
-                }
-            }
-        };
-        let plan = IncrementalPlan {
-            run,
-            augmented: m.augmented,
-            previous: base.to_path_buf(),
-            learning,
-            old_dataset: None,
-        };
-        self.announce(&plan.argv());
-        crate::train::run_incremental(&plan)?;
-        Ok(logs)
-    }
-
-    /// A model on both tasks; rank lists of a few queries when asked, so forgetting can be
-    /// seen.
-    fn evaluate(&self, method: &str, logs: &Path, rank_lists: bool) -> Result<ResultRow> {
-        let plan = EvalPlan {
-            gpu: self.plan.gpu.clone(),
-            data_root: self.data_root.clone(),
-            height: HEIGHT,
-            width: WIDTH,
-            datasets: vec![TASK_A.into(), TASK_B.into()],
-            ckpt: logs.to_path_buf(),
-            rank_list: rank_lists.then(|| self.plan.out.join("rank-lists").join(method)),
-            rank_list_n: 4,
-            ..EvalPlan::default()
-        };
-        self.announce(&plan.argv());
-        let rows = crate::eval::run(&plan)?;
-        let on = |task: &str| -> Result<&EvalRow> {
-            rows.iter()
-                .find(|r| r.dataset == task)
-                .with_context(|| format!("agd evaluate reported no {task}"))
-        };
-        let (a, b) = (on(TASK_A)?, on(TASK_B)?);
-        Ok(ResultRow {
-            method: method.into(),
-            old_map: a.map,
-            old_rank1: a.rank1,
-            new_map: b.map,
-            new_rank1: b.rank1,
-        })
-    }
+/// The four ways of learning task B, as the paper's table lists them.
+fn methods() -> Vec<Method> {
+    PRESETS
+        .iter()
+        .map(|name| Method::preset(name).expect("a preset"))
+        .collect()
 }
 
 fn percent(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
 }
 
-fn label(method: &str) -> &str {
-    METHODS
-        .iter()
-        .find(|m| m.name == method)
-        .map_or("base (task A only)", |m| m.label)
+fn label(method: &str) -> String {
+    Method::preset(method).map_or("base (task A only)".into(), |m| m.label)
 }
 
 /// The paper-shaped table: old task (A) and new task (B), mAP and rank-1 per method.
@@ -409,23 +331,36 @@ pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
     run.synth(TASK_A, Style::Street, plan.seed)?;
     run.synth(TASK_B, Style::Mall, plan.seed + 1)?;
 
+    // A sequence of length two (task A, then task B), learnt four ways from one base
+    // model and one set of dreams.
+    let engine = Engine::new(
+        templates(plan, &run.data_root),
+        &log,
+        plan.out.join("configs"),
+    );
     log.line("2. the base model on task A");
-    let base = run.train_base()?;
+    let base = plan.out.join("base");
+    engine.train_base(TASK_A, &base)?;
 
     log.line("3. dreaming task A's identities back out of the base model (DeepInversion)");
-    let dreamed = run.invert(&base)?;
+    let dreamed = plan.out.join("dreamed");
+    engine.invert(&base, &dreamed)?;
 
     log.line("4. task B, four ways: fine-tuning, GD, simGD, AGD");
     let mut learnt = Vec::new();
-    for m in &METHODS {
+    for m in methods() {
         log.line(format!("  {}", m.label));
-        learnt.push((m.name, run.learn(m, &base, &dreamed)?));
+        let logs = plan.out.join(&m.name);
+        let dreams = m.distills().then_some(dreamed.as_path());
+        engine.learn(&m, TASK_B, &base, dreams, &logs)?;
+        learnt.push((m.name, logs));
     }
 
     log.line("5. every model on both tasks");
-    let mut rows = vec![run.evaluate("base", &base, true)?];
+    let mut rows = vec![evaluate(&engine, &plan.out, "base", &base, true)?];
     for (name, logs) in &learnt {
-        rows.push(run.evaluate(name, logs, matches!(*name, "finetune" | "agd"))?);
+        let rank_lists = matches!(name.as_str(), "finetune" | "agd");
+        rows.push(evaluate(&engine, &plan.out, name, logs, rank_lists)?);
     }
 
     let seconds = start.elapsed().as_secs_f64();

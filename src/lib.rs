@@ -18,6 +18,7 @@ pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod sequence;
 pub mod stage;
 pub mod tensor;
 pub mod train;

@@ -411,3 +411,107 @@ pub fn results_chart(
     })
     .with_context(|| format!("cannot draw {}", out_png.display()))
 }
+
+/// A colour of the viridis map (perceptually even, readable in grey) at `t` in [0, 1].
+fn viridis(t: f64) -> RGBColor {
+    const STOPS: [(u8, u8, u8); 5] = [
+        (68, 1, 84),
+        (59, 82, 139),
+        (33, 145, 140),
+        (94, 201, 98),
+        (253, 231, 37),
+    ];
+    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let f = x - i as f64;
+    let mix = |a: u8, b: u8| (a as f64 + f * (b as f64 - a as f64)).round() as u8;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// Draws a matrix of fractions in [0, 1] as a heat map (0 → 100 % on the viridis scale),
+/// each cell labelled with its value in %; `None` cells (not evaluated) stay light grey.
+/// Rows run top to bottom in the order given (a lifelong sequence's steps).
+pub fn heat_map(
+    title: &str,
+    rows: &[String],
+    columns: &[String],
+    values: &[Vec<Option<f64>>],
+    out_png: &Path,
+) -> Result<()> {
+    if rows.is_empty() || columns.is_empty() {
+        bail!("no values to draw into {}", out_png.display());
+    }
+    if values.len() != rows.len() || values.iter().any(|r| r.len() != columns.len()) {
+        bail!(
+            "{}: a {}×{} heat map needs as many values",
+            out_png.display(),
+            rows.len(),
+            columns.len()
+        );
+    }
+    if let Some(v) = values
+        .iter()
+        .flatten()
+        .flatten()
+        .find(|v| !(0.0..=1.0).contains(*v))
+    {
+        bail!("heat map values must be fractions in [0, 1], got {v}");
+    }
+    let (n_rows, n_cols) = (rows.len(), columns.len());
+    let longest = |labels: &[String]| labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let row_area = (8 * longest(rows) as u32 + 20).clamp(60, 260);
+    let cell = 110u32;
+    let width = (row_area + 40 + cell * n_cols as u32).max(600);
+    let height = 140 + 70 * n_rows as u32;
+    // Cell (i, j) is centred at (j, -i): rows read top to bottom.
+    let at = |labels: &[String], v: f64| match (v - v.round()).abs() < 1e-6 {
+        true => labels
+            .get(v.round().abs() as usize)
+            .cloned()
+            .unwrap_or_default(),
+        false => String::new(),
+    };
+    let column_label = |v: &f64| at(columns, *v);
+    let row_label = |v: &f64| at(rows, -*v);
+    render_png(out_png, (width, height), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(row_area)
+            .build_cartesian_2d(-0.5..n_cols as f64 - 0.5, -(n_rows as f64) + 0.5..0.5)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n_cols + 1)
+            .y_labels(n_rows + 1)
+            .x_label_formatter(&column_label)
+            .y_label_formatter(&row_label)
+            .label_style((FONT, 13))
+            .draw()?;
+        let centre = Pos::new(HPos::Center, VPos::Center);
+        for (i, row) in values.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let (x, y) = (j as f64, -(i as f64));
+                let fill = v.map_or(RGBColor(235, 235, 235), viridis);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.48, y - 0.46), (x + 0.48, y + 0.46)],
+                    fill.filled(),
+                )))?;
+                let (text, color) = match v {
+                    // Dark text on the light (yellow-green) end, white on the dark end.
+                    Some(v) => (
+                        format!("{:.1}", 100.0 * v),
+                        if *v > 0.6 { BLACK } else { WHITE },
+                    ),
+                    None => ("–".to_string(), RGBColor(150, 150, 150)),
+                };
+                let style = TextStyle::from((FONT, 16)).color(&color).pos(centre);
+                chart.draw_series(std::iter::once(Text::new(text, (x, y), style)))?;
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("cannot draw {}", out_png.display()))
+}

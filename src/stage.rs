@@ -3,8 +3,9 @@
 //! seed is fixed (drawn and logged when none was given).
 //!
 //! Stages are library functions over plain plans (`train::run_base`,
-//! `train::run_incremental`, `inversion::run`, `eval::run`, `demo::run`); the CLI only
-//! maps flags to plans, and the demo builds plans directly.
+//! `train::run_incremental`, `inversion::run`, `eval::run`, `sequence::run`, `demo::run`);
+//! the CLI only maps flags to plans, and `sequence` and `demo` build theirs from templates
+//! through one engine (`sequence::Engine`).
 
 use crate::logging::Logger;
 use anyhow::Result;

@@ -461,3 +461,147 @@ pub struct PlotArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
+
+/// The base model's shape in `agd sequence`: `agd train`'s flags, except that the
+/// embedding width follows the depth unless given (`--depth 34` alone asks for a valid
+/// model).
+#[derive(Args, Clone, Debug)]
+pub struct BaseModelArgs {
+    /// Global pooling of layer4.
+    #[arg(long, value_parser = flag_value::<Pooling>(), default_value = "avg")]
+    pub last_pooling: Pooling,
+    /// Stride of layer4.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=2))]
+    pub last_stride: i64,
+    /// ResNet depth.
+    #[arg(long, value_parser = flag_value::<Depth>(), default_value = "50")]
+    pub depth: Depth,
+    /// Embedding width; must equal the backbone's feature width [default: that width,
+    /// 2048 for 50, 512 for 34].
+    #[arg(long)]
+    pub embedding: Option<i64>,
+}
+
+/// The inversion flags of `agd sequence`, named and defaulted as `agd invert`'s.
+#[derive(Args, Clone, Debug)]
+pub struct DreamingArgs {
+    /// Images optimised together.
+    #[arg(long, default_value_t = 64)]
+    pub bs: usize,
+    /// Images dreamed per identity.
+    #[arg(long, default_value_t = 10)]
+    pub shots: usize,
+    /// Most batches an inversion generates.
+    #[arg(long, default_value_t = 320)]
+    pub iters: usize,
+    /// BN statistics loss coefficient.
+    #[arg(long, default_value_t = 0.01)]
+    pub r_feature: f64,
+    /// Extra weight of the first BN layer's statistics.
+    #[arg(long, default_value_t = 10.0)]
+    pub first_bn_multiplier: f64,
+    /// Total-variation L1 coefficient.
+    #[arg(long, default_value_t = 0.0)]
+    pub tv_l1: f64,
+    /// Total-variation L2 coefficient.
+    #[arg(long, default_value_t = 0.0001)]
+    pub tv_l2: f64,
+    /// Image L2 coefficient.
+    #[arg(long, default_value_t = 0.00001)]
+    pub l2: f64,
+    /// Adam learning rate on the images.
+    #[arg(long, default_value_t = 0.2)]
+    pub lr: f64,
+    /// Weight of the cross-entropy on the targets.
+    #[arg(long, default_value_t = 1.0)]
+    pub main_loss_multiplier: f64,
+    /// Inversion iterations on 2×2-pooled images.
+    #[arg(long, default_value_t = 2000)]
+    pub low_res_iters: usize,
+    /// Inversion iterations at full size.
+    #[arg(long, default_value_t = 1000)]
+    pub full_res_iters: usize,
+    /// Learning-rate warm-up of each inversion stage, in iterations.
+    #[arg(long, default_value_t = WARMUP,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub warmup_iters: usize,
+}
+
+/// `agd sequence`: lifelong learning over several datasets. The stages' flags keep their
+/// names and reference defaults; where `train` and `incremental` default differently
+/// (batch size, warm-up) a flag sets both and its absence keeps each stage's own.
+#[derive(Args, Clone, Debug)]
+pub struct SequenceArgs {
+    /// Datasets to learn, in this order (folders under --data-root); the first trains the
+    /// base model.
+    #[arg(long, num_args = 1.., required = true, value_name = "NAME")]
+    pub datasets: Vec<String>,
+    /// Datasets never learnt, evaluated after every step (generalisation).
+    #[arg(long, num_args = 0.., value_name = "NAME")]
+    pub unseen: Vec<String>,
+    /// How each new dataset is learnt: agd (configs/inverXion.yaml, incremental-x with
+    /// --peers views), gd (res-triangle), simgd (sim-res-triangle), finetune (no
+    /// distillation), or a distillation config's path (incremental-x when it has
+    /// `cross_factor`, else incremental).
+    #[arg(
+        long,
+        value_name = "agd|gd|simgd|finetune|CONFIG",
+        default_value = "agd"
+    )]
+    pub method: String,
+    /// Where every step's folder and the results go.
+    #[arg(long, value_name = "PATH", default_value = "logs/sequence")]
+    pub logs_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Seed of every stage; without it each stage draws and logs one.
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Epochs of the base model on the first dataset.
+    #[arg(long, default_value_t = 90)]
+    pub base_epochs: usize,
+    /// Epochs of the base model at which the learning rate is multiplied by 0.1.
+    #[arg(long, num_args = 0.., default_values_t = [61])]
+    pub base_epochs_decay: Vec<usize>,
+    /// Epochs of every incremental step.
+    #[arg(long, default_value_t = 80)]
+    pub epochs: usize,
+    /// Epochs of an incremental step at which the learning rate is multiplied by 0.1.
+    #[arg(long, num_args = 0.., default_values_t = [41])]
+    pub epochs_decay: Vec<usize>,
+    /// Batch size of every training stage (P identities × 4 images) [default: 128 for the
+    /// base model, 64 for the incremental steps].
+    #[arg(short = 'b', long)]
+    pub batch_size: Option<usize>,
+    /// Warm-up epochs of every training stage [default: 10 for the base model, 0 for the
+    /// incremental steps].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    #[arg(long, value_parser = flag_value::<OptimizerKind>(), default_value = "SGD")]
+    pub optimizer: OptimizerKind,
+    /// Base learning rate of every training stage.
+    #[arg(long, default_value_t = 0.01)]
+    pub learning_rate: f64,
+    /// Training stages evaluate every this many epochs (0: never; every step's model is
+    /// evaluated on all datasets seen so far anyway).
+    #[arg(long, default_value_t = 10)]
+    pub evaluate: usize,
+    /// Views of each sample for an augmented method (AGD); the others see one.
+    #[arg(long, default_value_t = 2)]
+    pub peers: usize,
+    #[command(flatten)]
+    pub augment: AugmentArgs,
+    /// The base model's shape; every later stage reads it from the checkpoints.
+    #[command(flatten)]
+    pub model: BaseModelArgs,
+    /// ImageNet weights of the base model's ResNet, or `none` (as `agd train`).
+    #[arg(long, value_name = "FILE|none")]
+    pub pretrained: Option<PathBuf>,
+    /// Dreamed images used per old identity.
+    #[arg(long, default_value_t = 40)]
+    pub exemplars: usize,
+    #[command(flatten)]
+    pub dreaming: DreamingArgs,
+}

@@ -5,6 +5,7 @@ mod demo;
 pub mod evaluate;
 mod invert;
 mod plot;
+mod sequence;
 mod synth;
 pub mod train;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Synth(SynthArgs),
     /// The whole method on synthetic data: base, invert, finetune/GD/simGD/AGD, evaluate.
     Demo(DemoArgs),
+    /// Lifelong learning over several datasets: base on the first, then for each next one
+    /// invert, learn it (agd, gd, simgd, finetune or a config), evaluate on all seen so far.
+    Sequence(SequenceArgs),
     /// Redraw `curves.png` of training logs folders from their `metrics.csv`.
     Plot(PlotArgs),
 }
@@ -117,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => crate::demo::run(&args.plan()).map(drop),
+        Command::Sequence(args) => crate::sequence::run(&args.plan()).map(drop),
         Command::Plot(args) => plot::run(&args),
     }
 }
@@ -130,6 +135,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Checkpoint => "-c/--ckpt",
         DataRoot => "--data-root",
         Dataset | DatasetPart => "--dataset",
+        Datasets => "--datasets",
         Depth => "--depth",
         Embedding => "--embedding",
         Epochs => "--epochs",
@@ -154,6 +160,7 @@ pub fn flag(setting: Setting) -> &'static str {
         LearningRate => "--learning-rate",
         LogsDir => "--logs-dir",
         MainLossMultiplier => "--main-loss-multiplier",
+        Method => "--method",
         Optimizer => "--optimizer",
         Peers => "--peers",
         Pretrained => "--pretrained",
@@ -170,6 +177,7 @@ pub fn flag(setting: Setting) -> &'static str {
         TestIds => "--test-ids",
         TvL1 => "--tv-l1",
         TvL2 => "--tv-l2",
+        Unseen => "--unseen",
         Warmup => "--warmup",
         WarmupIters => "--warmup-iters",
         Width => "--width",

@@ -1,13 +1,16 @@
 //! `agd train`, `agd incremental`, `agd incremental-x`: flags → plans
 //! ([`crate::train::plan`]); the stages run in the library.
 
-use super::args::{CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, TrainArgs};
+use super::args::{
+    BaseModelArgs, CheckpointModelArgs, IncrementalArgs, LoopArgs, ModelArgs, TrainArgs,
+};
 use crate::model::checkpoint::Pretrained;
 use crate::model::choice::{DEFAULT_DEPTH, DEFAULT_LAST_STRIDE, DEFAULT_POOLING};
 use crate::model::ModelChoice;
 use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages, RANDOM_INIT};
 use anyhow::{Context, Result};
 use clap::Args;
+use std::path::Path;
 
 /// The model a run's flags ask for.
 pub trait ModelFlags: Args {
@@ -24,6 +27,19 @@ impl ModelFlags for ModelArgs {
             last_stride: (self.last_stride != DEFAULT_LAST_STRIDE).then_some(self.last_stride),
             pooling: (self.last_pooling != DEFAULT_POOLING).then_some(self.last_pooling),
             embedding: (self.embedding != self.depth.feature_width()).then_some(self.embedding),
+        }
+    }
+}
+
+/// As [`ModelArgs`], with an absent embedding width left to the depth.
+impl ModelFlags for BaseModelArgs {
+    fn choice(&self) -> ModelChoice {
+        let width = self.depth.feature_width();
+        ModelChoice {
+            depth: (self.depth != DEFAULT_DEPTH).then_some(self.depth),
+            last_stride: (self.last_stride != DEFAULT_LAST_STRIDE).then_some(self.last_stride),
+            pooling: (self.last_pooling != DEFAULT_POOLING).then_some(self.last_pooling),
+            embedding: self.embedding.filter(|&e| e != width),
         }
     }
 }
@@ -66,16 +82,21 @@ impl<M: ModelFlags> LoopArgs<M> {
     }
 }
 
+/// What `--pretrained` asks for: the default file, random initialisation (`none`), or
+/// this file.
+pub fn pretrained(flag: Option<&Path>) -> Pretrained {
+    match flag {
+        None => Pretrained::Found,
+        Some(p) if p.as_os_str() == RANDOM_INIT => Pretrained::Random,
+        Some(p) => Pretrained::File(p.to_path_buf()),
+    }
+}
+
 impl TrainArgs {
     pub fn plan(&self) -> BasePlan {
-        let pretrained = match &self.pretrained {
-            None => Pretrained::Found,
-            Some(p) if p.as_os_str() == RANDOM_INIT => Pretrained::Random,
-            Some(p) => Pretrained::File(p.clone()),
-        };
         BasePlan {
             run: self.run.plan(),
-            pretrained,
+            pretrained: pretrained(self.pretrained.as_deref()),
         }
     }
 }

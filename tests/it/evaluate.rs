@@ -557,7 +557,8 @@ fn empty_random_and_misplaced_files_say_what_they_are() {
     );
     let err = assert_refused(&s.run(&["-c", Setup::s(&random), "--dataset", "a"]));
     assert!(
-        err.contains("random.pth.tar") && err.contains("neither safetensors, torch.save nor paddle.save"),
+        err.contains("random.pth.tar")
+            && err.contains("neither safetensors, torch.save nor paddle.save"),
         "{err}"
     );
     let err = assert_refused(&s.run(&["-c", Setup::s(&features), "--dataset", "a"]));
@@ -577,7 +578,8 @@ fn empty_random_and_misplaced_files_say_what_they_are() {
     assert!(err.contains("--features") && err.contains("empty"), "{err}");
     let err = assert_refused(&agd(&["evaluate", "--features", Setup::s(&random)]));
     assert!(
-        err.contains("--features") && err.contains("neither safetensors, torch.save nor paddle.save"),
+        err.contains("--features")
+            && err.contains("neither safetensors, torch.save nor paddle.save"),
         "{err}"
     );
 }

@@ -18,6 +18,7 @@ mod plot;
 mod pth;
 mod reference_checkpoint;
 mod rerank;
+mod sequence;
 mod synth;
 mod train;
 mod util;

@@ -317,16 +317,18 @@ fn a_pasted_stage_command_reruns_that_stage(out: &Path) {
     assert_eq!(rows[0]["mAP"], base["old_mAP"], "{json_line}");
     assert_eq!(rows[1]["mAP"], base["new_mAP"], "{json_line}");
 
-    // Training: the base model's line, pasted, trains the same model again (seeded).
+    // Training: the base model's line, pasted, trains the same model again (seeded). Into
+    // another folder: a fresh run refuses the one holding the demo's checkpoint.
     let base_ck = out.join("base/checkpoint.safetensors");
     let before = Checkpoint::load(&base_ck).unwrap();
-    let ran = shell(line);
+    let line = format!("{line} --logs-dir base-again");
+    let ran = shell(&line);
     assert!(
         ran.status.success(),
         "{line}\n{}",
         String::from_utf8_lossy(&ran.stderr)
     );
-    let after = Checkpoint::load(&base_ck).unwrap();
+    let after = Checkpoint::load(&tmp.path().join("base-again/checkpoint.safetensors")).unwrap();
     assert_eq!(after.epoch, before.epoch);
     for (name, t) in &before.tensors {
         assert!(

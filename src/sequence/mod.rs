@@ -1,0 +1,550 @@
+//! `agd sequence`: lifelong learning over several datasets (the lifelong-ReID protocol).
+//!
+//! The base model is trained on the first dataset; then, for every next dataset, the
+//! current model is inverted (every class it knows: a model with an expanded classifier
+//! dreams all its classes, and dreamed pids are its class indices, which the incremental
+//! stage shifts past the new classes, so the steps chain), the dataset is learnt with the
+//! chosen method from those dreams, and the new model is evaluated on every dataset seen
+//! so far (and on the `unseen` ones). Each stage is a normal agd run in its own folder,
+//! built by the [`Engine`] that `agd demo` uses too, and every stage resumes: a second
+//! run reuses what is finished and finishes what was interrupted.
+//!
+//! Layout of `logs_dir`:
+//! - `step1-<A>/`: the base model; `step<k>-<D>/`: the model after learning `D`;
+//! - `step<k>-<D>-dreams/`: the images dreamed from the step-(k−1) model, used by step k;
+//! - `evaluations/step<k>-<D>.json`: step k's evaluation, reused while the checkpoint is
+//!   the one it was computed on;
+//! - `configs/`: the shipped config of a preset method;
+//! - `results.{md,json,png}`: mAP / rank-1 after each step on each dataset, the average
+//!   over the datasets seen so far, and forgetting (best earlier mAP − final mAP).
+
+pub mod engine;
+pub mod results;
+
+pub use engine::{Config, Engine, Method, Templates, PRESETS};
+pub use results::{forgetting, StepResult};
+
+use crate::bad_setting;
+use crate::data::ReidDataset;
+use crate::error::{BadSetting, Setting};
+use crate::eval::EvalPlan;
+use crate::inversion::{Coefficients, InvertPlan, Stages};
+use crate::model::checkpoint::{Pretrained, LATEST};
+use crate::model::ModelChoice;
+use crate::stage::Argv;
+use crate::train::optimizer::OptimizerKind;
+use crate::train::plan::{render_model, BasePlan, LoopPlan, RANDOM_INIT};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `agd sequence` runs. Values the stages share are given once; where the base and
+/// the incremental stages' reference defaults differ (batch size, warm-up), `None`
+/// keeps each stage's own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SequencePlan {
+    /// The datasets, learnt in this order; the first trains the base model.
+    pub datasets: Vec<String>,
+    /// Datasets never learnt, evaluated after every step (generalisation).
+    pub unseen: Vec<String>,
+    /// A preset (`agd`, `gd`, `simgd`, `finetune`) or a distillation config's path.
+    pub method: String,
+    pub logs_dir: PathBuf,
+    pub gpu: Vec<String>,
+    /// None: every stage draws (and logs) its own.
+    pub seed: Option<u64>,
+    pub data_root: PathBuf,
+    pub height: usize,
+    pub width: usize,
+    pub base_epochs: usize,
+    pub base_epochs_decay: Vec<usize>,
+    /// Epochs of every incremental step.
+    pub epochs: usize,
+    pub epochs_decay: Vec<usize>,
+    pub batch_size: Option<usize>,
+    pub warmup: Option<usize>,
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    /// Training stages evaluate every this many epochs (0: never; the sequence evaluates
+    /// every step's model anyway).
+    pub evaluate: usize,
+    /// Views of an augmented method (AGD); the others see one.
+    pub peers: usize,
+    pub re: f64,
+    pub re_area: f64,
+    /// The base model's shape; later stages read it from the checkpoints.
+    pub model: ModelChoice,
+    pub pretrained: Pretrained,
+    /// Dreamed images used per old identity.
+    pub exemplars: usize,
+    /// Inversion: images optimised together, images per identity, most batches.
+    pub bs: usize,
+    pub shots: usize,
+    pub iters: usize,
+    pub coefficients: Coefficients,
+    pub stages: Stages,
+}
+
+pub const DEFAULT_LOGS_DIR: &str = "logs/sequence";
+pub const DEFAULT_METHOD: &str = "agd";
+
+impl Default for SequencePlan {
+    /// The stages' reference defaults.
+    fn default() -> Self {
+        let base = LoopPlan::base_defaults();
+        let inc = LoopPlan::incremental_defaults(true);
+        let inv = InvertPlan::default();
+        Self {
+            datasets: Vec::new(),
+            unseen: Vec::new(),
+            method: DEFAULT_METHOD.into(),
+            logs_dir: DEFAULT_LOGS_DIR.into(),
+            gpu: base.gpu,
+            seed: None,
+            data_root: base.data_root,
+            height: base.height,
+            width: base.width,
+            base_epochs: base.epochs,
+            base_epochs_decay: base.epochs_decay,
+            epochs: inc.epochs,
+            epochs_decay: inc.epochs_decay,
+            batch_size: None,
+            warmup: None,
+            optimizer: base.optimizer,
+            learning_rate: base.learning_rate,
+            evaluate: base.evaluate,
+            peers: inc.peers,
+            re: base.re,
+            re_area: base.re_area,
+            model: ModelChoice::default(),
+            pretrained: Pretrained::Found,
+            exemplars: crate::train::plan::DEFAULT_EXEMPLARS,
+            bs: inv.bs,
+            shots: inv.shots,
+            iters: inv.iters,
+            coefficients: inv.coefficients,
+            stages: inv.stages,
+        }
+    }
+}
+
+/// A folder name for a dataset (a name with a path separator stays one folder).
+fn folder_name(dataset: &str) -> String {
+    dataset.replace(['/', '\\'], "_")
+}
+
+impl SequencePlan {
+    /// The plan templates of the stages, from the shared settings.
+    pub fn templates(&self) -> Templates {
+        let shared = |d: LoopPlan, epochs: usize, epochs_decay: &[usize]| LoopPlan {
+            gpu: self.gpu.clone(),
+            seed: self.seed,
+            data_root: self.data_root.clone(),
+            height: self.height,
+            width: self.width,
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            epochs,
+            epochs_decay: epochs_decay.to_vec(),
+            warmup: self.warmup.unwrap_or(d.warmup),
+            optimizer: self.optimizer,
+            learning_rate: self.learning_rate,
+            evaluate: self.evaluate,
+            re: self.re,
+            re_area: self.re_area,
+            ..d
+        };
+        let base = BasePlan {
+            run: LoopPlan {
+                model: self.model,
+                ..shared(
+                    LoopPlan::base_defaults(),
+                    self.base_epochs,
+                    &self.base_epochs_decay,
+                )
+            },
+            pretrained: self.pretrained.clone(),
+        };
+        let incremental = LoopPlan {
+            peers: self.peers,
+            ..shared(
+                LoopPlan::incremental_defaults(true),
+                self.epochs,
+                &self.epochs_decay,
+            )
+        };
+        let invert = InvertPlan {
+            gpu: self.gpu.clone(),
+            seed: self.seed,
+            bs: self.bs,
+            shots: self.shots,
+            iters: self.iters,
+            coefficients: self.coefficients,
+            stages: self.stages,
+            height: self.height,
+            width: self.width,
+            ..InvertPlan::default()
+        };
+        let eval = EvalPlan {
+            gpu: self.gpu.clone(),
+            data_root: self.data_root.clone(),
+            height: self.height,
+            width: self.width,
+            ..EvalPlan::default()
+        };
+        Templates {
+            base,
+            incremental,
+            exemplars: self.exemplars,
+            invert,
+            eval,
+        }
+    }
+
+    /// Step `step`'s (1-based) model folder.
+    pub fn step_dir(&self, step: usize) -> PathBuf {
+        let name = folder_name(&self.datasets[step - 1]);
+        self.logs_dir.join(format!("step{step}-{name}"))
+    }
+
+    /// The dreams of the step-(k−1) model that step `step` learns from.
+    pub fn dreams_dir(&self, step: usize) -> PathBuf {
+        let name = folder_name(&self.datasets[step - 1]);
+        self.logs_dir.join(format!("step{step}-{name}-dreams"))
+    }
+
+    /// Where step `step`'s evaluation is kept.
+    pub fn evaluation_file(&self, step: usize) -> PathBuf {
+        let name = folder_name(&self.datasets[step - 1]);
+        self.logs_dir
+            .join("evaluations")
+            .join(format!("step{step}-{name}.json"))
+    }
+
+    /// The command line that reruns the sequence (flags at their defaults left out).
+    pub fn argv(&self) -> Argv {
+        let d = Self::default();
+        let (c, dc) = (&self.coefficients, &d.coefficients);
+        let (s, ds) = (&self.stages, &d.stages);
+        let mut argv = Argv::new("sequence");
+        argv.list("--datasets", &self.datasets, &[])
+            .list("--unseen", &self.unseen, &[])
+            .differs("--method", &self.method, &d.method)
+            .path("--logs-dir", &self.logs_dir, DEFAULT_LOGS_DIR)
+            .list("-g", &self.gpu, &d.gpu)
+            .opt("-s", self.seed)
+            .path("--data-root", &self.data_root, "data")
+            .differs("--height", &self.height, &d.height)
+            .differs("--width", &self.width, &d.width)
+            .differs("--base-epochs", &self.base_epochs, &d.base_epochs)
+            .list(
+                "--base-epochs-decay",
+                &self.base_epochs_decay,
+                &d.base_epochs_decay,
+            )
+            .differs("--epochs", &self.epochs, &d.epochs)
+            .list("--epochs-decay", &self.epochs_decay, &d.epochs_decay)
+            .opt("-b", self.batch_size)
+            .opt("--warmup", self.warmup)
+            .differs("--optimizer", &self.optimizer.name(), &d.optimizer.name())
+            .differs("--learning-rate", &self.learning_rate, &d.learning_rate)
+            .differs("--evaluate", &self.evaluate, &d.evaluate)
+            .differs("--peers", &self.peers, &d.peers)
+            .differs("--re", &self.re, &d.re)
+            .differs("--re-area", &self.re_area, &d.re_area);
+        // The embedding width follows the depth unless given.
+        render_model(&mut argv, &self.model);
+        match &self.pretrained {
+            Pretrained::Found => {}
+            Pretrained::Random => {
+                argv.flag("--pretrained", RANDOM_INIT);
+            }
+            Pretrained::File(p) => {
+                argv.flag("--pretrained", p.display());
+            }
+        }
+        argv.differs("--exemplars", &self.exemplars, &d.exemplars)
+            .differs("--bs", &self.bs, &d.bs)
+            .differs("--shots", &self.shots, &d.shots)
+            .differs("--iters", &self.iters, &d.iters)
+            .differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
+            .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
+            .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
+            .differs("--lr", &s.lr, &ds.lr)
+            .differs("--r-feature", &c.r_feature, &dc.r_feature)
+            .differs(
+                "--first-bn-multiplier",
+                &c.first_bn_multiplier,
+                &dc.first_bn_multiplier,
+            )
+            .differs(
+                "--main-loss-multiplier",
+                &c.main_loss_multiplier,
+                &dc.main_loss_multiplier,
+            )
+            .differs("--tv-l1", &c.prior.tv_l1, &dc.prior.tv_l1)
+            .differs("--tv-l2", &c.prior.tv_l2, &dc.prior.tv_l2)
+            .differs("--l2", &c.prior.l2, &dc.prior.l2);
+        argv
+    }
+
+    /// Everything that can be checked before any work: the datasets (at least two, none
+    /// twice, each a folder under the data root), the method, every stage's settings and
+    /// the base model's ImageNet weights. Returns the method.
+    pub fn validate(&self) -> Result<Method> {
+        if self.datasets.len() < 2 {
+            bad_setting!(
+                Setting::Datasets,
+                self.datasets.join(" "),
+                "a sequence needs at least 2 datasets: the base model's, then one or more to learn"
+            );
+        }
+        for (i, name) in self.datasets.iter().enumerate() {
+            if self.datasets[..i].contains(name) {
+                bad_setting!(
+                    Setting::Datasets,
+                    name,
+                    "given twice: each dataset of a sequence is learnt once"
+                );
+            }
+        }
+        for (i, name) in self.unseen.iter().enumerate() {
+            if self.datasets.contains(name) {
+                bad_setting!(
+                    Setting::Unseen,
+                    name,
+                    "is learnt in the sequence (--datasets), so it is not unseen"
+                );
+            }
+            if self.unseen[..i].contains(name) {
+                bad_setting!(Setting::Unseen, name, "given twice");
+            }
+        }
+        let method = Method::parse(&self.method)?;
+        let t = self.templates();
+        t.base.run.validate()?;
+        t.incremental.validate()?;
+        if method.augmented && self.peers < 2 {
+            bad_setting!(
+                Setting::Peers,
+                self.peers,
+                "augmented distillation needs at least 2 views"
+            );
+        }
+        if method.distills() {
+            t.invert.validate()?;
+            if self.exemplars == 0 {
+                bad_setting!(
+                    Setting::Exemplars,
+                    0,
+                    "at least one dreamed image per identity is needed"
+                );
+            }
+        }
+        if !self.data_root.is_dir() {
+            bad_setting!(
+                Setting::DataRoot,
+                self.data_root.display(),
+                "folder not found (expected one folder per dataset inside it)"
+            );
+        }
+        let named = self
+            .datasets
+            .iter()
+            .map(|d| (Setting::Datasets, d))
+            .chain(self.unseen.iter().map(|d| (Setting::Unseen, d)));
+        for (setting, name) in named {
+            let dir = self.data_root.join(name);
+            if name.is_empty() || !dir.is_dir() {
+                bad_setting!(
+                    setting,
+                    if name.is_empty() { "\"\"" } else { name },
+                    "no dataset folder {} under the data root",
+                    dir.display()
+                );
+            }
+            // The listing only (no image is decoded): a malformed dataset fails now, not
+            // after hours of training on the ones before it.
+            // Its errors name the dataset; said of this plan's setting.
+            ReidDataset::load(&self.data_root, name).map_err(|e| {
+                match e.downcast::<BadSetting>() {
+                    Ok(b) if b.setting == Setting::Dataset => {
+                        BadSetting::new(setting, b.value, b.reason).into()
+                    }
+                    Ok(b) => b.into(),
+                    Err(e) => e,
+                }
+            })?;
+        }
+        let model = self.model.fresh(1);
+        model.validate()?;
+        self.pretrained.weights(model.depth)?;
+        Ok(method)
+    }
+}
+
+/// A step's evaluation, cached under the evaluation plan's command line and the
+/// checkpoint's size and modification time: a checkpoint written again (a step
+/// retrained) is evaluated again.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct EvalKey {
+    command: String,
+    checkpoint_bytes: u64,
+    checkpoint_modified_ns: u128,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedScore {
+    dataset: String,
+    #[serde(rename = "mAP")]
+    map: f64,
+    rank1: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedEval {
+    key: EvalKey,
+    scores: Vec<CachedScore>,
+}
+
+fn eval_key(plan: &EvalPlan) -> Result<EvalKey> {
+    let ck = plan.ckpt.join(LATEST);
+    let meta = std::fs::metadata(&ck).with_context(|| format!("no checkpoint {}", ck.display()))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(EvalKey {
+        command: plan.argv().command_line(),
+        checkpoint_bytes: meta.len(),
+        checkpoint_modified_ns: modified,
+    })
+}
+
+/// (mAP, rank-1) per dataset of the model in `ckpt`, evaluated or read back from `cache`.
+fn scores(
+    engine: &Engine,
+    ckpt: &Path,
+    datasets: &[String],
+    cache: &Path,
+) -> Result<Vec<(String, f64, f64)>> {
+    let plan = engine.eval_plan(ckpt, datasets, None);
+    let key = eval_key(&plan)?;
+    let cached = std::fs::read_to_string(cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<CachedEval>(&t).ok())
+        .filter(|c| c.key == key);
+    if let Some(c) = cached {
+        engine.announce(&plan.argv());
+        engine.line(format!(
+            "  reusing the evaluation in {} (same checkpoint)",
+            cache.display()
+        ));
+        return Ok(c
+            .scores
+            .into_iter()
+            .map(|s| (s.dataset, s.map, s.rank1))
+            .collect());
+    }
+    let rows = engine.evaluate(&plan)?;
+    let mut out = Vec::new();
+    for name in datasets {
+        let row = rows
+            .iter()
+            .find(|r| &r.dataset == name)
+            .with_context(|| format!("agd evaluate reported no {name}"))?;
+        out.push((name.clone(), row.map, row.rank1));
+    }
+    let entry = CachedEval {
+        key,
+        scores: out
+            .iter()
+            .map(|(dataset, map, rank1)| CachedScore {
+                dataset: dataset.clone(),
+                map: *map,
+                rank1: *rank1,
+            })
+            .collect(),
+    };
+    crate::io::create_dir(cache.parent().expect("an evaluations folder"))?;
+    crate::io::write_atomic(cache, serde_json::to_string_pretty(&entry)?.as_bytes())?;
+    Ok(out)
+}
+
+/// Runs the sequence into `plan.logs_dir`; returns every step's results.
+pub fn run(plan: &SequencePlan) -> Result<Vec<StepResult>> {
+    let started = Instant::now();
+    let method = plan.validate()?;
+    // Checked before any folder is created: a typo leaves nothing behind.
+    crate::device::select(&plan.gpu)?;
+    let log = crate::stage::open_log(&plan.logs_dir, &plan.argv(), true)?;
+    let n = plan.datasets.len();
+    log.line(format!(
+        "lifelong sequence {} ({n} steps), method {}{}",
+        plan.datasets.join(" → "),
+        method.label,
+        if plan.unseen.is_empty() {
+            String::new()
+        } else {
+            format!("; unseen: {}", plan.unseen.join(", "))
+        }
+    ));
+    let engine = Engine::new(plan.templates(), &log, plan.logs_dir.join("configs"));
+    let mut steps = Vec::new();
+    for step in 1..=n {
+        let dataset = &plan.datasets[step - 1];
+        let logs = plan.step_dir(step);
+        if step == 1 {
+            log.line(format!("step 1/{n}: the base model on {dataset}"));
+            engine.train_base(dataset, &logs)?;
+        } else {
+            let previous = plan.step_dir(step - 1);
+            let dreams = if method.distills() {
+                log.line(format!(
+                    "step {step}/{n}: dreaming every class of the step-{} model (DeepInversion)",
+                    step - 1
+                ));
+                let dir = plan.dreams_dir(step);
+                engine.invert(&previous, &dir)?;
+                Some(dir)
+            } else {
+                None
+            };
+            log.line(format!(
+                "step {step}/{n}: learning {dataset} ({})",
+                method.label
+            ));
+            engine.learn(&method, dataset, &previous, dreams.as_deref(), &logs)?;
+        }
+        let mut evaluated = plan.datasets[..step].to_vec();
+        evaluated.extend(plan.unseen.iter().cloned());
+        log.line(format!(
+            "step {step}/{n}: the model on {}",
+            evaluated.join(", ")
+        ));
+        let scores = scores(&engine, &logs, &evaluated, &plan.evaluation_file(step))?;
+        steps.push(StepResult::new(
+            step,
+            dataset,
+            &plan.datasets[..step],
+            scores,
+        ));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = results::Summary {
+        datasets: &plan.datasets,
+        unseen: &plan.unseen,
+        method: &method,
+        steps: &steps,
+        wall_seconds: seconds,
+    };
+    log.line(summary.table().to_string());
+    summary.write(&plan.logs_dir)?;
+    log.line(format!(
+        "results: {0}/results.md, {0}/results.png, {0}/results.json ({seconds:.0} s)",
+        plan.logs_dir.display()
+    ));
+    log.succeeded();
+    Ok(steps)
+}
