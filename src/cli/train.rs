@@ -102,6 +102,25 @@ impl TrainArgs {
 }
 
 impl IncrementalArgs {
+    /// The flags given with `--finetune` that it does not use (it learns from the new data
+    /// alone), as `--flag value`: the CLI warns about each rather than drop them silently.
+    pub fn ignored_by_finetune(&self) -> Vec<String> {
+        if !self.finetune {
+            return Vec::new();
+        }
+        let mut ignored = Vec::new();
+        if let Some(c) = &self.algo_config {
+            ignored.push(format!("--algo-config {}", c.display()));
+        }
+        if self.inversion_dir != std::path::Path::new(crate::train::plan::DEFAULT_INVERSION_DIR) {
+            ignored.push(format!("--inversion-dir {}", self.inversion_dir.display()));
+        }
+        if self.exemplars != crate::train::plan::DEFAULT_EXEMPLARS {
+            ignored.push(format!("--exemplars {}", self.exemplars));
+        }
+        ignored
+    }
+
     /// The plan of `agd incremental` (`augmented`: `agd incremental-x`).
     pub fn plan(&self, augmented: bool) -> Result<IncrementalPlan> {
         let learning = if self.finetune {
@@ -136,5 +155,42 @@ impl IncrementalArgs {
             learning,
             old_dataset: self.old_dataset.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn incremental(args: &[&str]) -> super::IncrementalArgs {
+        let argv = ["agd", "incremental"].iter().chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Incremental(a) => a,
+            _ => unreachable!("an incremental command line"),
+        }
+    }
+
+    #[test]
+    fn flags_finetuning_does_not_use_are_reported() {
+        let a = incremental(&[
+            "--finetune",
+            "--algo-config",
+            "x.yaml",
+            "--inversion-dir",
+            "d",
+        ]);
+        assert_eq!(
+            a.ignored_by_finetune(),
+            ["--algo-config x.yaml", "--inversion-dir d"]
+        );
+        assert!(incremental(&["--finetune"])
+            .ignored_by_finetune()
+            .is_empty());
+        assert!(
+            incremental(&["--algo-config", "x.yaml", "--inversion-dir", "d"])
+                .ignored_by_finetune()
+                .is_empty()
+        );
     }
 }
