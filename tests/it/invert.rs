@@ -322,7 +322,10 @@ fn bad_flags_and_files_are_named_in_one_clear_error() {
         !Path::new(&gen).exists()
             || std::fs::read_dir(&gen)
                 .unwrap()
-                .all(|e| { e.unwrap().file_name() == "log.txt" })
+                .all(|e| {
+                    let name = e.unwrap().file_name();
+                    name == "log.txt" || name == agd::logging::LOCK
+                })
     );
 }
 
@@ -343,7 +346,7 @@ fn census(dir: &Path) -> BTreeMap<i64, Vec<PathBuf>> {
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "log.txt" || name == "preview" {
+        if name == "log.txt" || name == "preview" || name == agd::logging::LOCK {
             continue;
         }
         assert!(name.ends_with(".jpg"), "unexpected file {name}");
