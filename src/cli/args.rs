@@ -255,34 +255,10 @@ pub struct IncrementalArgs {
     pub finetune: bool,
 }
 
-/// `agd invert` (SPEC §7).
+/// The inversion's loss weights and schedule, named and defaulted as the reference's
+/// `main_inversion.py` (`agd invert` and `agd sequence` share them).
 #[derive(Args, Clone, Debug)]
-pub struct InvertArgs {
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    #[arg(short = 's', long)]
-    pub seed: Option<u64>,
-    /// Images optimised together.
-    #[arg(long, default_value_t = 64)]
-    pub bs: usize,
-    /// Where dreamed images go [default: the --resume folder, else generations].
-    #[arg(long, value_name = "PATH")]
-    pub generation_dir: Option<PathBuf>,
-    /// Images per identity.
-    #[arg(long, default_value_t = 10)]
-    pub shots: usize,
-    /// Most batches this run generates.
-    #[arg(long, default_value_t = 320)]
-    pub iters: usize,
-    /// A generation folder to complete: counts what is there and writes the missing
-    /// images into it.
-    #[arg(long, value_name = "PATH")]
-    pub resume: Option<PathBuf>,
-    #[command(flatten)]
-    pub model: CheckpointModelArgs,
-    /// The task-1 checkpoint (file or logs folder).
-    #[arg(long, value_name = "PATH", default_value = "logs/msmt17")]
-    pub teacher: PathBuf,
+pub struct InversionWeightsArgs {
     /// BN statistics loss coefficient.
     #[arg(long, default_value_t = 0.01)]
     pub r_feature: f64,
@@ -315,6 +291,38 @@ pub struct InvertArgs {
     #[arg(long, default_value_t = WARMUP,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub warmup_iters: usize,
+}
+
+/// `agd invert` (SPEC §7).
+#[derive(Args, Clone, Debug)]
+pub struct InvertArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    /// Images optimised together.
+    #[arg(long, default_value_t = 64)]
+    pub bs: usize,
+    /// Where dreamed images go [default: the --resume folder, else generations].
+    #[arg(long, value_name = "PATH")]
+    pub generation_dir: Option<PathBuf>,
+    /// Images per identity.
+    #[arg(long, default_value_t = 10)]
+    pub shots: usize,
+    /// Most batches this run generates.
+    #[arg(long, default_value_t = 320)]
+    pub iters: usize,
+    /// A generation folder to complete: counts what is there and writes the missing
+    /// images into it.
+    #[arg(long, value_name = "PATH")]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: CheckpointModelArgs,
+    /// The task-1 checkpoint (file or logs folder).
+    #[arg(long, value_name = "PATH", default_value = "logs/msmt17")]
+    pub teacher: PathBuf,
+    #[command(flatten)]
+    pub weights: InversionWeightsArgs,
     #[arg(long, default_value_t = 256)]
     pub height: usize,
     #[arg(long, default_value_t = 128)]
@@ -494,37 +502,8 @@ pub struct DreamingArgs {
     /// Most batches an inversion generates.
     #[arg(long, default_value_t = 320)]
     pub iters: usize,
-    /// BN statistics loss coefficient.
-    #[arg(long, default_value_t = 0.01)]
-    pub r_feature: f64,
-    /// Extra weight of the first BN layer's statistics.
-    #[arg(long, default_value_t = 10.0)]
-    pub first_bn_multiplier: f64,
-    /// Total-variation L1 coefficient.
-    #[arg(long, default_value_t = 0.0)]
-    pub tv_l1: f64,
-    /// Total-variation L2 coefficient.
-    #[arg(long, default_value_t = 0.0001)]
-    pub tv_l2: f64,
-    /// Image L2 coefficient.
-    #[arg(long, default_value_t = 0.00001)]
-    pub l2: f64,
-    /// Adam learning rate on the images.
-    #[arg(long, default_value_t = 0.2)]
-    pub lr: f64,
-    /// Weight of the cross-entropy on the targets.
-    #[arg(long, default_value_t = 1.0)]
-    pub main_loss_multiplier: f64,
-    /// Inversion iterations on 2×2-pooled images.
-    #[arg(long, default_value_t = 2000)]
-    pub low_res_iters: usize,
-    /// Inversion iterations at full size.
-    #[arg(long, default_value_t = 1000)]
-    pub full_res_iters: usize,
-    /// Learning-rate warm-up of each inversion stage, in iterations.
-    #[arg(long, default_value_t = WARMUP,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub warmup_iters: usize,
+    #[command(flatten)]
+    pub weights: InversionWeightsArgs,
 }
 
 /// `agd sequence`: lifelong learning over several datasets. The stages' flags keep their

@@ -1,6 +1,6 @@
 //! `agd invert`: flags → [`InvertPlan`]; the stage runs in [`crate::inversion::run`].
 
-use super::args::InvertArgs;
+use super::args::{InversionWeightsArgs, InvertArgs};
 use super::train::ModelFlags;
 use crate::inversion::plan::DEFAULT_GENERATION_DIR;
 use crate::inversion::prior::PriorWeights;
@@ -23,24 +23,34 @@ impl InvertArgs {
             resume: self.resume.clone(),
             teacher: self.teacher.clone(),
             model: self.model.choice(),
-            coefficients: Coefficients {
-                r_feature: self.r_feature,
-                first_bn_multiplier: self.first_bn_multiplier,
-                main_loss_multiplier: self.main_loss_multiplier,
-                prior: PriorWeights {
-                    tv_l1: self.tv_l1,
-                    tv_l2: self.tv_l2,
-                    l2: self.l2,
-                },
-            },
-            stages: Stages {
-                lr: self.lr,
-                low_res_iters: self.low_res_iters,
-                full_res_iters: self.full_res_iters,
-                warmup_iters: self.warmup_iters,
-            },
+            coefficients: self.weights.coefficients(),
+            stages: self.weights.stages(),
             height: self.height,
             width: self.width,
+        }
+    }
+}
+
+impl InversionWeightsArgs {
+    pub fn coefficients(&self) -> Coefficients {
+        Coefficients {
+            r_feature: self.r_feature,
+            first_bn_multiplier: self.first_bn_multiplier,
+            main_loss_multiplier: self.main_loss_multiplier,
+            prior: PriorWeights {
+                tv_l1: self.tv_l1,
+                tv_l2: self.tv_l2,
+                l2: self.l2,
+            },
+        }
+    }
+
+    pub fn stages(&self) -> Stages {
+        Stages {
+            lr: self.lr,
+            low_res_iters: self.low_res_iters,
+            full_res_iters: self.full_res_iters,
+            warmup_iters: self.warmup_iters,
         }
     }
 }

@@ -2,8 +2,6 @@
 
 use super::args::SequenceArgs;
 use super::train::{pretrained, ModelFlags};
-use crate::inversion::prior::PriorWeights;
-use crate::inversion::{Coefficients, Stages};
 use crate::sequence::SequencePlan;
 
 impl SequenceArgs {
@@ -37,22 +35,8 @@ impl SequenceArgs {
             bs: d.bs,
             shots: d.shots,
             iters: d.iters,
-            coefficients: Coefficients {
-                r_feature: d.r_feature,
-                first_bn_multiplier: d.first_bn_multiplier,
-                main_loss_multiplier: d.main_loss_multiplier,
-                prior: PriorWeights {
-                    tv_l1: d.tv_l1,
-                    tv_l2: d.tv_l2,
-                    l2: d.l2,
-                },
-            },
-            stages: Stages {
-                lr: d.lr,
-                low_res_iters: d.low_res_iters,
-                full_res_iters: d.full_res_iters,
-                warmup_iters: d.warmup_iters,
-            },
+            coefficients: d.weights.coefficients(),
+            stages: d.weights.stages(),
         }
     }
 }

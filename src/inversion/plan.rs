@@ -55,6 +55,30 @@ impl Default for InvertPlan {
     }
 }
 
+/// The flags of the inversion's schedule and loss weights that differ from the
+/// reference's defaults (shared by `agd invert` and `agd sequence`).
+pub fn render_dreaming(argv: &mut Argv, s: &Stages, c: &Coefficients) {
+    let (ds, dc) = (Stages::default(), Coefficients::default());
+    argv.differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
+        .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
+        .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
+        .differs("--lr", &s.lr, &ds.lr)
+        .differs("--r-feature", &c.r_feature, &dc.r_feature)
+        .differs(
+            "--first-bn-multiplier",
+            &c.first_bn_multiplier,
+            &dc.first_bn_multiplier,
+        )
+        .differs(
+            "--main-loss-multiplier",
+            &c.main_loss_multiplier,
+            &dc.main_loss_multiplier,
+        )
+        .differs("--tv-l1", &c.prior.tv_l1, &dc.prior.tv_l1)
+        .differs("--tv-l2", &c.prior.tv_l2, &dc.prior.tv_l2)
+        .differs("--l2", &c.prior.l2, &dc.prior.l2);
+}
+
 impl InvertPlan {
     /// Checks that need no file, so a mistyped number fails at once.
     pub fn validate(&self) -> Result<()> {
@@ -113,8 +137,6 @@ impl InvertPlan {
 
     pub fn argv(&self) -> Argv {
         let d = Self::default();
-        let (c, dc) = (&self.coefficients, &d.coefficients);
-        let (s, ds) = (&self.stages, &d.stages);
         // The command line's generation folder defaults to the folder it resumes.
         let implied = self
             .resume
@@ -128,26 +150,9 @@ impl InvertPlan {
             .opt_path("--resume", self.resume.as_deref())
             .differs("--shots", &self.shots, &d.shots)
             .differs("--bs", &self.bs, &d.bs)
-            .differs("--iters", &self.iters, &d.iters)
-            .differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
-            .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
-            .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
-            .differs("--lr", &s.lr, &ds.lr)
-            .differs("--r-feature", &c.r_feature, &dc.r_feature)
-            .differs(
-                "--first-bn-multiplier",
-                &c.first_bn_multiplier,
-                &dc.first_bn_multiplier,
-            )
-            .differs(
-                "--main-loss-multiplier",
-                &c.main_loss_multiplier,
-                &dc.main_loss_multiplier,
-            )
-            .differs("--tv-l1", &c.prior.tv_l1, &dc.prior.tv_l1)
-            .differs("--tv-l2", &c.prior.tv_l2, &dc.prior.tv_l2)
-            .differs("--l2", &c.prior.l2, &dc.prior.l2)
-            .differs("--height", &self.height, &d.height)
+            .differs("--iters", &self.iters, &d.iters);
+        render_dreaming(&mut argv, &self.stages, &self.coefficients);
+        argv.differs("--height", &self.height, &d.height)
             .differs("--width", &self.width, &d.width);
         crate::train::plan::render_model(&mut argv, &self.model);
         argv

@@ -28,12 +28,13 @@ use crate::bad_setting;
 use crate::data::ReidDataset;
 use crate::error::{BadSetting, Setting};
 use crate::eval::EvalPlan;
+use crate::inversion::plan::render_dreaming;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::model::checkpoint::{Pretrained, LATEST};
 use crate::model::ModelChoice;
 use crate::stage::Argv;
 use crate::train::optimizer::OptimizerKind;
-use crate::train::plan::{render_model, BasePlan, LoopPlan, RANDOM_INIT};
+use crate::train::plan::{render_model, render_pretrained, BasePlan, LoopPlan};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -224,8 +225,6 @@ impl SequencePlan {
     /// The command line that reruns the sequence (flags at their defaults left out).
     pub fn argv(&self) -> Argv {
         let d = Self::default();
-        let (c, dc) = (&self.coefficients, &d.coefficients);
-        let (s, ds) = (&self.stages, &d.stages);
         let mut argv = Argv::new("sequence");
         argv.list("--datasets", &self.datasets, &[])
             .list("--unseen", &self.unseen, &[])
@@ -254,37 +253,12 @@ impl SequencePlan {
             .differs("--re-area", &self.re_area, &d.re_area);
         // The embedding width follows the depth unless given.
         render_model(&mut argv, &self.model);
-        match &self.pretrained {
-            Pretrained::Found => {}
-            Pretrained::Random => {
-                argv.flag("--pretrained", RANDOM_INIT);
-            }
-            Pretrained::File(p) => {
-                argv.flag("--pretrained", p.display());
-            }
-        }
+        render_pretrained(&mut argv, &self.pretrained);
         argv.differs("--exemplars", &self.exemplars, &d.exemplars)
             .differs("--bs", &self.bs, &d.bs)
             .differs("--shots", &self.shots, &d.shots)
-            .differs("--iters", &self.iters, &d.iters)
-            .differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
-            .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
-            .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
-            .differs("--lr", &s.lr, &ds.lr)
-            .differs("--r-feature", &c.r_feature, &dc.r_feature)
-            .differs(
-                "--first-bn-multiplier",
-                &c.first_bn_multiplier,
-                &dc.first_bn_multiplier,
-            )
-            .differs(
-                "--main-loss-multiplier",
-                &c.main_loss_multiplier,
-                &dc.main_loss_multiplier,
-            )
-            .differs("--tv-l1", &c.prior.tv_l1, &dc.prior.tv_l1)
-            .differs("--tv-l2", &c.prior.tv_l2, &dc.prior.tv_l2)
-            .differs("--l2", &c.prior.l2, &dc.prior.l2);
+            .differs("--iters", &self.iters, &d.iters);
+        render_dreaming(&mut argv, &self.stages, &self.coefficients);
         argv
     }
 

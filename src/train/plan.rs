@@ -185,6 +185,19 @@ pub fn render_model(argv: &mut Argv, m: &ModelChoice) {
 /// The `--pretrained` value that asks for random initialisation.
 pub const RANDOM_INIT: &str = "none";
 
+/// `--pretrained` when the weights are not the ones found in `backbone_weights/`.
+pub fn render_pretrained(argv: &mut Argv, pretrained: &Pretrained) {
+    match pretrained {
+        Pretrained::Found => {}
+        Pretrained::Random => {
+            argv.flag("--pretrained", RANDOM_INIT);
+        }
+        Pretrained::File(p) => {
+            argv.flag("--pretrained", p.display());
+        }
+    }
+}
+
 /// `agd train`: the base model on task 1 (SPEC §1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BasePlan {
@@ -206,15 +219,7 @@ impl BasePlan {
     pub fn argv(&self) -> Argv {
         let mut argv = Argv::new("train");
         self.run.render(&mut argv, &LoopPlan::base_defaults(), true);
-        match &self.pretrained {
-            Pretrained::Found => {}
-            Pretrained::Random => {
-                argv.flag("--pretrained", RANDOM_INIT);
-            }
-            Pretrained::File(p) => {
-                argv.flag("--pretrained", p.display());
-            }
-        }
+        render_pretrained(&mut argv, &self.pretrained);
         argv
     }
 }

@@ -83,9 +83,9 @@ fn reference_defaults_per_script() {
             v.bs,
             v.shots,
             v.iters,
-            v.low_res_iters,
-            v.full_res_iters,
-            v.warmup_iters
+            v.weights.low_res_iters,
+            v.weights.full_res_iters,
+            v.weights.warmup_iters
         ),
         (64, 10, 320, 2000, 1000, 100)
     );
@@ -96,12 +96,12 @@ fn reference_defaults_per_script() {
     assert!(err.contains("--warmup-iters"), "{err}");
     assert_eq!(
         (
-            v.r_feature,
-            v.first_bn_multiplier,
-            v.tv_l1,
-            v.tv_l2,
-            v.l2,
-            v.lr
+            v.weights.r_feature,
+            v.weights.first_bn_multiplier,
+            v.weights.tv_l1,
+            v.weights.tv_l2,
+            v.weights.l2,
+            v.weights.lr
         ),
         (0.01, 10.0, 0.0, 1e-4, 1e-5, 0.2)
     );
@@ -214,10 +214,10 @@ fn reference_readme_commands_parse_including_underscore_spellings() {
     };
     assert_eq!(
         (
-            v.r_feature,
-            v.first_bn_multiplier,
-            v.tv_l2,
-            v.main_loss_multiplier
+            v.weights.r_feature,
+            v.weights.first_bn_multiplier,
+            v.weights.tv_l2,
+            v.weights.main_loss_multiplier
         ),
         (0.05, 3.0, 0.5, 2.0)
     );
