@@ -71,7 +71,13 @@ impl AgdSide {
         let inverter = Inverter::new(&self.teacher, Coefficients::default());
         let t0 = Instant::now();
         let lr = stage_lr(0.2, self.it, STAGE_ITERS, WARMUP);
-        inverter.step(&mut self.batch, Stage::FullRes, lr, self.it % 2 == 1);
+        inverter.step(
+            &mut self.batch,
+            Stage::FullRes,
+            lr,
+            (0, 0),
+            self.it % 2 == 1,
+        );
         self.it += 1;
         let mut t = vec![f64::NAN; PHASES.len()];
         t[0] = t0.elapsed().as_secs_f64();

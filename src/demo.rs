@@ -10,6 +10,7 @@
 
 use crate::data::synth::{self, Style, SynthConfig};
 use crate::eval::{EvalPlan, EvalRow};
+use crate::inversion::fidelity::{self, HistogramReport};
 use crate::inversion::prior::PriorWeights;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::logging::Logger;
@@ -21,6 +22,7 @@ use crate::train::optimizer::OptimizerKind;
 use crate::train::plan::{BasePlan, LoopPlan};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -78,11 +80,23 @@ pub struct DemoPlan {
     pub gpu: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct Results {
-    rows: Vec<ResultRow>,
-    wall_seconds: f64,
-    quick: bool,
+/// A demo's results, as `results.json` holds them.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoResults {
+    /// The base model and the four methods, on both tasks.
+    pub rows: Vec<ResultRow>,
+    /// Whether the dreams carry task A's identities ([`fidelity`]).
+    pub dreams: HistogramReport,
+    pub wall_seconds: f64,
+    pub quick: bool,
+}
+
+impl DemoResults {
+    /// Task A mAP of `method` minus fine-tuning's, in points.
+    pub fn margin(&self, method: &str) -> Option<f64> {
+        let a = |m: &str| self.rows.iter().find(|r| r.method == m).map(|r| r.old_map);
+        Some(100.0 * (a(method)? - a("finetune")?))
+    }
 }
 
 /// The run's folders and what every stage shares.
@@ -274,7 +288,7 @@ fn label(method: &str) -> String {
 }
 
 /// The paper-shaped table: old task (A) and new task (B), mAP and rank-1 per method.
-fn markdown(rows: &[ResultRow], sizes: &Sizes, seconds: f64) -> String {
+fn markdown(rows: &[ResultRow], dreams: &HistogramReport, sizes: &Sizes, seconds: f64) -> String {
     let mut md = String::from(
         "# agd demo: data-free incremental ReID on synthetic data\n\n\
          | method | A (old) mAP | A (old) R1 | B (new) mAP | B (new) R1 |\n\
@@ -300,12 +314,25 @@ fn markdown(rows: &[ResultRow], sizes: &Sizes, seconds: f64) -> String {
         sizes.epochs,
         seconds / 60.0
     ));
+    md.push_str(&format!("\n{}\n", dreams_line(dreams)));
     md
+}
+
+/// The dreams' identity-histogram match beside its ceiling and chance.
+fn dreams_line(d: &HistogramReport) -> String {
+    format!(
+        "dreams: the nearest identity colour histogram is the dreamed identity's for {}% of \
+         the {} dreamed images (real training images: {}%; chance {}%)",
+        percent(d.dreamed.top1),
+        d.dreamed.images,
+        percent(d.real.top1),
+        percent(d.chance)
+    )
 }
 
 /// Runs the demo: synthetic tasks, base model, dreams, four ways to learn task B, and the
 /// evaluation of every model on both tasks, into `plan.out`.
-pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
+pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
     let start = Instant::now();
     let sizes = plan.sizes;
     if sizes.ids < 2 || sizes.epochs == 0 || sizes.base_epochs == 0 || sizes.shots == 0 {
@@ -345,14 +372,16 @@ pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
     log.line("3. dreaming task A's identities back out of the base model (DeepInversion)");
     let dreamed = plan.out.join("dreamed");
     engine.invert(&base, &dreamed)?;
+    let dreams = fidelity::measure(&run.data_root, TASK_A, &dreamed, HEIGHT, WIDTH)?;
+    log.line(dreams_line(&dreams));
 
     log.line("4. task B, four ways: fine-tuning, GD, simGD, AGD");
     let mut learnt = Vec::new();
     for m in methods() {
         log.line(format!("  {}", m.label));
         let logs = plan.out.join(&m.name);
-        let dreams = m.distills().then_some(dreamed.as_path());
-        engine.learn(&m, TASK_B, &base, dreams, &logs)?;
+        let old_images = m.distills().then_some(dreamed.as_path());
+        engine.learn(&m, TASK_B, &base, old_images, &logs)?;
         learnt.push((m.name, logs));
     }
 
@@ -383,37 +412,34 @@ pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
         }),
     );
     log.line(table.to_string());
-    let finetune = rows
-        .iter()
-        .find(|r| r.method == "finetune")
-        .map(|r| r.old_map);
-    if let Some(ft) = finetune {
-        for r in rows
-            .iter()
-            .filter(|r| !matches!(r.method.as_str(), "base" | "finetune"))
-        {
-            log.line(format!(
-                "  {}: task A mAP {:+.1} points against fine-tuning",
-                label(&r.method),
-                100.0 * (r.old_map - ft)
-            ));
-        }
-    }
-
-    let results = Results {
-        rows: rows.clone(),
+    let results = DemoResults {
+        rows,
+        dreams,
         wall_seconds: seconds,
         quick: plan.quick,
     };
+    for m in ["gd", "simgd", "agd"] {
+        if let Some(margin) = results.margin(m) {
+            log.line(format!(
+                "  {}: task A mAP {margin:+.1} points against fine-tuning",
+                label(m)
+            ));
+        }
+    }
     crate::io::write_atomic(
         &plan.out.join("results.json"),
         serde_json::to_string_pretty(&results)?.as_bytes(),
     )?;
     crate::io::write_atomic(
         &plan.out.join("results.md"),
-        markdown(&rows, &sizes, seconds).as_bytes(),
+        markdown(&results.rows, &dreams, &sizes, seconds).as_bytes(),
     )?;
-    crate::plot::results_chart(&rows, "A (old)", "B (new)", &plan.out.join("results.png"))?;
+    crate::plot::results_chart(
+        &results.rows,
+        "A (old)",
+        "B (new)",
+        &plan.out.join("results.png"),
+    )?;
     log.line(format!(
         "results: {0}/results.md, {0}/results.png, {0}/results.json; rank lists in \
          {0}/rank-lists; dreamed images in {0}/dreamed/{1}; curves.png in every run's \
@@ -422,5 +448,181 @@ pub fn run(plan: &DemoPlan) -> Result<Vec<ResultRow>> {
         crate::inversion::store::CONTACT_SHEET
     ));
     log.succeeded();
-    Ok(rows)
+    Ok(results)
+}
+
+/// The distillations whose margins over fine-tuning the seeds' table reports.
+const DISTILLATIONS: [&str; 3] = ["gd", "simgd", "agd"];
+
+/// One seed's line of [`SeedsSummary`].
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedResult {
+    pub seed: u64,
+    /// Fine-tuning's task A mAP (a fraction).
+    pub finetune_old_map: f64,
+    /// Task A mAP minus fine-tuning's, in points, per distillation (gd, simgd, agd).
+    pub margins: BTreeMap<String, f64>,
+    /// The dreams' identity-histogram top-1 (a fraction).
+    pub dreams_top1: f64,
+    pub wall_seconds: f64,
+}
+
+/// `seeds.json`: each seed's margins, and per distillation their mean and the seeds on
+/// which it beat fine-tuning.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedsSummary {
+    pub seeds: Vec<SeedResult>,
+    pub mean_margins: BTreeMap<String, f64>,
+    /// Seeds on which the distillation kept more of task A than fine-tuning.
+    pub above_finetune: BTreeMap<String, usize>,
+    pub wall_seconds: f64,
+}
+
+impl SeedsSummary {
+    fn new(seeds: Vec<SeedResult>, wall_seconds: f64) -> Self {
+        let per = |f: &dyn Fn(&[f64]) -> f64| {
+            DISTILLATIONS
+                .iter()
+                .map(|m| {
+                    let v: Vec<f64> = seeds.iter().map(|s| s.margins[*m]).collect();
+                    (m.to_string(), f(&v))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let mean_margins = per(&|v| v.iter().sum::<f64>() / v.len().max(1) as f64);
+        let above_finetune = per(&|v| v.iter().filter(|m| **m > 0.0).count() as f64)
+            .into_iter()
+            .map(|(m, n)| (m, n as usize))
+            .collect();
+        Self {
+            seeds,
+            mean_margins,
+            above_finetune,
+            wall_seconds,
+        }
+    }
+
+    fn rows(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut header = vec!["seed".to_string(), "fine-tuning A mAP".into()];
+        header.extend(DISTILLATIONS.iter().map(|m| format!("{} − FT", label(m))));
+        header.extend(["dreams top-1".into(), "minutes".into()]);
+        let mut rows: Vec<Vec<String>> = self
+            .seeds
+            .iter()
+            .map(|s| {
+                let mut row = vec![s.seed.to_string(), percent(s.finetune_old_map)];
+                row.extend(
+                    DISTILLATIONS
+                        .iter()
+                        .map(|m| format!("{:+.1}", s.margins[*m])),
+                );
+                row.extend([
+                    percent(s.dreams_top1),
+                    format!("{:.1}", s.wall_seconds / 60.0),
+                ]);
+                row
+            })
+            .collect();
+        let n = self.seeds.len();
+        let mut mean = vec!["mean".to_string(), String::new()];
+        mean.extend(
+            DISTILLATIONS
+                .iter()
+                .map(|m| format!("{:+.1}", self.mean_margins[*m])),
+        );
+        mean.extend([String::new(), format!("{:.1}", self.wall_seconds / 60.0)]);
+        let mut above = vec!["above FT".to_string(), String::new()];
+        above.extend(
+            DISTILLATIONS
+                .iter()
+                .map(|m| format!("{} of {n}", self.above_finetune[*m])),
+        );
+        above.extend([String::new(), String::new()]);
+        rows.extend([mean, above]);
+        (header, rows)
+    }
+
+    fn markdown(&self) -> String {
+        let (header, rows) = self.rows();
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut md =
+            String::from("# agd demo over seeds: task A mAP kept above fine-tuning, in points\n\n");
+        md.push_str(&line(&header));
+        md.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+        for r in &rows {
+            md.push_str(&line(r));
+        }
+        md.push_str(&format!(
+            "\nEach seed is a whole `agd demo` in `seed-<k>/` (its own synthetic tasks, base \
+             model and dreams). Wall time {:.1} min.\n",
+            self.wall_seconds / 60.0
+        ));
+        md
+    }
+}
+
+/// `agd demo --seeds`: the whole demo once per seed, into `plan.out/seed-<k>` (each
+/// resumable as a single demo is), then `seeds.{md,json}` in `plan.out`: the margins over
+/// fine-tuning on task A per seed, their mean and the seeds on which each distillation
+/// beat fine-tuning — what says the method works, where one seed can mislead.
+pub fn run_seeds(plan: &DemoPlan, seeds: &[u64]) -> Result<SeedsSummary> {
+    if seeds.is_empty() {
+        bail!("--seeds: no seed given");
+    }
+    let mut unique = seeds.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != seeds.len() {
+        bail!("--seeds {seeds:?}: a seed is repeated");
+    }
+    let start = Instant::now();
+    let log = Logger::open(&plan.out, true)?;
+    log.line(format!(
+        "agd demo over seeds {seeds:?} → {}",
+        plan.out.display()
+    ));
+    let mut results = Vec::new();
+    for &seed in seeds {
+        log.line(format!("seed {seed}"));
+        let one = DemoPlan {
+            out: plan.out.join(format!("seed-{seed}")),
+            seed,
+            ..plan.clone()
+        };
+        let r = run(&one).with_context(|| format!("the demo of seed {seed}"))?;
+        let margins = DISTILLATIONS
+            .iter()
+            .map(|m| {
+                let v = r
+                    .margin(m)
+                    .context("the demo reported no fine-tuning row")?;
+                Ok((m.to_string(), v))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        results.push(SeedResult {
+            seed,
+            finetune_old_map: r
+                .rows
+                .iter()
+                .find(|row| row.method == "finetune")
+                .map_or(f64::NAN, |row| row.old_map),
+            margins,
+            dreams_top1: r.dreams.dreamed.top1,
+            wall_seconds: r.wall_seconds,
+        });
+    }
+    let summary = SeedsSummary::new(results, start.elapsed().as_secs_f64());
+    let (header, rows) = summary.rows();
+    log.line(crate::report::table(header, rows).to_string());
+    crate::io::write_atomic(
+        &plan.out.join("seeds.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    crate::io::write_atomic(&plan.out.join("seeds.md"), summary.markdown().as_bytes())?;
+    log.line(format!(
+        "results: {0}/seeds.md, {0}/seeds.json; every seed's own results in {0}/seed-<k>",
+        plan.out.display()
+    ));
+    log.succeeded();
+    Ok(summary)
 }

@@ -291,6 +291,11 @@ pub struct InversionWeightsArgs {
     #[arg(long, default_value_t = WARMUP,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub warmup_iters: usize,
+    /// Roll the images by a random offset of up to this many pixels each iteration (half
+    /// as many at low resolution) before the teacher sees them. Not in the reference:
+    /// DeepInversion's own code jitters; 0 keeps the reference's method.
+    #[arg(long, default_value_t = 0)]
+    pub jitter: usize,
 }
 
 /// `agd invert` (SPEC §7).
@@ -454,6 +459,11 @@ pub struct DemoArgs {
     pub full_res_iters: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]
     pub seed: u64,
+    /// Run the whole demo once per seed (e.g. `--seeds 1,2,3,4,5`), each into
+    /// `<out>/seed-<k>`, and write `<out>/seeds.{md,json}`: task A's margins over
+    /// fine-tuning per seed, their mean, and on how many seeds each distillation won.
+    #[arg(long, value_name = "SEEDS", value_delimiter = ',', num_args = 1.., conflicts_with = "seed")]
+    pub seeds: Option<Vec<u64>>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }

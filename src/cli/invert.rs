@@ -51,6 +51,7 @@ impl InversionWeightsArgs {
             low_res_iters: self.low_res_iters,
             full_res_iters: self.full_res_iters,
             warmup_iters: self.warmup_iters,
+            jitter: self.jitter,
         }
     }
 }

@@ -125,7 +125,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::IncrementalX(args) => crate::train::run_incremental(&args.plan(true)?).map(drop),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
-        Command::Demo(args) => crate::demo::run(&args.plan()).map(drop),
+        Command::Demo(args) => match &args.seeds {
+            Some(seeds) => crate::demo::run_seeds(&args.plan(), seeds).map(drop),
+            None => crate::demo::run(&args.plan()).map(drop),
+        },
         Command::Sequence(args) => crate::sequence::run(&args.plan()).map(drop),
         Command::Plot(args) => plot::run(&args),
     }

@@ -10,6 +10,7 @@
 //! discards them every iteration.
 
 pub mod bn;
+pub mod fidelity;
 pub mod optim;
 pub mod plan;
 pub mod prior;
@@ -63,6 +64,11 @@ pub struct Stages {
     /// Short stages need a short warm-up: a 100-iteration stage with the reference's
     /// 100-iteration warm-up ends at the full rate and never settles.
     pub warmup_iters: usize,
+    /// Not in the reference (DeepInversion's own code has it): each iteration the teacher
+    /// sees the images rolled by a random offset of up to this many pixels in each
+    /// direction (half as many at low resolution), so no pixel can satisfy the teacher
+    /// at one position only. 0 (the reference) draws no offset.
+    pub jitter: usize,
 }
 
 impl Default for Stages {
@@ -73,6 +79,7 @@ impl Default for Stages {
             low_res_iters: 2000,
             full_res_iters: 1000,
             warmup_iters: WARMUP,
+            jitter: 0,
         }
     }
 }
@@ -224,12 +231,19 @@ impl<'a> Inverter<'a> {
         }
     }
 
-    /// One iteration: pool (low-res stage) and optionally flip the images, forward the
-    /// teacher in eval mode, compute the loss, back-propagate into the images only, take an
+    /// One iteration: pool (low-res stage), roll by `shift` (rows, columns) and optionally
+    /// flip the images, forward the teacher in eval mode, compute the loss, back-propagate into the images only, take an
     /// Adam step at `lr`, clamp every channel to its image range, and at full size keep the
     /// images if the loss is the lowest so far. Like the reference, the images kept are
     /// those after this iteration's update (the loss was measured before it).
-    pub fn step(&self, batch: &mut DreamBatch, stage: Stage, lr: f64, flip: bool) -> StepReport {
+    pub fn step(
+        &self,
+        batch: &mut DreamBatch,
+        stage: Stage,
+        lr: f64,
+        shift: (i64, i64),
+        flip: bool,
+    ) -> StepReport {
         let c = &self.coefficients;
         let x = match stage {
             Stage::LowRes => {
@@ -238,6 +252,11 @@ impl<'a> Inverter<'a> {
                     .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
             }
             Stage::FullRes => batch.images.shallow_clone(),
+        };
+        let x = if shift == (0, 0) {
+            x
+        } else {
+            x.roll([shift.0, shift.1], [2, 3])
         };
         let x = if flip { x.flip([3]) } else { x };
         let (out, stats) = self.teacher.forward_with_bn_stats(&x, false);
@@ -299,10 +318,22 @@ impl<'a> Inverter<'a> {
             (Stage::LowRes, stages.low_res_iters),
             (Stage::FullRes, stages.full_res_iters),
         ] {
+            // The roll's reach at this stage's resolution.
+            let reach = match stage {
+                Stage::LowRes => stages.jitter / 2,
+                Stage::FullRes => stages.jitter,
+            } as i64;
             for it in 0..iters {
                 let lr = stage_lr(stages.lr, it, iters, stages.warmup_iters);
+                // Offsets are drawn only when asked for: without jitter the stream, and
+                // so every flip, is the reference's.
+                let shift = if stages.jitter > 0 {
+                    (rng.gen_range(-reach..=reach), rng.gen_range(-reach..=reach))
+                } else {
+                    (0, 0)
+                };
                 let flip = rng.gen::<f64>() > 0.5;
-                let report = self.step(batch, stage, lr, flip);
+                let report = self.step(batch, stage, lr, shift, flip);
                 on_step(&Progress {
                     stage,
                     iteration: it,

@@ -62,6 +62,7 @@ pub fn render_dreaming(argv: &mut Argv, s: &Stages, c: &Coefficients) {
     argv.differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
         .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
         .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
+        .differs("--jitter", &s.jitter, &ds.jitter)
         .differs("--lr", &s.lr, &ds.lr)
         .differs("--r-feature", &c.r_feature, &dc.r_feature)
         .differs(

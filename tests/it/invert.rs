@@ -180,7 +180,7 @@ fn only_the_images_are_optimised_and_the_loss_is_the_spec_sum() {
         let prior = ImagePrior::of(&flipped).total(&c.prior);
         [ce * c.main_loss_multiplier, bn, prior].map(|t| scalar(&t))
     });
-    let report = inverter.step(&mut batch, Stage::FullRes, 0.1, true);
+    let report = inverter.step(&mut batch, Stage::FullRes, 0.1, (0, 0), true);
     let sum: f64 = expected.iter().sum();
     assert!(
         (report.total - sum).abs() <= 1e-5 * sum,
@@ -210,8 +210,40 @@ fn only_the_images_are_optimised_and_the_loss_is_the_spec_sum() {
     assert!(kept.equal(&batch.images.detach()));
     // Low-resolution steps never replace the kept images.
     let kept_before = kept.copy();
-    inverter.step(&mut batch, Stage::LowRes, 0.1, false);
+    inverter.step(&mut batch, Stage::LowRes, 0.1, (0, 0), false);
     assert!(batch.best().unwrap().1.equal(&kept_before));
+}
+
+#[test]
+fn jitter_rolls_what_the_teacher_sees_and_zero_keeps_the_references_step() {
+    tch::manual_seed(2);
+    let model = small_model(3);
+    let inverter = Inverter::new(&model, Coefficients::default());
+    let start = DreamBatch::new(&[0, 1, 2], H, W, Device::Cpu)
+        .images
+        .detach();
+    let targets = Tensor::from_slice(&[0i64, 1, 2]);
+    let step = |shift: (i64, i64)| {
+        let mut batch = DreamBatch::from_images(start.copy(), targets.copy());
+        let report = inverter.step(&mut batch, Stage::FullRes, 0.1, shift, false);
+        (report, batch.images.detach())
+    };
+    // The loss of a rolled step is the loss of the rolled images.
+    let rolled = start.roll([3, -2], [2, 3]);
+    let expected = tch::no_grad(|| {
+        let out = model.forward(&rolled, false);
+        scalar(&out.logits.cross_entropy_for_logits(&targets))
+    });
+    let (report, moved) = step((3, -2));
+    assert!(
+        (report.ce - expected).abs() <= 1e-5 * expected,
+        "{report:?} vs {expected}"
+    );
+    // A zero shift is the reference's step; a roll moves the images differently.
+    let (plain, unrolled) = step((0, 0));
+    assert!((plain.ce - report.ce).abs() > 1e-6);
+    assert!(!moved.equal(&unrolled));
+    assert!(step((0, 0)).1.equal(&unrolled), "a step is deterministic");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -833,4 +865,56 @@ fn a_killed_run_resumes_to_the_images_an_uninterrupted_run_writes() {
         !out.status.success() && err.contains("--resume") && err.contains("--generation-dir"),
         "{err}"
     );
+}
+
+/// A `H`×`W` image: `background` everywhere, `person` in the middle where a pedestrian
+/// stands (rows H/8.., columns W/4..3W/4), as HWC bytes.
+fn figure(person: [u8; 3], background: [u8; 3]) -> Vec<u8> {
+    let mut px = Vec::with_capacity(H * W * 3);
+    for y in 0..H {
+        for x in 0..W {
+            let inside = (H / 8..H * 15 / 16).contains(&y) && (W / 4..W * 3 / 4).contains(&x);
+            px.extend(if inside { person } else { background });
+        }
+    }
+    px
+}
+
+fn store(images: &[Vec<u8>]) -> ImageStore {
+    ImageStore::from_pixels(images.concat(), H, W)
+}
+
+#[test]
+fn the_identity_histogram_match_finds_the_clothes_not_the_background() {
+    use agd::inversion::fidelity::histogram_match;
+    // Four identities in four clothing colours, each seen by two cameras whose backgrounds
+    // are the same for every identity (as a camera's scene is).
+    let clothes = [[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]];
+    let scenes = [[90, 90, 90], [250, 250, 250]];
+    let mut real = Vec::new();
+    let mut pids = Vec::new();
+    for (pid, c) in clothes.iter().enumerate() {
+        for s in scenes {
+            real.push(figure(*c, s));
+            pids.push(pid as i64);
+        }
+    }
+    // Dreams in the right colours on a background no camera has: all found. The real
+    // images, each left out of its identity's histogram, are all found too.
+    let dreams: Vec<_> = clothes.iter().map(|c| figure(*c, [0, 0, 0])).collect();
+    let targets = [0, 1, 2, 3];
+    let r = histogram_match(&store(&real), &pids, &store(&dreams), &targets, 4);
+    assert_eq!(r.identities, 4);
+    assert_eq!(r.chance, 0.25);
+    assert_eq!((r.dreamed.top1, r.dreamed.images), (1.0, 4));
+    assert_eq!((r.real.top1, r.real.images), (1.0, 8));
+    // The same dreams labelled one identity off: none found.
+    let wrong = [1, 2, 3, 0];
+    let r = histogram_match(&store(&real), &pids, &store(&dreams), &wrong, 4);
+    assert_eq!(r.dreamed.top1, 0.0);
+    // Clothes of the background's colour everywhere (noise-like dreams that carry no
+    // identity): at most one identity can be nearest, so one of four at most is found.
+    let grey: Vec<_> = (0..4).map(|_| figure([90, 90, 90], [90, 90, 90])).collect();
+    let r = histogram_match(&store(&real), &pids, &store(&grey), &targets, 4);
+    assert!(r.dreamed.top1 <= 0.25, "{r:?}");
 }

@@ -455,6 +455,17 @@ fn demo_quick_runs_the_whole_method_and_writes_its_results() {
         }
     }
     assert!(results["wall_seconds"].as_f64().unwrap() > 0.0);
+    // Whether the dreams carry the identities: 32 dreams of 8 identities against the
+    // real images' ceiling.
+    let dreams = &results["dreams"];
+    assert_eq!(dreams["identities"], 8);
+    assert_eq!(dreams["chance"].as_f64(), Some(0.125));
+    assert_eq!(dreams["dreamed"]["images"], 32);
+    assert_eq!(dreams["real"]["images"], 48);
+    for set in ["dreamed", "real"] {
+        let top1 = dreams[set]["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{set}: {dreams}");
+    }
     // results.md: the paper-shaped table, one line per method.
     let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
     for label in ["base", "fine-tuning", "GD", "simGD", "AGD"] {
@@ -511,4 +522,98 @@ fn demo_quick_runs_the_whole_method_and_writes_its_results() {
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(stdout.contains("reusing"), "{stdout}");
     assert!(stdout.contains("all 2 epochs are done already"), "{stdout}");
+}
+
+#[test]
+fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-demo-seeds");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = agd_output(&[
+        "demo",
+        "--quick",
+        "-g",
+        "cpu",
+        "--ids",
+        "4",
+        "--base-epochs",
+        "1",
+        "--shots",
+        "1",
+        "--low-res-iters",
+        "1",
+        "--full-res-iters",
+        "1",
+        "--seeds",
+        "3,5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("seeds.json")).unwrap()).unwrap();
+    let seeds = summary["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    for (entry, seed) in seeds.iter().zip([3, 5]) {
+        assert_eq!(entry["seed"], seed);
+        // Each seed is a whole demo in its own folder, and the table is built from it.
+        let own: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("seed-{seed}/results.json"))).unwrap(),
+        )
+        .unwrap();
+        let old_map = |m: &str| {
+            own["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["method"] == m)
+                .unwrap()["old_mAP"]
+                .as_f64()
+                .unwrap()
+        };
+        for m in ["gd", "simgd", "agd"] {
+            let margin = entry["margins"][m].as_f64().unwrap();
+            assert!(
+                (margin - 100.0 * (old_map(m) - old_map("finetune"))).abs() < 1e-9,
+                "{m}"
+            );
+        }
+    }
+    for m in ["gd", "simgd", "agd"] {
+        let mean = (seeds[0]["margins"][m].as_f64().unwrap()
+            + seeds[1]["margins"][m].as_f64().unwrap())
+            / 2.0;
+        assert!((summary["mean_margins"][m].as_f64().unwrap() - mean).abs() < 1e-9);
+        let above = seeds
+            .iter()
+            .filter(|s| s["margins"][m].as_f64().unwrap() > 0.0)
+            .count();
+        assert_eq!(summary["above_finetune"][m], above);
+    }
+    let md = std::fs::read_to_string(out.join("seeds.md")).unwrap();
+    assert!(md.lines().any(|l| l.starts_with("| mean |")), "{md}");
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| above FT |") && l.contains("of 2")),
+        "{md}"
+    );
+    assert!(
+        stdout.contains("above FT"),
+        "the table is printed: {stdout}"
+    );
+    // A repeated seed is one clear error, before any work.
+    let again = agd_output(&[
+        "demo",
+        "--quick",
+        "--seeds",
+        "1,1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("repeated"));
 }

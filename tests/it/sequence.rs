@@ -81,6 +81,7 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
             low_res_iters: 3,
             full_res_iters: 4,
             warmup_iters: 1,
+            jitter: 2,
         },
     };
     let with_weights = SequencePlan {
