@@ -92,10 +92,17 @@ pub struct DemoResults {
 }
 
 impl DemoResults {
+    /// Task A mAP of `method` (a fraction).
+    pub fn old_map(&self, method: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.method == method)
+            .map(|r| r.old_map)
+    }
+
     /// Task A mAP of `method` minus fine-tuning's, in points.
     pub fn margin(&self, method: &str) -> Option<f64> {
-        let a = |m: &str| self.rows.iter().find(|r| r.method == m).map(|r| r.old_map);
-        Some(100.0 * (a(method)? - a("finetune")?))
+        Some(100.0 * (self.old_map(method)? - self.old_map("finetune")?))
     }
 }
 
@@ -418,7 +425,7 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
         wall_seconds: seconds,
         quick: plan.quick,
     };
-    for m in ["gd", "simgd", "agd"] {
+    for m in DISTILLATIONS {
         if let Some(margin) = results.margin(m) {
             log.line(format!(
                 "  {}: task A mAP {margin:+.1} points against fine-tuning",
@@ -480,19 +487,15 @@ pub struct SeedsSummary {
 
 impl SeedsSummary {
     fn new(seeds: Vec<SeedResult>, wall_seconds: f64) -> Self {
-        let per = |f: &dyn Fn(&[f64]) -> f64| {
-            DISTILLATIONS
-                .iter()
-                .map(|m| {
-                    let v: Vec<f64> = seeds.iter().map(|s| s.margins[*m]).collect();
-                    (m.to_string(), f(&v))
-                })
-                .collect::<BTreeMap<_, _>>()
-        };
-        let mean_margins = per(&|v| v.iter().sum::<f64>() / v.len().max(1) as f64);
-        let above_finetune = per(&|v| v.iter().filter(|m| **m > 0.0).count() as f64)
-            .into_iter()
-            .map(|(m, n)| (m, n as usize))
+        let margins = |m: &'static str| seeds.iter().map(move |s| s.margins[m]);
+        let n = seeds.len().max(1) as f64;
+        let mean_margins = DISTILLATIONS
+            .iter()
+            .map(|m| (m.to_string(), margins(m).sum::<f64>() / n))
+            .collect();
+        let above_finetune = DISTILLATIONS
+            .iter()
+            .map(|m| (m.to_string(), margins(m).filter(|v| *v > 0.0).count()))
             .collect();
         Self {
             seeds,
@@ -590,22 +593,14 @@ pub fn run_seeds(plan: &DemoPlan, seeds: &[u64]) -> Result<SeedsSummary> {
             ..plan.clone()
         };
         let r = run(&one).with_context(|| format!("the demo of seed {seed}"))?;
+        let missing = || format!("the demo of seed {seed} reported no fine-tuning row");
         let margins = DISTILLATIONS
             .iter()
-            .map(|m| {
-                let v = r
-                    .margin(m)
-                    .context("the demo reported no fine-tuning row")?;
-                Ok((m.to_string(), v))
-            })
+            .map(|m| Ok((m.to_string(), r.margin(m).with_context(missing)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
         results.push(SeedResult {
             seed,
-            finetune_old_map: r
-                .rows
-                .iter()
-                .find(|row| row.method == "finetune")
-                .map_or(f64::NAN, |row| row.old_map),
+            finetune_old_map: r.old_map("finetune").with_context(missing)?,
             margins,
             dreams_top1: r.dreams.dreamed.top1,
             wall_seconds: r.wall_seconds,

@@ -232,9 +232,9 @@ impl<'a> Inverter<'a> {
     }
 
     /// One iteration: pool (low-res stage), roll by `shift` (rows, columns) and optionally
-    /// flip the images, forward the teacher in eval mode, compute the loss, back-propagate into the images only, take an
-    /// Adam step at `lr`, clamp every channel to its image range, and at full size keep the
-    /// images if the loss is the lowest so far. Like the reference, the images kept are
+    /// flip the images, forward the teacher in eval mode, compute the loss, back-propagate
+    /// into the images only, take an Adam step at `lr`, clamp every channel to its image
+    /// range, and at full size keep the images if the loss is the lowest so far. Like the reference, the images kept are
     /// those after this iteration's update (the loss was measured before it).
     pub fn step(
         &self,
