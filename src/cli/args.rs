@@ -341,7 +341,8 @@ pub struct EvaluateArgs {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Datasets to evaluate; `a+b` evaluates both query sets against the union gallery.
+    /// Datasets to evaluate; `a+b` evaluates both query sets against the union gallery;
+    /// `aUb` is one dataset made of a and b (the reference's mode `U`), also inside `+`.
     #[arg(long, num_args = 1.., default_values_t = ["market".to_string(), "duke".to_string(), "msmt17".to_string()])]
     pub dataset: Vec<String>,
     #[arg(short = 'b', long, default_value_t = 128)]

@@ -16,7 +16,8 @@ pub struct EvalPlan {
     pub data_root: PathBuf,
     pub height: usize,
     pub width: usize,
-    /// Datasets; `a+b` evaluates both query sets against the union gallery.
+    /// Datasets; `a+b` evaluates both query sets against the union gallery; `aUb` is one
+    /// dataset made of a and b (all queries, one set, against both galleries).
     pub datasets: Vec<String>,
     pub batch_size: usize,
     /// Checkpoint file, logs folder, or with `recursive` a tree of them.
@@ -189,19 +190,21 @@ impl EvalPlan {
             }
             let mut parts = HashSet::new();
             for part in spec.split('+') {
-                if part.is_empty() {
-                    bad_setting!(
-                        Setting::DatasetPart,
-                        spec,
-                        "empty name in a `+` combination"
-                    );
-                }
-                if !parts.insert(part) {
-                    bad_setting!(
-                        Setting::DatasetPart,
-                        spec,
-                        "`{part}` appears twice: the union gallery would hold its gallery twice"
-                    );
+                for member in crate::eval::union::members(&self.data_root, part) {
+                    if member.is_empty() {
+                        bad_setting!(
+                            Setting::DatasetPart,
+                            spec,
+                            "empty name in a `+` or `U` combination"
+                        );
+                    }
+                    if !parts.insert(member) {
+                        bad_setting!(
+                            Setting::DatasetPart,
+                            spec,
+                            "`{member}` appears twice: the union gallery would hold its gallery twice"
+                        );
+                    }
                 }
             }
         }

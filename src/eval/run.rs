@@ -11,7 +11,7 @@ use super::metrics::{
 use super::plan::EvalPlan;
 use super::ranklist;
 use super::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
-use super::union::{union, union_records, EvalSplit, Part};
+use super::union::{self, union, union_records, EvalSplit, Group, Part};
 use crate::bad_setting;
 use crate::data::{ImageStore, ReidDataset};
 use crate::error::{AboutExt, Setting};
@@ -347,12 +347,17 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
     Ok(all)
 }
 
-/// Every dataset the plan names (each part of `a+b` once), images decoded once for all
-/// checkpoints.
+/// Every dataset the plan names (each part of `a+b`, each member of `aUb`, once), images
+/// decoded once for all checkpoints.
 fn load_datasets(args: &EvalPlan) -> Result<HashMap<String, Loaded>> {
     let (h, w) = (args.height, args.width);
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
-    for part in args.datasets.iter().flat_map(|spec| spec.split('+')) {
+    let names = args
+        .datasets
+        .iter()
+        .flat_map(|spec| spec.split('+'))
+        .flat_map(|part| union::members(&args.data_root, part));
+    for part in names {
         if loaded.contains_key(part) {
             continue;
         }
@@ -414,18 +419,25 @@ fn evaluate_checkpoint(
     let mut rows = Vec::new();
     for spec in &args.datasets {
         let parts: Vec<&str> = spec.split('+').collect();
-        let union_parts: Vec<Part> = parts
+        let groups: Vec<Group> = parts
             .iter()
             .map(|part| {
-                let (l, (q, g)) = (&loaded[*part], &features[part]);
-                Part {
-                    query: &l.dataset.query,
-                    gallery: &l.dataset.gallery,
-                    query_features: q,
-                    gallery_features: g,
-                }
+                let members: Vec<Part> = union::members(&args.data_root, part)
+                    .into_iter()
+                    .map(|name| {
+                        let (l, (q, g)) = (&loaded[name], &features[name]);
+                        Part {
+                            query: &l.dataset.query,
+                            gallery: &l.dataset.gallery,
+                            query_features: q,
+                            gallery_features: g,
+                        }
+                    })
+                    .collect();
+                Group::of(&members)
             })
             .collect();
+        let union_parts: Vec<Part> = groups.iter().map(Group::part).collect();
         let (gallery_records, query_records) = union_records(&union_parts);
         let mut part_rows = Vec::new();
         for ((part, split), query_records) in

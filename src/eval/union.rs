@@ -3,8 +3,13 @@
 //! new cameras. The parts' identity and camera labels are offset into disjoint ranges, so
 //! a person of one dataset never matches a same-numbered person of another, and the
 //! same-camera filter never removes another dataset's images.
+//!
+//! `aUb` is the reference's other union (`MixedDataset` mode `U`): one dataset made of a
+//! and b, whose query set is all their queries, scored as one set against all their
+//! galleries. It can stand alone or be a part of `+` (`aUb+c`).
 
 use crate::data::Record;
+use std::path::Path;
 use tch::Tensor;
 
 /// Features and labels of one query set against one gallery: what mAP/CMC are scored on.
@@ -23,6 +28,56 @@ pub struct Part<'a> {
     pub gallery: &'a [Record],
     pub query_features: &'a Tensor,
     pub gallery_features: &'a Tensor,
+}
+
+/// The datasets of one `+` part: `aUb` names the union of a and b. A part that is itself
+/// a dataset folder under `data_root` is never split, so a folder named `CUHK03` stays
+/// one dataset.
+pub fn members<'a>(data_root: &Path, part: &'a str) -> Vec<&'a str> {
+    if data_root.join(part).is_dir() {
+        vec![part]
+    } else {
+        part.split('U').collect()
+    }
+}
+
+/// One `+` part as one dataset, owned: a dataset's own query set and gallery, or (for
+/// `aUb`) its members' concatenated, their labels offset apart as in [`union`].
+pub struct Group {
+    pub query: Vec<Record>,
+    pub gallery: Vec<Record>,
+    pub query_features: Tensor,
+    pub gallery_features: Tensor,
+}
+
+impl Group {
+    /// The members of `aUb` merged; one member is the dataset as it is, labels unchanged.
+    pub fn of(members: &[Part]) -> Group {
+        let (gallery, queries) = union_records(members);
+        let cat = |tensors: Vec<Tensor>| Tensor::cat(&tensors, 0);
+        Group {
+            query: queries.concat(),
+            gallery,
+            query_features: cat(members
+                .iter()
+                .map(|m| m.query_features.shallow_clone())
+                .collect()),
+            gallery_features: cat(members
+                .iter()
+                .map(|m| m.gallery_features.shallow_clone())
+                .collect()),
+        }
+    }
+
+    /// The group as a part of a `+` union.
+    pub fn part(&self) -> Part<'_> {
+        Part {
+            query: &self.query,
+            gallery: &self.gallery,
+            query_features: &self.query_features,
+            gallery_features: &self.gallery_features,
+        }
+    }
 }
 
 /// (pids, cameras) of records.

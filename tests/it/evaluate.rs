@@ -151,6 +151,48 @@ fn several_datasets_and_union_galleries() {
 }
 
 #[test]
+fn a_u_b_scores_both_datasets_queries_as_one_set_against_both_galleries() {
+    let s = Setup::new();
+    let rows = s.eval(&["--dataset", "a+b", "aUb"]);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["dataset"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a (in a+b)", "b (in a+b)", "a+b (average)", "aUb"]);
+    // Each query is ranked against the same union gallery either way, so aUb's numbers
+    // are the queries' mean over both sets: a+b's parts weighted by their query counts.
+    let n = |r: &Value| r["valid_queries"].as_f64().unwrap();
+    let (na, nb, nu) = (n(&rows[0]), n(&rows[1]), n(&rows[3]));
+    assert_eq!(nu, na + nb);
+    for key in ["mAP", "rank1", "rank5"] {
+        let v = |r: &Value| r[key].as_f64().unwrap();
+        let weighted = (v(&rows[0]) * na + v(&rows[1]) * nb) / nu;
+        assert!(
+            (v(&rows[3]) - weighted).abs() < 1e-9,
+            "{key}: {} vs {weighted}",
+            v(&rows[3])
+        );
+    }
+    // A dataset folder whose name holds a `U` is one dataset, not a union.
+    let copy = s.root.join("aUz");
+    for sub in std::fs::read_dir(s.root.join("a")).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue;
+        }
+        let to = copy.join(sub.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&sub).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let rows = s.eval(&["--dataset", "a", "aUz"]);
+    assert_eq!(rows[1]["dataset"], "aUz");
+    assert_eq!(rows[0]["mAP"], rows[1]["mAP"]);
+}
+
+#[test]
 fn feature_files_round_trip_and_bad_files_are_named() {
     let s = Setup::new();
     let file = s.logs.join("a-features.safetensors");
@@ -635,6 +677,8 @@ fn a_dataset_twice_is_refused() {
     for (given, shown) in [
         (&["a+a"][..], "--dataset a+a"),
         (&["a", "a"][..], "--dataset a"),
+        (&["aUa"][..], "--dataset aUa"),
+        (&["aUb+a"][..], "--dataset aUb+a"),
     ] {
         let mut args = vec![
             "evaluate",
