@@ -116,12 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => crate::train::run_base(&args.plan()).map(drop),
         Command::Invert(args) => crate::inversion::run(&args.plan()),
-        Command::Incremental(args) => {
-            for flag in args.ignored_by_finetune() {
-                eprintln!("warning: --finetune learns from the new data alone: ignoring {flag}");
-            }
-            crate::train::run_incremental(&args.plan(false)?).map(drop)
-        }
+        Command::Incremental(args) => crate::train::run_incremental(&args.plan(false)?).map(drop),
         Command::IncrementalX(args) => crate::train::run_incremental(&args.plan(true)?).map(drop),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),

@@ -154,6 +154,11 @@ impl IncrementalArgs {
             previous: self.previous.clone(),
             learning,
             old_dataset: self.old_dataset.clone(),
+            warnings: self
+                .ignored_by_finetune()
+                .into_iter()
+                .map(|flag| format!("--finetune learns from the new data alone: ignoring {flag}"))
+                .collect(),
         })
     }
 }

@@ -253,6 +253,7 @@ impl<'a> Engine<'a> {
             previous: previous.to_path_buf(),
             learning,
             old_dataset: None,
+            warnings: Vec::new(),
         };
         self.announce(&plan.argv());
         crate::train::run_incremental(&plan)?;

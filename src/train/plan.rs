@@ -268,6 +268,9 @@ pub struct IncrementalPlan {
     pub learning: Learning,
     /// Also evaluate on the old task's dataset.
     pub old_dataset: Option<String>,
+    /// What the plan's maker dropped (flags `--finetune` does not use): printed and kept
+    /// in the run's `log.txt`, where a reader of the run looks for why a flag had no effect.
+    pub warnings: Vec<String>,
 }
 
 /// Defaults of the reference's `main_incremental.py` for these paths.

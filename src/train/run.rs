@@ -321,6 +321,9 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
     let (device, log, seed) = start(r, &argv)?;
+    for warning in &plan.warnings {
+        log.line(format!("warning: {warning}"));
+    }
     log.line(describe(&dataset, device));
     let load_old = || -> Result<ReidModel> {
         let mut m = ReidModel::new(old_config, device)?;

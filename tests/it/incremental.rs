@@ -510,12 +510,26 @@ fn incremental_runs_end_to_end_and_reports_both_tasks() {
     ));
     assert_bias_trained(&old_bias, &x_logs);
     let ft_logs = w.root.join("../logs-ft");
-    run_ok(&cli_args(
+    let out = run_ok(&cli_args(
         w,
         "incremental",
         &ft_logs,
-        &["--finetune", "--epochs", "1"],
+        &[
+            "--finetune",
+            "--epochs",
+            "1",
+            "--algo-config",
+            "unused.yaml",
+        ],
     ));
+    // The flag fine-tuning drops is named on the terminal and in the run's log.
+    let ft_log = std::fs::read_to_string(ft_logs.join("log.txt")).unwrap();
+    for text in [&out, &ft_log] {
+        assert!(
+            text.contains("ignoring --algo-config unused.yaml"),
+            "{text}"
+        );
+    }
     // co_distillation.yaml: its `distillation` section (sim-res × 4) alone, as the reference
     // trains it, and the log says the other section is not used.
     let co_logs = w.root.join("../logs-co");

@@ -132,6 +132,7 @@ fn every_plan_renders_a_command_line_that_parses_back_to_it() {
                     previous: "logs/base".into(),
                     learning: learning.clone(),
                     old_dataset: Some("task-a".into()),
+                    warnings: Vec::new(),
                 };
                 let line = plan.argv().command_line();
                 match plan_of(&line) {
