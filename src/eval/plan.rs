@@ -113,6 +113,25 @@ pub fn query_set_name(spec: &str, part: &str) -> String {
 }
 
 impl EvalPlan {
+    /// The plan of one checkpoint among several (`recursive`): its feature files and rank
+    /// lists are named after the checkpoint (its path under `ckpt`, `/` as `_`, without
+    /// the extension), so one checkpoint's outputs never overwrite another's:
+    /// `f-logs_a_checkpoint-epoch1.safetensors`, `<rank_list>/logs_a_checkpoint-epoch1/a`.
+    pub fn for_one_of_several(&self, checkpoint: &Path) -> EvalPlan {
+        let relative = checkpoint.strip_prefix(&self.ckpt).unwrap_or(checkpoint);
+        let mut id = relative.to_string_lossy().replace(['/', '\\'], "_");
+        for ext in [".safetensors", ".pth.tar", ".pdparams"] {
+            if let Some(stem) = id.strip_suffix(ext) {
+                id = stem.to_string();
+            }
+        }
+        EvalPlan {
+            save_features: self.save_features.as_ref().map(|f| suffixed(f, &id)),
+            rank_list: self.rank_list.as_ref().map(|dir| dir.join(&id)),
+            ..self.clone()
+        }
+    }
+
     /// Where the features of `part`'s queries within `spec` go: `save_features` itself
     /// when one dataset is evaluated alone; otherwise the query set's name
     /// ([`query_set_name`]) is appended to the file's stem (`f-a.safetensors`,
@@ -122,13 +141,7 @@ impl EvalPlan {
         if self.datasets.len() == 1 && !spec.contains('+') {
             return Some(base.clone());
         }
-        let stem = base.file_stem().unwrap_or_default().to_string_lossy();
-        let ext = base
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
-        let name = query_set_name(spec, part);
-        Some(base.with_file_name(format!("{stem}-{name}{ext}")))
+        Some(suffixed(base, &query_set_name(spec, part)))
     }
 
     /// The folder of the rank-list pictures of `part`'s queries within `spec`:
@@ -229,6 +242,16 @@ impl EvalPlan {
         }
         Ok(())
     }
+}
+
+/// `file` with `-suffix` appended to its stem: `f.safetensors` → `f-a.safetensors`.
+fn suffixed(file: &Path, suffix: &str) -> PathBuf {
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = file
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    file.with_file_name(format!("{stem}-{suffix}{ext}"))
 }
 
 /// A feature file can be written at `path` (derived from the `base` the plan names):

@@ -330,7 +330,14 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
     let mut all = Vec::new();
     let mut failed = Vec::new();
     for ck_path in &ckpts {
-        match evaluate_checkpoint(args, ck_path, &loaded, device) {
+        let own;
+        let plan = if ckpts.len() > 1 {
+            own = args.for_one_of_several(ck_path);
+            &own
+        } else {
+            args
+        };
+        match evaluate_checkpoint(plan, ck_path, &loaded, device) {
             Ok(rows) => all.extend(rows),
             Err(e) if ckpts.len() == 1 => return Err(e),
             Err(e) => failed.push((ck_path.clone(), e)),

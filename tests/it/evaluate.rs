@@ -230,6 +230,7 @@ fn feature_files_round_trip_and_bad_files_are_named() {
 fn rank_lists_eval_txt_and_recursive_checkpoints() {
     let s = Setup::new();
     let pictures = s.logs.join("ranks");
+    let features = s.logs.join("f.safetensors");
     let rows = s.eval(&[
         "--dataset",
         "a",
@@ -237,22 +238,37 @@ fn rank_lists_eval_txt_and_recursive_checkpoints() {
         Setup::s(&pictures),
         "--rank-list-n",
         "3",
+        "--save-features",
+        Setup::s(&features),
         "-o",
         "--recursive",
     ]);
-    // --recursive finds checkpoint.safetensors and checkpoint-epoch1.safetensors.
+    // --recursive finds checkpoint.safetensors and checkpoint-epoch1.safetensors; each
+    // one's pictures and features are its own, none overwrites the other's.
     assert_eq!(rows.len(), 2);
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(pictures.join("a"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    pngs.sort();
-    assert_eq!(pngs.len(), 3);
     let (w, h) = agd::eval::ranklist::picture_size(10);
-    for p in &pngs {
-        let img = image::open(p).unwrap();
-        assert_eq!((img.width(), img.height()), (w, h), "{}", p.display());
+    for (id, row) in [("checkpoint", 0), ("checkpoint-epoch1", 1)] {
+        let mut pngs: Vec<PathBuf> = std::fs::read_dir(pictures.join(id).join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        pngs.sort();
+        assert_eq!(pngs.len(), 3, "{id}");
+        for p in &pngs {
+            let img = image::open(p).unwrap();
+            assert_eq!((img.width(), img.height()), (w, h), "{}", p.display());
+        }
+        let file = s.logs.join(format!("f-{id}.safetensors"));
+        let scored = rows_of_features(&file);
+        let ck = rows.iter().find(|r| {
+            r["checkpoint"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{id}.safetensors"))
+        });
+        assert_eq!(scored[0]["mAP"], ck.unwrap()["mAP"], "{id} (row {row})");
     }
+    assert!(!features.exists() && !pictures.join("a").exists());
     let eval_txt = std::fs::read_to_string(s.logs.join("eval.txt")).unwrap();
     assert_eq!(eval_txt.matches("Epoch: 1").count(), 2, "{eval_txt}");
     assert!(eval_txt.contains("mAP:") && eval_txt.contains("CMC-1"));
