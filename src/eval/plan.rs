@@ -120,7 +120,7 @@ impl EvalPlan {
     pub fn for_one_of_several(&self, checkpoint: &Path) -> EvalPlan {
         let relative = checkpoint.strip_prefix(&self.ckpt).unwrap_or(checkpoint);
         let mut id = relative.to_string_lossy().replace(['/', '\\'], "_");
-        for ext in [".safetensors", ".pth.tar", ".pdparams"] {
+        for ext in crate::model::checkpoint::CHECKPOINT_EXTENSIONS {
             if let Some(stem) = id.strip_suffix(ext) {
                 id = stem.to_string();
             }

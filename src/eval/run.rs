@@ -170,7 +170,7 @@ fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
             if path.is_dir() {
                 stack.push(path);
             } else if name.starts_with("checkpoint")
-                && [".safetensors", ".pth.tar", ".pdparams"]
+                && crate::model::checkpoint::CHECKPOINT_EXTENSIONS
                     .iter()
                     .any(|x| name.ends_with(x))
             {
@@ -330,14 +330,8 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
     let mut all = Vec::new();
     let mut failed = Vec::new();
     for ck_path in &ckpts {
-        let own;
-        let plan = if ckpts.len() > 1 {
-            own = args.for_one_of_several(ck_path);
-            &own
-        } else {
-            args
-        };
-        match evaluate_checkpoint(plan, ck_path, &loaded, device) {
+        let own = (ckpts.len() > 1).then(|| args.for_one_of_several(ck_path));
+        match evaluate_checkpoint(own.as_ref().unwrap_or(args), ck_path, &loaded, device) {
             Ok(rows) => all.extend(rows),
             Err(e) if ckpts.len() == 1 => return Err(e),
             Err(e) => failed.push((ck_path.clone(), e)),

@@ -494,6 +494,11 @@ const TORCHVISION_FILES: [(Depth, &str); 2] = [
     (Depth::R50, "resnet50-19c8e357.pth"),
     (Depth::R34, "resnet34-333f7ec4.pth"),
 ];
+/// The endings of the checkpoint files agd reads and writes (safetensors, the
+/// reference's `.pth.tar`, the Paddle reproduction's `.pdparams`): what `--recursive`
+/// looks for after `checkpoint`.
+pub const CHECKPOINT_EXTENSIONS: [&str; 3] = [".safetensors", ".pth.tar", ".pdparams"];
+
 /// The extensions [`Pretrained::Found`] takes in [`BACKBONE_WEIGHTS`]; `.pdparams` is how the
 /// Paddle reproduction keeps the same weights (`resnet50-19c8e357.pdparams`).
 const WEIGHT_EXTENSIONS: [&str; 4] = [".safetensors", ".pth", ".pt", ".pdparams"];
