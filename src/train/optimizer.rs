@@ -28,9 +28,9 @@ pub const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
 pub const ADAM_EPS: f64 = 1e-8;
 
 /// One torch.optim.Adam step (no weight decay, no amsgrad) on `param` and its moments
-/// `(m, v)`, in place, at step count `step` (1 first), in torch's order of operations:
-/// DeepInversion's image optimiser (`inversion::optim`). Training's Adam computes the same
-/// rule rounded its own way (see [`Optimizer::step`]).
+/// `(m, v)`, in place, at step count `step` (1 first), in torch's order of operations, so
+/// that both of agd's Adams round as `torch.optim.Adam` does: training's
+/// ([`Optimizer::step`]) and DeepInversion's image optimiser (`inversion::optim`).
 /// param ← param − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε).
 pub fn adam_update(
     param: &Tensor,
@@ -134,20 +134,9 @@ impl Optimizer {
                         let _ = s.param.g_add_(&(update * -lr));
                     }
                     OptimizerKind::Adam => {
-                        // Not `adam_update`: the same rule, but rounded as agd has always
-                        // trained. Switching it to torch's op order (lerp_, addcmul_)
-                        // changed the demo's seed-1 table on this CPU from +7.0/+4.4/+7.7
-                        // mAP points over fine-tuning to +0.5/+0.9/−0.8: the demo's margins
-                        // are that sensitive (issue 18), so the switch waits for its retune.
-                        let (b1, b2) = ADAM_BETAS;
                         let m = s.first.get_or_insert_with(|| grad.zeros_like());
-                        let _ = m.g_mul_scalar_(b1).g_add_(&(&grad * (1.0 - b1)));
                         let v = s.second.get_or_insert_with(|| grad.zeros_like());
-                        let _ = v.g_mul_scalar_(b2).g_add_(&(&grad * &grad * (1.0 - b2)));
-                        let bc1 = 1.0 - b1.powi(steps as i32);
-                        let bc2 = 1.0 - b2.powi(steps as i32);
-                        let denom = v.sqrt() / bc2.sqrt() + ADAM_EPS;
-                        let _ = s.param.g_add_(&(&*m / denom * (-lr / bc1)));
+                        adam_update(&s.param, &grad, (m, v), steps, lr, ADAM_BETAS, ADAM_EPS);
                     }
                 }
             }

@@ -356,3 +356,63 @@ fn training_without_imagenet_weights_is_an_error_unless_asked_for() {
     let log = std::fs::read_to_string(logs.join("log.txt")).unwrap();
     assert!(log.contains("random initialisation"), "{log}");
 }
+
+#[test]
+fn training_adam_follows_torch_optim_adam_in_every_group() {
+    use agd::model::params::Group;
+    use agd::train::optimizer::{Optimizer, OptimizerKind, ADAM_BETAS, ADAM_EPS};
+    use tch::{Kind, Tensor};
+    tch::manual_seed(3);
+    let model = ReidModel::new(small_config(5), Device::Cpu).unwrap();
+    let params: Vec<(f64, Tensor)> = Group::ALL
+        .iter()
+        .flat_map(|&g| {
+            let mult = g.lr_mult();
+            model
+                .params
+                .trainable(g)
+                .map(move |e| (mult, e.tensor.shallow_clone()))
+        })
+        .collect();
+    let start: Vec<Tensor> = params
+        .iter()
+        .map(|(_, p)| p.detach().to_kind(Kind::Double))
+        .collect();
+    let mut opt = Optimizer::new(&model, OptimizerKind::Adam);
+    let lrs = [3e-4, 1e-4];
+    let mut grads = Vec::new();
+    for lr in lrs {
+        opt.zero_grad();
+        opt.set_lr(lr);
+        // loss = Σ ⟨p, w⟩: each parameter's gradient is its own random w.
+        let ws: Vec<Tensor> = params.iter().map(|(_, p)| p.randn_like()).collect();
+        let loss = params
+            .iter()
+            .zip(&ws)
+            .map(|((_, p), w)| (p * w).sum(Kind::Float))
+            .fold(Tensor::from(0f32), |a, b| a + b);
+        loss.backward();
+        opt.step();
+        grads.push(ws);
+    }
+    assert_eq!(opt.steps(), 2);
+    // torch.optim.Adam's rule in float64, each group at the base rate × its multiplier.
+    let (b1, b2) = ADAM_BETAS;
+    for (i, ((mult, p), x0)) in params.iter().zip(&start).enumerate() {
+        let (mut x, mut m, mut v) = (x0.copy(), x0.zeros_like(), x0.zeros_like());
+        for (t, lr) in lrs.iter().enumerate() {
+            let g = grads[t][i].to_kind(Kind::Double);
+            m = &m * b1 + &g * (1.0 - b1);
+            v = &v * b2 + &g * &g * (1.0 - b2);
+            let t = t as i32 + 1;
+            let denom = (&v / (1.0 - b2.powi(t))).sqrt() + ADAM_EPS;
+            x = x - &m / denom * (lr * mult / (1.0 - b1.powi(t)));
+        }
+        let err = (p.to_kind(Kind::Double) - &x).abs().max().double_value(&[]);
+        let scale = 1.0 + x.abs().max().double_value(&[]);
+        assert!(err < 1e-6 * scale, "parameter {i}: off by {err}");
+        // The update moved every parameter (Adam's first steps are ≈ lr per element).
+        let moved = (p.to_kind(Kind::Double) - x0).abs().max().double_value(&[]);
+        assert!(moved > 1e-5, "parameter {i} did not move");
+    }
+}
