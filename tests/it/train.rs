@@ -406,7 +406,7 @@ fn training_adam_follows_torch_optim_adam_in_every_group() {
             v = &v * b2 + &g * &g * (1.0 - b2);
             let t = t as i32 + 1;
             let denom = (&v / (1.0 - b2.powi(t))).sqrt() + ADAM_EPS;
-            x = x - &m / denom * (lr * mult / (1.0 - b1.powi(t)));
+            x -= &m / denom * (lr * mult / (1.0 - b1.powi(t)));
         }
         let err = (p.to_kind(Kind::Double) - &x).abs().max().double_value(&[]);
         let scale = 1.0 + x.abs().max().double_value(&[]);
