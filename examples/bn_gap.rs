@@ -58,7 +58,7 @@ fn gap(
     (first / n as f64, all / n as f64, correct / images, n)
 }
 
-fn main() -> Result<()> {
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: bn_gap TEACHER DATA_ROOT DATASET DREAMED_DIR [BS HEIGHT WIDTH]";
     if args.len() < 4 {
@@ -70,6 +70,9 @@ fn main() -> Result<()> {
         })
     };
     let (bs, h, w) = (num(4, 40)?, num(5, 64)?, num(6, 32)?);
+    if bs == 0 {
+        bail!("{usage}: BS must be at least 1");
+    }
     let ck = Checkpoint::load(&checkpoint::resolve(
         &PathBuf::from(&args[0]),
         Setting::Teacher,
@@ -93,6 +96,11 @@ fn main() -> Result<()> {
     };
     let pids =
         |records: &[agd::data::dataset::Record]| records.iter().map(|r| r.pid).collect::<Vec<_>>();
+    for (what, n) in [("real training", real.len()), ("dreamed", dreams.len())] {
+        if n < bs {
+            bail!("{n} {what} images: fewer than one batch of BS = {bs}; give a smaller BS");
+        }
+    }
     println!("images   batches  first BN layer  all layers (×10 first)  teacher top-1");
     for (name, store, labels) in [
         ("real", &real, pids(&data.train)),
@@ -105,4 +113,15 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line naming what is wrong, as `agd` reports errors (no backtrace).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-fn main() -> Result<()> {
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: dream_fidelity DATA_ROOT DATASET DREAMED_DIR [HEIGHT WIDTH]";
     let [root, dataset, dreamed] = [0, 1, 2].map(|i| args.get(i).cloned());
@@ -28,4 +28,15 @@ fn main() -> Result<()> {
     )?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// One line naming what is wrong, as `agd` reports errors (no backtrace).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
