@@ -5,6 +5,7 @@
 use crate::data::synth::Style;
 pub use crate::eval::features::OutputFeature;
 use crate::inversion::optim::WARMUP;
+use crate::inversion::store::DreamFormat;
 pub use crate::model::{Depth, Pooling};
 pub use crate::train::optimizer::OptimizerKind;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
@@ -32,6 +33,13 @@ pub fn flag_value<T: FlagValue>() -> impl TypedValueParser<Value = T> {
             .map(|(v, _, _)| *v)
             .expect("PossibleValuesParser accepts only listed names")
     })
+}
+
+impl FlagValue for DreamFormat {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
+        (DreamFormat::Jpeg, DreamFormat::Jpeg.name(), &["jpeg"]),
+        (DreamFormat::Png, DreamFormat::Png.name(), &[]),
+    ];
 }
 
 impl FlagValue for Depth {
@@ -296,6 +304,11 @@ pub struct InversionWeightsArgs {
     /// DeepInversion's own code jitters; 0 keeps the reference's method.
     #[arg(long, default_value_t = 0)]
     pub jitter: usize,
+    /// How dreamed images are saved: `jpg`, the reference's (PIL's defaults: quality 75,
+    /// 4:2:0), or `png`, lossless. Not in the reference: a short inversion's dreams lose
+    /// most of what the teacher sees in them to 4:2:0 JPEG.
+    #[arg(long, value_parser = flag_value::<DreamFormat>(), default_value = "jpg")]
+    pub dream_format: DreamFormat,
 }
 
 /// `agd invert` (SPEC §7).

@@ -27,6 +27,7 @@ impl InvertArgs {
             stages: self.weights.stages(),
             height: self.height,
             width: self.width,
+            format: self.weights.dream_format,
         }
     }
 }

@@ -140,6 +140,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Dataset | DatasetPart => "--dataset",
         Datasets => "--datasets",
         Depth => "--depth",
+        DreamFormat => "--dream-format",
         Embedding => "--embedding",
         Epochs => "--epochs",
         EpochsDecay => "--epochs-decay",

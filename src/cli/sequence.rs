@@ -37,6 +37,7 @@ impl SequenceArgs {
             iters: d.iters,
             coefficients: d.weights.coefficients(),
             stages: d.weights.stages(),
+            dream_format: d.weights.dream_format,
         }
     }
 }

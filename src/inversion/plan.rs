@@ -1,5 +1,6 @@
 //! The plan of `agd invert` (SPEC §7), defaulted as the reference's `main_inversion.py`.
 
+use super::store::DreamFormat;
 use super::{Coefficients, Stages};
 use crate::bad_setting;
 use crate::error::Setting;
@@ -30,6 +31,8 @@ pub struct InvertPlan {
     pub stages: Stages,
     pub height: usize,
     pub width: usize,
+    /// How the kept images are written (the reference: JPEG).
+    pub format: DreamFormat,
 }
 
 pub const DEFAULT_GENERATION_DIR: &str = "generations";
@@ -51,6 +54,7 @@ impl Default for InvertPlan {
             stages: Stages::default(),
             height: 256,
             width: 128,
+            format: DreamFormat::Jpeg,
         }
     }
 }
@@ -154,7 +158,8 @@ impl InvertPlan {
             .differs("--iters", &self.iters, &d.iters);
         render_dreaming(&mut argv, &self.stages, &self.coefficients);
         argv.differs("--height", &self.height, &d.height)
-            .differs("--width", &self.width, &d.width);
+            .differs("--width", &self.width, &d.width)
+            .differs("--dream-format", &self.format, &d.format);
         crate::train::plan::render_model(&mut argv, &self.model);
         argv
     }

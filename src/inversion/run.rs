@@ -10,7 +10,7 @@
 //! never repeats one.
 
 use super::plan::InvertPlan;
-use super::store::{batches_in, contact_sheet, recover, Bags, CONTACT_SHEET};
+use super::store::{batches_in, contact_sheet, other_format_in, recover, Bags, CONTACT_SHEET};
 use super::{denormalize, DreamBatch, Inverter, Progress};
 use crate::bad_setting;
 use crate::data::rng::{stream, tag};
@@ -107,6 +107,19 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let mut bags = Bags::new(classes, args.shots);
     match &args.resume {
         Some(from) => {
+            if let Some(name) = other_format_in(from, args.format)
+                .about_value(Setting::InversionResume, from.display())?
+            {
+                return Err(BadSetting::new(
+                    Setting::DreamFormat,
+                    args.format,
+                    format!(
+                        "{} holds {name}, dreamed in another format: complete it in the format it was started with",
+                        from.display()
+                    ),
+                )
+                .into());
+            }
             let n = bags
                 .count_existing(from)
                 .about_value(Setting::InversionResume, from.display())?;
@@ -189,7 +202,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         pb.finish_and_clear();
         let accuracy = inverter.accuracy(&kept, &batch.targets);
         let best = batch.best().map_or(f64::NAN, |(l, _)| l);
-        let paths = bags.save(dir, b, &targets, &denormalize(&kept))?;
+        let paths = bags.save(dir, b, &targets, &denormalize(&kept), args.format)?;
         written += paths.len();
         batches += 1;
         log.line(format!(

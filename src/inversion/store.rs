@@ -1,5 +1,6 @@
 //! The generation folder's bookkeeping (SPEC §7): which identities still need images, the
 //! targets of the next batch, and the dreamed images on disk as `<pid>_b<batch>_<slot>.jpg`
+//! (`.png` with `--dream-format png`)
 //! — the `<pid>_<unique>.jpg` names `--inversion-dir` reads back
 //! ([`crate::data::dataset::parse_dreamed_name`]), with the batch number in them so that a
 //! resumed run continues the numbering (and the random streams keyed by it).
@@ -14,6 +15,50 @@ use tch::{Kind, Tensor};
 
 /// JPEG quality of the saved images: PIL's default, which the reference saves with.
 pub const JPEG_QUALITY: u8 = 75;
+
+/// How dreamed images are written to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DreamFormat {
+    /// The reference's: PIL's JPEG defaults ([`encode_jpeg_like_pil`]).
+    #[default]
+    Jpeg,
+    /// Not in the reference: lossless PNG, the 8-bit pixels the inversion kept. Short
+    /// inversions dream fine-grained colour noise that the teacher reads as the identity;
+    /// 4:2:0 JPEG averages the chroma of every 2×2 block and quantises the rest, and the
+    /// teacher no longer recognises what is left (README, issue 18).
+    Png,
+}
+
+impl DreamFormat {
+    /// The flag's value and the files' extension.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DreamFormat::Jpeg => "jpg",
+            DreamFormat::Png => "png",
+        }
+    }
+
+    /// `pixels` (h×w×3 RGB bytes) encoded as a file of this format.
+    pub fn encode(self, pixels: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+        match self {
+            DreamFormat::Jpeg => encode_jpeg_like_pil(pixels, width, height),
+            DreamFormat::Png => {
+                let img = image::RgbImage::from_raw(width, height, pixels.to_vec())
+                    .context("dreamed image: pixel buffer does not match its size")?;
+                let mut png = Vec::new();
+                img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                    .context("cannot encode a dreamed image as PNG")?;
+                Ok(png)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DreamFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// `pixels` (h×w×3 RGB bytes) as the reference's `PIL.Image.save(path)` encodes them with
 /// its defaults (SPEC §7): baseline libjpeg at quality 75 — Annex K tables scaled by
@@ -132,6 +177,8 @@ impl Bags {
     /// complete (duplicates in a batch drawn with replacement) are dropped. `images`:
     /// N×3×H×W in [0, 1]. Returns the paths written.
     ///
+    /// The images are encoded as `format` says (the reference: [`DreamFormat::Jpeg`]).
+    ///
     /// The batch lands whole or not at all, so a run killed at any moment leaves a folder
     /// whose batches are all complete: the images go to the [`PENDING`] journal, which is
     /// renamed to [`COMMITTED`] in one step once all are written, and only then moved into
@@ -142,19 +189,22 @@ impl Bags {
         batch: u64,
         targets: &[i64],
         images: &Tensor,
+        format: DreamFormat,
     ) -> Result<Vec<PathBuf>> {
         let bytes = to_hwc_bytes(images);
         let (h, w) = (images.size()[2] as u32, images.size()[3] as u32);
         let size = (h * w * 3) as usize;
         let mut after = self.clone();
-        let mut jpegs = Vec::new();
+        let mut files = Vec::new();
         for (slot, &pid) in targets.iter().enumerate() {
             if !after.have.contains_key(&pid) {
                 continue;
             }
             let pixels = &bytes[slot * size..(slot + 1) * size];
-            let jpeg = encode_jpeg_like_pil(pixels, w, h)?;
-            jpegs.push((image_name(pid, batch, slot), jpeg));
+            files.push((
+                image_name(pid, batch, slot, format),
+                format.encode(pixels, w, h)?,
+            ));
             after.add(pid, 1);
         }
         let pending = dir.join(PENDING);
@@ -163,24 +213,24 @@ impl Bags {
                 .with_context(|| format!("cannot remove {}", pending.display()))?;
         }
         crate::io::create_dir(&pending)?;
-        for (name, jpeg) in &jpegs {
-            crate::io::write_atomic(&pending.join(name), jpeg)?;
+        for (name, bytes) in &files {
+            crate::io::write_atomic(&pending.join(name), bytes)?;
         }
         let committed = dir.join(COMMITTED);
         std::fs::rename(&pending, &committed)
             .with_context(|| format!("cannot move {} into place", committed.display()))?;
         publish(dir)?;
         *self = after;
-        Ok(jpegs.into_iter().map(|(name, _)| dir.join(name)).collect())
+        Ok(files.into_iter().map(|(name, _)| dir.join(name)).collect())
     }
 }
 
 /// The file name of the image dreamed in slot `slot` of batch `batch`:
-/// `<pid>_b<batch>_<slot>.jpg`, zero-padded so that sorted order is batch order. Unique
+/// `<pid>_b<batch>_<slot>.jpg` (`.png` for [`DreamFormat::Png`]), zero-padded so that sorted order is batch order. Unique
 /// by construction (a run numbers its batches after those in the folder), and the
 /// folder's batch count can be read back from the names ([`batches_in`]).
-pub fn image_name(pid: i64, batch: u64, slot: usize) -> String {
-    format!("{pid}_b{batch:05}_{slot:03}.jpg")
+pub fn image_name(pid: i64, batch: u64, slot: usize, format: DreamFormat) -> String {
+    format!("{pid}_b{batch:05}_{slot:03}.{format}")
 }
 
 /// The batch number in an [`image_name`], if the name has that shape (images from other
@@ -191,6 +241,28 @@ fn batch_of(name: &str) -> Option<u64> {
     (!batch.is_empty() && batch.bytes().all(|b| b.is_ascii_digit()))
         .then(|| batch.parse().ok())
         .flatten()
+}
+
+/// An image in `dir` written in another format than `format` (a folder being completed
+/// keeps one format, so its files stay one set of dreams), if any.
+pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<String>> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
+        if path.is_file() && is_image(&path) && parse_dreamed_name(&path).is_ok() {
+            let ext = path.extension().unwrap_or_default().to_string_lossy();
+            if !ext.eq_ignore_ascii_case(format.name()) {
+                return Ok(Some(
+                    path.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                ));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The highest batch number among the images in `dir` (0 when none): the batches a run

@@ -29,6 +29,7 @@ use crate::data::ReidDataset;
 use crate::error::{BadSetting, Setting};
 use crate::eval::EvalPlan;
 use crate::inversion::plan::render_dreaming;
+use crate::inversion::store::DreamFormat;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::model::checkpoint::{Pretrained, LATEST};
 use crate::model::ModelChoice;
@@ -85,6 +86,8 @@ pub struct SequencePlan {
     pub iters: usize,
     pub coefficients: Coefficients,
     pub stages: Stages,
+    /// How dreamed images are written (the reference: JPEG).
+    pub dream_format: DreamFormat,
 }
 
 pub const DEFAULT_LOGS_DIR: &str = "logs/sequence";
@@ -126,6 +129,7 @@ impl Default for SequencePlan {
             iters: inv.iters,
             coefficients: inv.coefficients,
             stages: inv.stages,
+            dream_format: inv.format,
         }
     }
 }
@@ -184,6 +188,7 @@ impl SequencePlan {
             stages: self.stages,
             height: self.height,
             width: self.width,
+            format: self.dream_format,
             ..InvertPlan::default()
         };
         let eval = EvalPlan {
@@ -259,6 +264,7 @@ impl SequencePlan {
             .differs("--shots", &self.shots, &d.shots)
             .differs("--iters", &self.iters, &d.iters);
         render_dreaming(&mut argv, &self.stages, &self.coefficients);
+        argv.differs("--dream-format", &self.dream_format, &d.dream_format);
         argv
     }
 

@@ -7,6 +7,7 @@ use agd::data::{Dreamed, ImageStore, TestLoader};
 use agd::inversion::bn::bn_statistics_loss;
 use agd::inversion::optim::{stage_lr, Adam, BETAS, EPS};
 use agd::inversion::prior::{ImagePrior, PriorWeights};
+use agd::inversion::store::DreamFormat;
 use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage};
 use agd::model::checkpoint::Checkpoint;
 use agd::model::{BnStat, Depth, ModelConfig, Pooling, ReidModel};
@@ -650,7 +651,9 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
     // A dreamed image written as `agd invert` writes it.
     let tmp = tempfile::tempdir().unwrap();
     let mut bags = agd::inversion::store::Bags::new(1, 1);
-    let written = bags.save(tmp.path(), 1, &[0], &images).unwrap();
+    let written = bags
+        .save(tmp.path(), 1, &[0], &images, DreamFormat::Jpeg)
+        .unwrap();
     let ours = std::fs::read(&written[0]).unwrap();
 
     // 4:2:0: luma sampled 2×2, both chroma components 1×1; the same q75 tables as PIL's.
@@ -684,6 +687,72 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
     assert!(
         to_pil <= 1.0,
         "agd's JPEG decodes {to_pil:.3} grey levels from PIL's"
+    );
+}
+
+#[test]
+fn dream_format_png_keeps_the_kept_pixels_exactly_and_reads_back_as_dreams() {
+    // The pixels of the JPEG test, dreamed into a PNG: decoded, they are the reference's
+    // truncated bytes, with no encoding loss.
+    let raw = std::fs::read(super::util::fixture_dir().join("pil_jpeg.rgb")).unwrap();
+    let (h, w) = (56i64, 40i64);
+    let images = ((Tensor::from_slice(&raw).to_kind(Kind::Float) + 0.9) / 255.0)
+        .clamp_max(1.0)
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bags = agd::inversion::store::Bags::new(1, 1);
+    let written = bags
+        .save(tmp.path(), 7, &[0], &images, DreamFormat::Png)
+        .unwrap();
+    assert_eq!(
+        written[0].file_name().unwrap().to_str().unwrap(),
+        "0_b00007_000.png"
+    );
+    let decoded = image::open(&written[0]).unwrap().to_rgb8();
+    assert_eq!(decoded.dimensions(), (w as u32, h as u32));
+    assert_eq!(decoded.into_raw(), raw, "PNG dreams are lossless");
+    // The folder's batch count and the dreamed set read .png names as .jpg ones.
+    assert_eq!(agd::inversion::store::batches_in(tmp.path()).unwrap(), 7);
+    let dreamed = agd::data::dataset::Dreamed::load(tmp.path(), usize::MAX).unwrap();
+    assert_eq!(dreamed.records.len(), 1);
+
+    // Through the command line: `--dream-format png` writes .png files only, renders in
+    // the printed command, and an unknown format is one error naming the flag.
+    let teacher = tmp.path().join("teacher.safetensors");
+    save_untrained_teacher(&teacher, 12);
+    let gen = tmp.path().join("gen");
+    let mut args = quick_args(&teacher, &["--dream-format", "png"]);
+    args.extend(["--generation-dir".into(), gen.display().to_string()]);
+    run_ok(&args);
+    let names: Vec<String> = images_of(&gen).into_keys().collect();
+    assert_eq!(names.len(), 24, "{names:?}");
+    assert!(names.iter().all(|n| n.ends_with(".png")), "{names:?}");
+    let log = std::fs::read_to_string(gen.join("log.txt")).unwrap();
+    assert!(
+        log.lines().next().unwrap().contains("--dream-format png"),
+        "{log}"
+    );
+
+    // Completing that folder in the default JPEG would mix two sets of dreams.
+    let mixed = agd(&quick_args(
+        &teacher,
+        &["--resume", &gen.display().to_string()],
+    ));
+    assert!(!mixed.status.success());
+    let err = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        err.contains("--dream-format jpg") && err.contains(".png"),
+        "{err}"
+    );
+
+    let bad = agd(&quick_args(&teacher, &["--dream-format", "webp"]));
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--dream-format") && err.contains("png"),
+        "{err}"
     );
 }
 

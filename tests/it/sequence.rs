@@ -7,6 +7,7 @@ use super::util::{agd, configs_dir, strings};
 use agd::cli::{try_parse_from, Command};
 use agd::data::synth::{generate, Style, SynthConfig};
 use agd::inversion::prior::PriorWeights;
+use agd::inversion::store::DreamFormat;
 use agd::inversion::{Coefficients, Stages};
 use agd::model::checkpoint::Pretrained;
 use agd::model::{Depth, ModelChoice, Pooling};
@@ -83,6 +84,7 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
             warmup_iters: 1,
             jitter: 2,
         },
+        dream_format: DreamFormat::Png,
     };
     let with_weights = SequencePlan {
         pretrained: Pretrained::File("backbone_weights/resnet34.pth".into()),
