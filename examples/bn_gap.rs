@@ -115,13 +115,6 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// One line naming what is wrong, as `agd` reports errors (no backtrace).
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    agd::cli::exit_code(run())
 }

@@ -188,6 +188,21 @@ pub fn flag(setting: Setting) -> &'static str {
     }
 }
 
+/// How a program of agd (the binary, the examples) ends: on an error, one line
+/// `error: <message>` ([`message`]) on stderr and in the log of every run that failed
+/// ([`crate::logging::record_failure`]), and a failure exit code; never a backtrace.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let message = message(&err);
+            crate::logging::record_failure(&message);
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// An error as the command line reports it: the chain of causes joined as anyhow's `{:#}`
 /// joins them, with every setting the library names replaced by the flag that carried it.
 pub fn message(err: &anyhow::Error) -> String {
