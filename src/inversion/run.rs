@@ -107,14 +107,14 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let mut bags = Bags::new(classes, args.shots);
     match &args.resume {
         Some(from) => {
-            if let Some(name) = other_format_in(from, args.format)
+            if let Some((name, other)) = other_format_in(from, args.format)
                 .about_value(Setting::InversionResume, from.display())?
             {
                 return Err(BadSetting::new(
                     Setting::DreamFormat,
                     args.format,
                     format!(
-                        "{} holds {name}, dreamed in another format: complete it in the format it was started with",
+                        "{} holds {name}, dreamed as {other}: complete it as {other}, or dream into a new folder",
                         from.display()
                     ),
                 )

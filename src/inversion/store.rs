@@ -226,8 +226,8 @@ impl Bags {
 }
 
 /// The file name of the image dreamed in slot `slot` of batch `batch`:
-/// `<pid>_b<batch>_<slot>.jpg` (`.png` for [`DreamFormat::Png`]), zero-padded so that sorted order is batch order. Unique
-/// by construction (a run numbers its batches after those in the folder), and the
+/// `<pid>_b<batch>_<slot>.jpg` (`.png` for [`DreamFormat::Png`]), zero-padded so that
+/// sorted order is batch order. Unique by construction (a run numbers its batches after those in the folder), and the
 /// folder's batch count can be read back from the names ([`batches_in`]).
 pub fn image_name(pid: i64, batch: u64, slot: usize, format: DreamFormat) -> String {
     format!("{pid}_b{batch:05}_{slot:03}.{format}")
@@ -244,8 +244,8 @@ fn batch_of(name: &str) -> Option<u64> {
 }
 
 /// An image in `dir` written in another format than `format` (a folder being completed
-/// keeps one format, so its files stay one set of dreams), if any.
-pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<String>> {
+/// keeps one format, so its files stay one set of dreams): its name and its format.
+pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<(String, String)>> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -253,12 +253,8 @@ pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<String>
         if path.is_file() && is_image(&path) && parse_dreamed_name(&path).is_ok() {
             let ext = path.extension().unwrap_or_default().to_string_lossy();
             if !ext.eq_ignore_ascii_case(format.name()) {
-                return Ok(Some(
-                    path.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned(),
-                ));
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                return Ok(Some((name.into_owned(), ext.to_lowercase())));
             }
         }
     }

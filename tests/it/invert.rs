@@ -743,7 +743,7 @@ fn dream_format_png_keeps_the_kept_pixels_exactly_and_reads_back_as_dreams() {
     assert!(!mixed.status.success());
     let err = String::from_utf8_lossy(&mixed.stderr);
     assert!(
-        err.contains("--dream-format jpg") && err.contains(".png"),
+        err.contains("--dream-format jpg") && err.contains(".png, dreamed as png"),
         "{err}"
     );
 
