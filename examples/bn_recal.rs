@@ -45,7 +45,11 @@ fn run() -> Result<()> {
         let data = ReidDataset::load(&PathBuf::from(&args[2]), name)?;
         stores.push(ImageStore::load(&data.train, HEIGHT, WIDTH, name)?);
     }
-    let total: usize = stores.iter().map(ImageStore::len).sum();
+    // Every training image of every dataset, as (store, index): one draw picks any of them.
+    let images: Vec<(usize, usize)> = (stores.iter().enumerate())
+        .flat_map(|(s, store)| (0..store.len()).map(move |i| (s, i)))
+        .collect();
+    let total = images.len();
     if total < BATCH {
         bail!("{total} training images in all: fewer than one batch of {BATCH}");
     }
@@ -54,19 +58,9 @@ fn run() -> Result<()> {
     for _ in 0..BATCHES {
         let mut buf = vec![0f32; BATCH * plane];
         for k in 0..BATCH {
-            let mut i = rng.gen_range(0..total);
-            let store = stores
-                .iter()
-                .find(|s| {
-                    let inside = i < s.len();
-                    if !inside {
-                        i -= s.len();
-                    }
-                    inside
-                })
-                .expect("i < total");
+            let (store, i) = images[rng.gen_range(0..total)];
             test_into(
-                store.image(i),
+                stores[store].image(i),
                 HEIGHT,
                 WIDTH,
                 &mut buf[k * plane..(k + 1) * plane],

@@ -71,10 +71,16 @@ pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
 
 /// Encodes `img` in `format` and writes it atomically.
 pub fn write_image(path: &Path, img: &image::RgbImage, format: image::ImageFormat) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
+    let bytes =
+        encode_image(img, format).with_context(|| format!("cannot encode {}", path.display()))?;
     write_atomic(path, &bytes)
+}
+
+/// `img` encoded in `format`, in memory (for files that land together, e.g. a dreamed batch).
+pub fn encode_image(img: &image::RgbImage, format: image::ImageFormat) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)?;
+    Ok(bytes)
 }
 
 /// The pid in a [`temp_sibling`] name, if `name` is one.

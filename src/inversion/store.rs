@@ -45,10 +45,8 @@ impl DreamFormat {
             DreamFormat::Png => {
                 let img = image::RgbImage::from_raw(width, height, pixels.to_vec())
                     .context("dreamed image: pixel buffer does not match its size")?;
-                let mut png = Vec::new();
-                img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                    .context("cannot encode a dreamed image as PNG")?;
-                Ok(png)
+                crate::io::encode_image(&img, image::ImageFormat::Png)
+                    .context("cannot encode a dreamed image as PNG")
             }
         }
     }
@@ -105,17 +103,7 @@ impl Bags {
     /// Counts the dreamed images already in `dir` (`*.jpg`/`*.png` named `<pid>_…`), so
     /// identities that have `shots` are not generated again. Returns how many it counted.
     pub fn count_existing(&mut self, dir: &Path) -> Result<usize> {
-        let mut paths = Vec::new();
-        for entry in
-            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
-        {
-            let path = entry
-                .with_context(|| format!("cannot read {}", dir.display()))?
-                .path();
-            if path.is_file() && is_image(&path) {
-                paths.push(path);
-            }
-        }
+        let paths = images_in(dir)?;
         for path in &paths {
             let pid = parse_dreamed_name(path)?;
             if pid >= self.classes {
@@ -246,11 +234,8 @@ fn batch_of(name: &str) -> Option<u64> {
 /// An image in `dir` written in another format than `format` (a folder being completed
 /// keeps one format, so its files stay one set of dreams): its name and its format.
 pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<(String, String)>> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("cannot read {}", dir.display()))?
-            .path();
-        if path.is_file() && is_image(&path) && parse_dreamed_name(&path).is_ok() {
+    for path in images_in(dir)? {
+        if parse_dreamed_name(&path).is_ok() {
             let ext = path.extension().unwrap_or_default().to_string_lossy();
             if !ext.eq_ignore_ascii_case(format.name()) {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -265,17 +250,25 @@ pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<(String
 /// in this folder already completed, so that the next one is numbered — and seeded —
 /// as an uninterrupted run would have numbered it.
 pub fn batches_in(dir: &Path) -> Result<u64> {
-    let mut last = 0;
+    let last = images_in(dir)?
+        .iter()
+        .filter_map(|path| batch_of(&path.file_name().unwrap_or_default().to_string_lossy()))
+        .max();
+    Ok(last.unwrap_or(0))
+}
+
+/// The image files directly in `dir` (any name: the callers judge the names).
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry
             .with_context(|| format!("cannot read {}", dir.display()))?
             .path();
         if path.is_file() && is_image(&path) {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            last = last.max(batch_of(&name).unwrap_or(0));
+            paths.push(path);
         }
     }
-    Ok(last)
+    Ok(paths)
 }
 
 /// Brings `dir` back to whole batches after a run was killed while saving one: a batch
