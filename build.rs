@@ -4,7 +4,10 @@
 //!   cargo hands to its direct dependents as `DEP_TCH_LIBTORCH_LIB`);
 //! - keeps `libtorch_cuda` as a real dependency when the libtorch has one: nothing in agd
 //!   names a CUDA symbol, so the default `--as-needed` linking would drop it and CUDA would
-//!   silently be unavailable on a GPU machine.
+//!   silently be unavailable on a GPU machine;
+//! - records the libtorch's version and the CUDA it was built for (`AGD_TORCH_VERSION`,
+//!   `AGD_TORCH_CUDA`), so that `-g 0` on a GPU this libtorch cannot drive says which
+//!   CUDA it needed instead of falling back to the CPU silently (src/device.rs).
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -14,9 +17,44 @@ fn main() {
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     let dir = std::path::Path::new(&dir);
+    let (version, cuda) = torch_version(dir);
+    println!("cargo:rustc-env=AGD_TORCH_VERSION={version}");
+    if let Some(cuda) = cuda {
+        println!("cargo:rustc-env=AGD_TORCH_CUDA={cuda}");
+    }
     for lib in ["torch_cuda", "torch_hip"] {
         if dir.join(format!("lib{lib}.so")).exists() {
             println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-l{lib},--as-needed");
         }
     }
+}
+
+/// The version and CUDA version of the libtorch in `lib`: a PyPI torch's `version.py`
+/// (`__version__ = '2.13.0'`, `cuda: Optional[str] = '13.0'`), or a libtorch zip's
+/// `build-version` (`2.13.0+cu130`).
+fn torch_version(lib: &std::path::Path) -> (String, Option<String>) {
+    let Some(root) = lib.parent() else {
+        return ("unknown".into(), None);
+    };
+    let quoted = |line: &str| line.split('\'').nth(1).map(str::to_string);
+    if let Ok(py) = std::fs::read_to_string(root.join("version.py")) {
+        println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+        let field = |name: &str| {
+            py.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| quoted(l))
+        };
+        let version = field("__version__").unwrap_or_else(|| "unknown".into());
+        return (version, field("cuda"));
+    }
+    if let Ok(v) = std::fs::read_to_string(root.join("build-version")) {
+        let v = v.trim().to_string();
+        // cu130 → 13.0, cu126 → 12.6.
+        let cuda = v.split_once("+cu").and_then(|(_, d)| {
+            (d.len() >= 2 && d.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| format!("{}.{}", &d[..d.len() - 1], &d[d.len() - 1..]))
+        });
+        return (v, cuda);
+    }
+    ("unknown".into(), None)
 }

@@ -79,6 +79,8 @@ pub struct DemoPlan {
     pub seed: u64,
     /// `-g` values of every stage.
     pub gpu: Vec<String>,
+    /// Random-erasing probability of every training stage (`--re`; the reference's 0.5).
+    pub re: f64,
 }
 
 /// A demo's results, as `results.json` holds them.
@@ -153,6 +155,7 @@ fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
             optimizer: OptimizerKind::Adam,
             learning_rate: 0.0003,
             evaluate: 0,
+            re: plan.re,
             ..defaults
         }
     };

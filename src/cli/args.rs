@@ -345,6 +345,11 @@ pub struct InvertArgs {
     pub height: usize,
     #[arg(long, default_value_t = 128)]
     pub width: usize,
+    /// Dream only shard K of N of the identities (e.g. `--shard 2/4`), so N processes or
+    /// GPUs fill one generation folder; each keeps its log in `<folder>/shard-K-of-N/`.
+    /// Not in the reference.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::inversion::shard::Shard>,
 }
 
 /// `agd evaluate` (SPEC §8).
@@ -473,6 +478,10 @@ pub struct DemoArgs {
     pub full_res_iters: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]
     pub seed: u64,
+    /// Random-erasing probability of every training stage (the base and task B's four
+    /// runs), as `agd train --re`.
+    #[arg(long, default_value_t = 0.5)]
+    pub re: f64,
     /// Run the whole demo once per seed (e.g. `--seeds 1,2,3,4,5`), each into
     /// `<out>/seed-<k>`, and write `<out>/seeds.{md,json}`: task A's margins over
     /// fine-tuning per seed, their mean, and on how many seeds each distillation won.

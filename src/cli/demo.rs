@@ -24,6 +24,7 @@ impl DemoArgs {
             },
             seed: self.seed,
             gpu: self.device.gpu.clone(),
+            re: self.re,
         }
     }
 }

@@ -28,6 +28,7 @@ impl InvertArgs {
             height: self.height,
             width: self.width,
             format: self.weights.dream_format,
+            shard: self.shard,
         }
     }
 }

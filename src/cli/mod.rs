@@ -176,6 +176,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Recursive => "--recursive",
         RFeature => "--r-feature",
         SaveFeatures => "--save-features",
+        Shard => "--shard",
         Shots => "--shots",
         Teacher => "--teacher",
         TestIds => "--test-ids",

@@ -15,6 +15,7 @@ pub mod optim;
 pub mod plan;
 pub mod prior;
 mod run;
+pub mod shard;
 pub mod store;
 
 pub use plan::InvertPlan;

@@ -1,5 +1,6 @@
 //! The plan of `agd invert` (SPEC §7), defaulted as the reference's `main_inversion.py`.
 
+use super::shard::Shard;
 use super::store::DreamFormat;
 use super::{Coefficients, Stages};
 use crate::bad_setting;
@@ -33,6 +34,8 @@ pub struct InvertPlan {
     pub width: usize,
     /// How the kept images are written (the reference: JPEG).
     pub format: DreamFormat,
+    /// Only this shard of the identities (`--shard K/N`; not in the reference).
+    pub shard: Option<Shard>,
 }
 
 pub const DEFAULT_GENERATION_DIR: &str = "generations";
@@ -55,6 +58,7 @@ impl Default for InvertPlan {
             height: 256,
             width: 128,
             format: DreamFormat::Jpeg,
+            shard: None,
         }
     }
 }
@@ -100,6 +104,11 @@ impl InvertPlan {
                 0,
                 "a batch needs at least one image"
             );
+        }
+        if let Some(s) = self.shard {
+            if Shard::new(s.index, s.count).is_none() {
+                bad_setting!(Setting::Shard, s, "expected K/N with 1 ≤ K ≤ N, e.g. 1/4");
+            }
         }
         if self.stages.full_res_iters == 0 {
             bad_setting!(
@@ -159,7 +168,8 @@ impl InvertPlan {
         render_dreaming(&mut argv, &self.stages, &self.coefficients);
         argv.differs("--height", &self.height, &d.height)
             .differs("--width", &self.width, &d.width)
-            .differs("--dream-format", &self.format, &d.format);
+            .differs("--dream-format", &self.format, &d.format)
+            .opt("--shard", self.shard);
         crate::train::plan::render_model(&mut argv, &self.model);
         argv
     }

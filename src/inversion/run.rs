@@ -10,7 +10,7 @@
 //! never repeats one.
 
 use super::plan::InvertPlan;
-use super::store::{batches_in, contact_sheet, other_format_in, recover, Bags, CONTACT_SHEET};
+use super::store::{batches_of, contact_sheet, other_format_in, recover, Bags, CONTACT_SHEET};
 use super::{denormalize, DreamBatch, Inverter, Progress};
 use crate::bad_setting;
 use crate::data::rng::{stream, tag};
@@ -89,10 +89,15 @@ pub fn run(args: &InvertPlan) -> Result<()> {
             .about_value(Setting::InversionResume, from.display());
         }
     }
-    let log = open_log(dir, &args.argv(), true)
+    // A shard's log, lock and journal are its own, so that N shards share the folder.
+    let journal = match args.shard {
+        Some(s) => dir.join(s.folder_name()),
+        None => dir.clone(),
+    };
+    let log = open_log(&journal, &args.argv(), true)
         .context("cannot write there")
         .about_value(Setting::GenerationDir, dir.display())?;
-    let moved = recover(dir).about_value(Setting::GenerationDir, dir.display())?;
+    let moved = recover(dir, &journal).about_value(Setting::GenerationDir, dir.display())?;
     if moved > 0 {
         log.line(format!(
             "moved {moved} images of a batch a killed run had saved into {}",
@@ -103,8 +108,22 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let seed = crate::stage::seed(args.seed, &log);
     let teacher = load_teacher(args, device, &log)?;
     let classes = teacher.config.classes;
+    let ids = match args.shard {
+        Some(s) if s.count as i64 > classes => bad_setting!(
+            Setting::Shard,
+            s,
+            "the teacher has {classes} identities: at most {classes} shards"
+        ),
+        Some(s) => s.identities(classes),
+        None => 0..classes,
+    };
+    // Mixes the shard into every random stream, so shards' batch 1 differ.
+    let key = |tag: u64, b: u64| match args.shard {
+        Some(s) => vec![tag, b, s.index as u64, s.count as u64],
+        None => vec![tag, b],
+    };
 
-    let mut bags = Bags::new(classes, args.shots);
+    let mut bags = Bags::of(classes, ids.clone(), args.shots);
     match &args.resume {
         Some(from) => {
             if let Some((name, other)) = other_format_in(from, args.format)
@@ -132,7 +151,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         }
         None => {
             // Only a note: without --resume the folder's contents are not this run's concern.
-            let n = Bags::new(classes, args.shots)
+            let n = Bags::of(classes, ids.clone(), args.shots)
                 .count_existing(dir)
                 .unwrap_or(0);
             if n > 0 {
@@ -157,31 +176,39 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         args.stages.full_res_iters,
         crate::device::describe(device)
     ));
+    if let Some(s) = args.shard {
+        log.line(format!(
+            "shard {s}: identities {}..{} of {classes}; this shard's log and batch journal are in {}",
+            ids.start,
+            ids.end,
+            journal.display()
+        ));
+    }
 
     let inverter = Inverter::new(&teacher, args.coefficients);
     let stages = args.stages;
     let per_batch = (args.stages.low_res_iters + args.stages.full_res_iters) as u64;
     let started = Instant::now();
     // The folder's batches so far: this run's are numbered, and seeded, after them.
-    let before = batches_in(dir).about_value(Setting::GenerationDir, dir.display())?;
+    let before = batches_of(dir, &ids).about_value(Setting::GenerationDir, dir.display())?;
     let mut batches = 0;
     let mut written = 0;
     while !bags.is_done() && batches < args.iters {
         let b = before + batches as u64 + 1;
-        let targets = bags.draw_targets(args.bs, &mut stream(seed, &[tag::INVERT_TARGETS, b]));
+        let targets = bags.draw_targets(args.bs, &mut stream(seed, &key(tag::INVERT_TARGETS, b)));
         let mut batch = DreamBatch::seeded(
             &targets,
             args.height,
             args.width,
             device,
-            &mut stream(seed, &[tag::INVERT_NOISE, b]),
+            &mut stream(seed, &key(tag::INVERT_NOISE, b)),
         );
         let pb = crate::progress::bar(per_batch, format!("batch {b}"));
         let t0 = Instant::now();
         let kept = inverter.dream(
             &mut batch,
             &stages,
-            &mut stream(seed, &[tag::INVERT_FLIPS, b]),
+            &mut stream(seed, &key(tag::INVERT_FLIPS, b)),
             |p| {
                 pb.set_prefix(format!("{} {}", p.stage.name(), progress_text(p)));
                 pb.inc(1);
@@ -202,7 +229,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         pb.finish_and_clear();
         let accuracy = inverter.accuracy(&kept, &batch.targets);
         let best = batch.best().map_or(f64::NAN, |(l, _)| l);
-        let paths = bags.save(dir, b, &targets, &denormalize(&kept), args.format)?;
+        let paths = bags.save(dir, &journal, b, &targets, &denormalize(&kept), args.format)?;
         written += paths.len();
         batches += 1;
         log.line(format!(
@@ -225,8 +252,12 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     }
     if bags.is_done() {
         log.line(format!(
-            "done: {written} images written in {batches} {} ({elapsed:.1} s); every identity has {} images in {}",
+            "done: {written} images written in {batches} {} ({elapsed:.1} s); every identity{} has {} images in {}",
             if batches == 1 { "batch" } else { "batches" },
+            match args.shard {
+                Some(s) => format!(" of shard {s} ({}..{})", ids.start, ids.end),
+                None => String::new(),
+            },
             args.shots,
             dir.display()
         ));

@@ -10,6 +10,7 @@ use crate::data::images::{decode_resized, grid};
 use anyhow::{bail, Context, Result};
 use rand::Rng;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -86,6 +87,8 @@ pub fn encode_jpeg_like_pil(pixels: &[u8], width: u32, height: u32) -> Result<Ve
 pub struct Bags {
     shots: usize,
     classes: i64,
+    /// The identities this run dreams: all of them, or a [`Shard`](super::shard::Shard)'s.
+    ids: Range<i64>,
     /// identity → images it has, for identities short of `shots`.
     have: BTreeMap<i64, usize>,
 }
@@ -93,18 +96,25 @@ pub struct Bags {
 impl Bags {
     /// Every identity 0..classes with no image yet.
     pub fn new(classes: i64, shots: usize) -> Self {
+        Self::of(classes, 0..classes, shots)
+    }
+
+    /// Identities `ids` of the teacher's `0..classes`, with no image yet.
+    pub fn of(classes: i64, ids: Range<i64>, shots: usize) -> Self {
         Self {
             shots,
             classes,
-            have: (0..classes).map(|pid| (pid, 0)).collect(),
+            have: ids.clone().map(|pid| (pid, 0)).collect(),
+            ids,
         }
     }
 
     /// Counts the dreamed images already in `dir` (`*.jpg`/`*.png` named `<pid>_…`), so
-    /// identities that have `shots` are not generated again. Returns how many it counted.
+    /// identities that have `shots` are not generated again. Returns how many of them are
+    /// of this run's identities (another shard's are left to it).
     pub fn count_existing(&mut self, dir: &Path) -> Result<usize> {
-        let paths = images_in(dir)?;
-        for path in &paths {
+        let mut counted = 0;
+        for path in &images_in(dir)? {
             let pid = parse_dreamed_name(path)?;
             if pid >= self.classes {
                 bail!(
@@ -114,9 +124,12 @@ impl Bags {
                     self.classes - 1
                 );
             }
-            self.add(pid, 1);
+            if self.ids.contains(&pid) {
+                self.add(pid, 1);
+                counted += 1;
+            }
         }
-        Ok(paths.len())
+        Ok(counted)
     }
 
     fn add(&mut self, pid: i64, n: usize) {
@@ -168,12 +181,14 @@ impl Bags {
     /// The images are encoded as `format` says (the reference: [`DreamFormat::Jpeg`]).
     ///
     /// The batch lands whole or not at all, so a run killed at any moment leaves a folder
-    /// whose batches are all complete: the images go to the [`PENDING`] journal, which is
-    /// renamed to [`COMMITTED`] in one step once all are written, and only then moved into
-    /// the folder ([`recover`] finishes or discards what a kill interrupted).
+    /// whose batches are all complete: the images go to the [`PENDING`] journal (in
+    /// `journal`: the folder itself, or a shard's subfolder), which is renamed to
+    /// [`COMMITTED`] in one step once all are written, and only then moved into the folder
+    /// ([`recover`] finishes or discards what a kill interrupted).
     pub fn save(
         &mut self,
         dir: &Path,
+        journal: &Path,
         batch: u64,
         targets: &[i64],
         images: &Tensor,
@@ -195,7 +210,7 @@ impl Bags {
             ));
             after.add(pid, 1);
         }
-        let pending = dir.join(PENDING);
+        let pending = journal.join(PENDING);
         if pending.exists() {
             std::fs::remove_dir_all(&pending)
                 .with_context(|| format!("cannot remove {}", pending.display()))?;
@@ -204,10 +219,10 @@ impl Bags {
         for (name, bytes) in &files {
             crate::io::write_atomic(&pending.join(name), bytes)?;
         }
-        let committed = dir.join(COMMITTED);
+        let committed = journal.join(COMMITTED);
         std::fs::rename(&pending, &committed)
             .with_context(|| format!("cannot move {} into place", committed.display()))?;
-        publish(dir)?;
+        publish(dir, journal)?;
         *self = after;
         Ok(files.into_iter().map(|(name, _)| dir.join(name)).collect())
     }
@@ -250,8 +265,15 @@ pub fn other_format_in(dir: &Path, format: DreamFormat) -> Result<Option<(String
 /// in this folder already completed, so that the next one is numbered — and seeded —
 /// as an uninterrupted run would have numbered it.
 pub fn batches_in(dir: &Path) -> Result<u64> {
+    batches_of(dir, &(0..i64::MAX))
+}
+
+/// [`batches_in`] counting only the images of identities `ids`: a shard's batches are
+/// numbered (and seeded) among themselves.
+pub fn batches_of(dir: &Path, ids: &Range<i64>) -> Result<u64> {
     let last = images_in(dir)?
         .iter()
+        .filter(|path| parse_dreamed_name(path).is_ok_and(|pid| ids.contains(&pid)))
         .filter_map(|path| batch_of(&path.file_name().unwrap_or_default().to_string_lossy()))
         .max();
     Ok(last.unwrap_or(0))
@@ -272,24 +294,26 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Brings `dir` back to whole batches after a run was killed while saving one: a batch
-/// still being written ([`PENDING`]) is discarded (it is dreamed again, the same way), one
-/// written whole ([`COMMITTED`]) is moved into place. Returns the images moved.
-pub fn recover(dir: &Path) -> Result<usize> {
-    let pending = dir.join(PENDING);
+/// still being written ([`PENDING`], in `journal`) is discarded (it is dreamed again, the
+/// same way), one written whole ([`COMMITTED`]) is moved into place. Returns the images
+/// moved.
+pub fn recover(dir: &Path, journal: &Path) -> Result<usize> {
+    let pending = journal.join(PENDING);
     if pending.exists() {
         std::fs::remove_dir_all(&pending)
             .with_context(|| format!("cannot remove {}", pending.display()))?;
     }
-    if dir.join(COMMITTED).exists() {
-        publish(dir)
+    if journal.join(COMMITTED).exists() {
+        publish(dir, journal)
     } else {
         Ok(0)
     }
 }
 
-/// Moves every image of the [`COMMITTED`] journal into `dir`, then removes the journal.
-fn publish(dir: &Path) -> Result<usize> {
-    let committed = dir.join(COMMITTED);
+/// Moves every image of `journal`'s [`COMMITTED`] batch into `dir`, then removes the
+/// journal.
+fn publish(dir: &Path, journal: &Path) -> Result<usize> {
+    let committed = journal.join(COMMITTED);
     let mut moved = 0;
     for entry in std::fs::read_dir(&committed)
         .with_context(|| format!("cannot read {}", committed.display()))?

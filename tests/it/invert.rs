@@ -652,7 +652,7 @@ fn dreamed_jpegs_are_encoded_as_pil_saves_them() {
     let tmp = tempfile::tempdir().unwrap();
     let mut bags = agd::inversion::store::Bags::new(1, 1);
     let written = bags
-        .save(tmp.path(), 1, &[0], &images, DreamFormat::Jpeg)
+        .save(tmp.path(), tmp.path(), 1, &[0], &images, DreamFormat::Jpeg)
         .unwrap();
     let ours = std::fs::read(&written[0]).unwrap();
 
@@ -704,7 +704,7 @@ fn dream_format_png_keeps_the_kept_pixels_exactly_and_reads_back_as_dreams() {
     let tmp = tempfile::tempdir().unwrap();
     let mut bags = agd::inversion::store::Bags::new(1, 1);
     let written = bags
-        .save(tmp.path(), 7, &[0], &images, DreamFormat::Png)
+        .save(tmp.path(), tmp.path(), 7, &[0], &images, DreamFormat::Png)
         .unwrap();
     assert_eq!(
         written[0].file_name().unwrap().to_str().unwrap(),
@@ -934,6 +934,64 @@ fn a_killed_run_resumes_to_the_images_an_uninterrupted_run_writes() {
         !out.status.success() && err.contains("--resume") && err.contains("--generation-dir"),
         "{err}"
     );
+}
+
+#[test]
+fn shards_dream_one_folder_together_each_its_own_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher.safetensors");
+    save_untrained_teacher(&teacher, 12);
+    let gen = tmp.path().join("gen");
+    let dir = gen.display().to_string();
+
+    // Three shards at once into one folder, as three GPUs or cluster jobs would run them.
+    let children: Vec<_> = (1..=3)
+        .map(|k| {
+            let shard = format!("{k}/3");
+            super::util::agd()
+                .env("OMP_NUM_THREADS", "1")
+                .args(quick_args(&teacher, &["--shard", &shard, "--generation-dir", &dir]))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (k, child) in (1..=3).zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "shard {k}/3: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let first = (k - 1) * 4;
+        assert!(
+            stdout.contains(&format!("every identity of shard {k}/3 ({first}..{}) has 2 images", first + 4)),
+            "{stdout}"
+        );
+        let log = std::fs::read_to_string(gen.join(format!("shard-{k}-of-3/log.txt"))).unwrap();
+        assert!(log.contains(&format!("--shard {k}/3")), "{log}");
+    }
+    // The union is the unsharded identity set, each identity dreamed by one shard only.
+    let images = images_of(&gen);
+    assert_eq!(images.len(), 24, "{:?}", images.keys());
+    assert!(duplicates(&images).is_empty(), "{:?}", duplicates(&images));
+    let dreamed = Dreamed::load(&gen, 2).unwrap();
+    let mut per_id = BTreeMap::<i64, usize>::new();
+    for r in &dreamed.records {
+        *per_id.entry(r.pid).or_default() += 1;
+    }
+    assert_eq!(per_id, (0..12).map(|pid| (pid, 2)).collect());
+
+    // A shard completes only its own identities: nothing is left for shard 2 to do, even
+    // though the folder holds the other shards' images.
+    let out = run_ok(&quick_args(&teacher, &["--shard", "2/3", "--resume", &dir]));
+    assert!(out.contains("resume: 8 images"), "{out}");
+    assert!(out.contains("0 identities still short"), "{out}");
+    assert_eq!(images_of(&gen), images);
+
+    assert_fails(
+        &["--teacher", &teacher.display().to_string(), "--shard", "1/13", "--generation-dir", &dir],
+        &["--shard 1/13", "12 identities"],
+    );
+    assert_fails(&["--shard", "4/3"], &["--shard", "expected K/N"]);
 }
 
 /// A `H`×`W` image: `background` everywhere, `person` in the middle where a pedestrian

@@ -465,17 +465,22 @@ fn streamed_evaluation_equals_the_distance_matrix_path() {
         }
         assert_eq!(streamed.valid_queries, full.valid_queries);
     }
-    // Float64 features take the matrix path and give its numbers.
+    // Float64 features (and features on a GPU) take the tensor path, in blocks of 1,024
+    // query rows: exactly the whole matrix's numbers.
     let (q64, g64) = (q.to_kind(Kind::Double), g.to_kind(Kind::Double));
-    let want = evaluate(
-        &distance_matrix(&q64, &g64, Distance::Cosine).unwrap(),
-        ql,
-        gl,
-        DEFAULT_TOPK,
-    )
-    .unwrap();
-    let got = evaluate_features(&q64, &g64, Distance::Cosine, ql, gl, DEFAULT_TOPK).unwrap();
-    assert_eq!(got.map, want.map);
+    for kind in [Distance::Cosine, Distance::Euclidean] {
+        let want = evaluate(
+            &distance_matrix(&q64, &g64, kind).unwrap(),
+            ql,
+            gl,
+            DEFAULT_TOPK,
+        )
+        .unwrap();
+        let got = evaluate_features(&q64, &g64, kind, ql, gl, DEFAULT_TOPK).unwrap();
+        assert_eq!(got.map, want.map, "{kind:?}");
+        assert_eq!(got.cmc, want.cmc, "{kind:?}");
+        assert_eq!(got.valid_queries, want.valid_queries, "{kind:?}");
+    }
 }
 
 #[test]
