@@ -1,7 +1,8 @@
 //! Links agd against the libtorch that torch-sys found, so that the binary runs as built:
 //! - embeds libtorch's library folder as an rpath, so `agd` starts without
 //!   `LD_LIBRARY_PATH` (torch-sys declares `links = "tch"` and reports the folder, which
-//!   cargo hands to its direct dependents as `DEP_TCH_LIBTORCH_LIB`);
+//!   cargo hands to its direct dependents as `DEP_TCH_LIBTORCH_LIB`), after the folders
+//!   in `AGD_RPATH` (a binary built for another machine's torch);
 //! - keeps `libtorch_cuda` as a real dependency when the libtorch has one: nothing in agd
 //!   names a CUDA symbol, so the default `--as-needed` linking would drop it and CUDA would
 //!   silently be unavailable on a GPU machine;
@@ -11,6 +12,14 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    // A binary built here to run on another machine (scripts/build-for-torch): that
+    // machine's torch library folder first.
+    println!("cargo:rerun-if-env-changed=AGD_RPATH");
+    if let Ok(extra) = std::env::var("AGD_RPATH") {
+        for dir in extra.split(':').filter(|d| !d.is_empty()) {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        }
+    }
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report libtorch's folder; set LD_LIBRARY_PATH at run time");
         return;
@@ -38,7 +47,10 @@ fn torch_version(lib: &std::path::Path) -> (String, Option<String>) {
     };
     let quoted = |line: &str| line.split('\'').nth(1).map(str::to_string);
     if let Ok(py) = std::fs::read_to_string(root.join("version.py")) {
-        println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("version.py").display()
+        );
         let field = |name: &str| {
             py.lines()
                 .find(|l| l.starts_with(name))

@@ -10,6 +10,9 @@
 //! side happened to run during it. Each side also times its phases (forward + loss,
 //! backward, optimiser), which locates a gap when there is one.
 //!
+//! Then the optimiser step alone under its two layouts, per-parameter tensors and one flat
+//! buffer per group (`Optimizer::flat`, what `agd train` uses), on ResNet-50's gradients.
+//!
 //! `AGD_BENCH_STEPS`: timed steps per side (default 3; the median is reported), after one
 //! warm-up step each.
 
@@ -72,7 +75,7 @@ impl AgdStep {
             classes: CLASSES,
         };
         let model = ReidModel::new(cfg, Device::Cpu)?;
-        let mut opt = Optimizer::new(&model, OptimizerKind::Sgd);
+        let mut opt = Optimizer::flat(&model, OptimizerKind::Sgd);
         opt.set_lr(0.01);
         Ok(Self {
             model,
@@ -100,6 +103,50 @@ impl AgdStep {
             ((ta - t0) + (t3 - t2)).as_secs_f64(),
         ])
     }
+}
+
+/// Median seconds of one SGD `step()` of ResNet-50 under each optimiser layout
+/// (per-parameter, flat), the two alternating, with gradients from one backward.
+fn optimizer_layouts(steps: usize) -> Result<(f64, f64)> {
+    let mut medians = [Vec::new(), Vec::new()];
+    let mut setups = Vec::new();
+    for flat in [false, true] {
+        tch::manual_seed(0);
+        let cfg = ModelConfig {
+            depth: Depth::R50,
+            last_stride: 2,
+            pooling: Pooling::Avg,
+            embedding: 2048,
+            classes: CLASSES,
+        };
+        let model = ReidModel::new(cfg, Device::Cpu)?;
+        let mut opt = if flat {
+            Optimizer::flat(&model, OptimizerKind::Sgd)
+        } else {
+            Optimizer::new(&model, OptimizerKind::Sgd)
+        };
+        opt.set_lr(1e-6);
+        let x = Tensor::randn([8, 3, 64, 32], (Kind::Float, Device::Cpu));
+        let pids = Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2, 3, 3]);
+        let out = model.forward(&x, true);
+        BaseLoss::new(&out.logits, &out.global, &pids)
+            .total()
+            .backward();
+        opt.step(); // warm-up: the momentum buffers exist from here on
+        setups.push((model, opt));
+    }
+    for _ in 0..steps {
+        for (i, (_, opt)) in setups.iter_mut().enumerate() {
+            let t = Instant::now();
+            opt.step();
+            medians[i].push(t.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut medians[0]), median(&mut medians[1])))
 }
 
 /// `agd train` end to end on 32 synthetic images of 8 ids (batch 32: exactly one step).
@@ -185,6 +232,26 @@ fn main() -> Result<()> {
     drop(agd);
     runs.report("ResNet-50 step", PHASES, BATCH, &reference, 1.0);
     drop(reference);
+
+    let (per, flat) = optimizer_layouts(steps.max(10))?;
+    let ms = |x: f64| format!("{:.1} ms", 1e3 * x);
+    println!(
+        "{}",
+        agd::report::table(
+            ["ResNet-50 SGD step (no zero_grad), median", "time"],
+            [
+                vec![
+                    "per-parameter tensors (Optimizer::new)".to_string(),
+                    ms(per)
+                ],
+                vec![
+                    "one flat buffer per group (Optimizer::flat)".into(),
+                    ms(flat)
+                ],
+                vec!["per-parameter / flat".into(), format!("{:.2}×", per / flat)],
+            ]
+        )
+    );
 
     // Cargo builds the binary targets for benches too (and sets this path), so the
     // startup is always measured on the binary of the sources being benchmarked.

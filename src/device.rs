@@ -81,7 +81,8 @@ impl Nvidia {
 pub fn driver_version(text: &str) -> Option<String> {
     text.lines().next()?.split_whitespace().find_map(|w| {
         let numeric = w.split('.').count() >= 2
-            && w.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            && w.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         numeric.then(|| w.to_string())
     })
 }
@@ -175,15 +176,33 @@ mod tests {
         };
         assert_eq!(old.driver.as_deref(), Some("535.104.05"));
         let why = unusable_gpu(&old, &torch).unwrap();
-        for part in ["driver 535.104.05", "2.13.0+cu130", "CUDA 13.0", "580", "-g cpu", "AGD_TORCH_CUDA", "LIBTORCH"] {
+        for part in [
+            "driver 535.104.05",
+            "2.13.0+cu130",
+            "CUDA 13.0",
+            "580",
+            "-g cpu",
+            "AGD_TORCH_CUDA",
+            "LIBTORCH",
+        ] {
             assert!(why.contains(part), "{part} missing from: {why}");
         }
         let cpu_build = Libtorch {
             version: "2.13.0+cpu",
             cuda: None,
         };
-        let why = unusable_gpu(&Nvidia { present: true, driver: None }, &cpu_build).unwrap();
-        assert!(why.contains("driver unknown") && why.contains("CPU-only"), "{why}");
+        let why = unusable_gpu(
+            &Nvidia {
+                present: true,
+                driver: None,
+            },
+            &cpu_build,
+        )
+        .unwrap();
+        assert!(
+            why.contains("driver unknown") && why.contains("CPU-only"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::inversion::optim::WARMUP;
 use crate::inversion::store::DreamFormat;
 pub use crate::model::{Depth, Pooling};
 pub use crate::train::optimizer::OptimizerKind;
+pub use crate::train::plan::MemoryFormat;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use std::path::PathBuf;
@@ -204,6 +205,24 @@ pub struct LoopArgs<M: Args> {
     pub augment: AugmentArgs,
     #[command(flatten)]
     pub model: M,
+    /// Mixed precision: the ResNet trunk in bfloat16; BatchNorm statistics, the head and
+    /// the losses in float32. Not in the reference.
+    #[arg(long)]
+    pub amp: bool,
+    /// Activation layout of the trunk [default: nhwc on CUDA, nchw on the CPU].
+    #[arg(long, value_parser = flag_value::<MemoryFormat>())]
+    pub memory_format: Option<MemoryFormat>,
+}
+
+impl FlagValue for MemoryFormat {
+    const ALL: &'static [(Self, &'static str, &'static [&'static str])] = &[
+        (MemoryFormat::Nchw, MemoryFormat::Nchw.name(), &[]),
+        (
+            MemoryFormat::Nhwc,
+            MemoryFormat::Nhwc.name(),
+            &["channels_last", "channels-last"],
+        ),
+    ];
 }
 
 /// `agd train`.

@@ -78,6 +78,8 @@ impl<M: ModelFlags> LoopArgs<M> {
             re: self.augment.re,
             re_area: self.augment.re_area,
             model: self.model.choice(),
+            amp: self.amp,
+            memory_format: self.memory_format,
         }
     }
 }

@@ -192,7 +192,11 @@ fn evaluate_on_device(
     let mut scores = Vec::with_capacity(nq);
     for start in (0..nq).step_by(BLOCK_ROWS) {
         let rows = BLOCK_ROWS.min(nq - start);
-        let block = f_distances(&query.f_narrow(0, start as i64, rows as i64)?, gallery, kind)?;
+        let block = f_distances(
+            &query.f_narrow(0, start as i64, rows as i64)?,
+            gallery,
+            kind,
+        )?;
         let block = Vec::<f32>::try_from(block.f_reshape([-1])?)
             .context("reading a block of the distance matrix")?;
         let part: Vec<Option<QueryScore>> = block

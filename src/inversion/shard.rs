@@ -50,7 +50,10 @@ impl FromStr for Shard {
     fn from_str(s: &str) -> Result<Self, String> {
         let expected = || format!("`{s}`: expected K/N with 1 ≤ K ≤ N, e.g. 1/4");
         let (k, n) = s.split_once('/').ok_or_else(expected)?;
-        let (k, n) = (k.trim().parse().map_err(|_| expected())?, n.trim().parse().map_err(|_| expected())?);
+        let (k, n) = (
+            k.trim().parse().map_err(|_| expected())?,
+            n.trim().parse().map_err(|_| expected())?,
+        );
         Shard::new(k, n).ok_or_else(expected)
     }
 }

@@ -6,6 +6,52 @@ use super::params::Scope;
 use tch::Kind;
 use tch::Tensor;
 
+/// How the ResNet trunk computes; parameters, BatchNorm statistics, the head and every
+/// loss stay float32 and checkpoints NCHW whatever it is.
+///
+/// Both choices travel with the activations rather than through every call: the model
+/// prepares its input ([`Compute::prepare`]), each convolution takes its weight to the
+/// input's type and layout, each BatchNorm normalises in float32 and hands back the type
+/// it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compute {
+    /// Mixed precision: convolutions, ReLUs and residual sums in bfloat16 (`--amp`).
+    pub amp: bool,
+    /// channels_last (NHWC) activations and weights, the layout cuDNN's and oneDNN's fast
+    /// convolutions run in (`--memory-format nhwc`).
+    pub nhwc: bool,
+}
+
+impl Compute {
+    /// `x` (N×3×H×W float32) typed and laid out as the trunk computes.
+    pub fn prepare(self, x: &Tensor) -> Tensor {
+        let x = if self.amp {
+            x.to_kind(Kind::BFloat16)
+        } else {
+            x.shallow_clone()
+        };
+        if self.nhwc {
+            channels_last(&x)
+        } else {
+            x
+        }
+    }
+}
+
+/// `x` (4-D) with channels_last strides: the same N×C×H×W tensor, C varying fastest in
+/// memory. tch has no memory-format argument; permuting to NHWC, making that contiguous
+/// and permuting back gives exactly PyTorch's `to(memory_format=torch.channels_last)`.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Whether a 4-D tensor is laid out channels_last (and has more than one channel, where
+/// the layouts differ).
+pub fn is_channels_last(x: &Tensor) -> bool {
+    let (size, stride) = (x.size(), x.stride());
+    size.len() == 4 && size[1] > 1 && stride[1] == 1
+}
+
 /// Bias-free 2-D convolution, Kaiming-normal (fan_out, relu) initialised as torchvision.
 pub struct Conv2d {
     weight: Tensor,
@@ -24,9 +70,19 @@ impl Conv2d {
         }
     }
 
+    /// The weight follows the input's type ([`Compute::amp`]: a bfloat16 copy whose
+    /// gradient flows back to the float32 weight) and layout ([`Compute::nhwc`]).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut weight = if x.kind() == self.weight.kind() {
+            self.weight.shallow_clone()
+        } else {
+            self.weight.to_kind(x.kind())
+        };
+        if is_channels_last(x) {
+            weight = channels_last(&weight);
+        }
         x.conv2d(
-            &self.weight,
+            &weight,
             None::<Tensor>,
             [self.stride],
             [self.padding],
@@ -67,6 +123,15 @@ pub struct BnStat {
 /// it under that load, so the cost per whole iteration is not measured yet.
 fn channel_moments(x: &Tensor) -> (Tensor, Tensor) {
     let size = x.size();
+    if is_channels_last(x) {
+        // NHWC rows would be copied by the reshape below; reduce over N, H, W in place
+        // (C is the contiguous dimension: each reduction reads memory in order).
+        let dims = [0i64, 2, 3];
+        let mean = x.mean_dim(&dims[..], false, None::<Kind>);
+        let centered = x - mean.detach().reshape([1, size[1], 1, 1]);
+        let var = centered.square().mean_dim(&dims[..], false, None::<Kind>);
+        return (mean, var);
+    }
     let rows = x.reshape([size[0], size[1], -1]);
     let count = (size[0] * rows.size()[2]) as f64;
     let sum = |t: Tensor, dim: i64| t.sum_dim_intlist(&[dim][..], false, None::<Kind>);
@@ -111,7 +176,15 @@ impl BatchNorm {
 
     /// Normalises `x`; in training mode with batch statistics (updating the running ones).
     /// When `stats` is given, the input's mean and biased variance are appended to it.
+    ///
+    /// Input in a lower precision ([`Compute::amp`]) is normalised in float32 (statistics
+    /// and running averages in float32, as autocast runs BatchNorm) and returned in its
+    /// own type.
     pub fn forward(&self, x: &Tensor, train: bool, stats: Option<&mut Vec<BnStat>>) -> Tensor {
+        if x.kind() != Kind::Float && x.kind() != Kind::Double {
+            let y = self.forward(&x.to_kind(Kind::Float), train, stats);
+            return y.to_kind(x.kind());
+        }
         if let Some(stats) = stats {
             let (mean, var) = channel_moments(x);
             stats.push(BnStat {

@@ -12,7 +12,7 @@ pub mod pth;
 
 pub use backbone::Depth;
 pub use choice::ModelChoice;
-pub use layers::BnStat;
+pub use layers::{BnStat, Compute};
 pub use params::{Group, Params, Role};
 
 use crate::bad_setting;
@@ -115,6 +115,8 @@ pub struct Output {
 /// Backbone (`backbone.base.*`, `backbone.bn.*`) and classifier (`classifier.W`).
 pub struct ReidModel {
     pub config: ModelConfig,
+    /// How the trunk computes (precision, memory layout); not part of the checkpoint.
+    pub compute: Compute,
     pub params: Params,
     base: Base,
     head: BatchNorm,
@@ -141,6 +143,7 @@ impl ReidModel {
         );
         Ok(Self {
             config,
+            compute: Compute::default(),
             params,
             base,
             head,
@@ -153,7 +156,15 @@ impl ReidModel {
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, mut stats: Option<&mut Vec<BnStat>>) -> Output {
-        let maps = self.base.forward(x, train, &mut stats);
+        let maps = self
+            .base
+            .forward(&self.compute.prepare(x), train, &mut stats);
+        // Whatever the trunk computed in, the pooled feature, the head and the losses are
+        // float32.
+        let maps: Vec<Tensor> = match self.compute.amp {
+            true => maps.iter().map(|m| m.to_kind(Kind::Float)).collect(),
+            false => maps,
+        };
         let last = &maps[3];
         let global = match self.config.pooling {
             Pooling::Avg => last.adaptive_avg_pool2d([1, 1]),

@@ -8,7 +8,7 @@ use crate::bad_setting;
 use crate::data::{Erasing, LoaderConfig, TrainTransform};
 use crate::error::Setting;
 use crate::model::checkpoint::Pretrained;
-use crate::model::{Depth, ModelChoice, Pooling};
+use crate::model::{Compute, Depth, ModelChoice, Pooling};
 use crate::stage::Argv;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -44,6 +44,29 @@ pub struct LoopPlan {
     pub re: f64,
     pub re_area: f64,
     pub model: ModelChoice,
+    /// Mixed precision (`--amp`): the ResNet trunk in bfloat16, BatchNorm statistics, the
+    /// head and every loss in float32. Not in the reference (it trains in float32).
+    pub amp: bool,
+    /// The trunk's activation layout; `None`: NHWC on CUDA (cuDNN's fast convolutions),
+    /// NCHW on the CPU.
+    pub memory_format: Option<MemoryFormat>,
+}
+
+/// Memory layout of the trunk's activations and convolution weights (`--memory-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryFormat {
+    Nchw,
+    /// channels_last.
+    Nhwc,
+}
+
+impl MemoryFormat {
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemoryFormat::Nchw => "nchw",
+            MemoryFormat::Nhwc => "nhwc",
+        }
+    }
 }
 
 impl LoopPlan {
@@ -70,6 +93,8 @@ impl LoopPlan {
             re: 0.5,
             re_area: 0.4,
             model: ModelChoice::default(),
+            amp: false,
+            memory_format: None,
         }
     }
 
@@ -84,6 +109,17 @@ impl LoopPlan {
             warmup: 0,
             peers: if augmented { 2 } else { 1 },
             ..Self::base_defaults()
+        }
+    }
+
+    /// How the models of this run compute on `device`.
+    pub fn compute(&self, device: tch::Device) -> Compute {
+        Compute {
+            amp: self.amp,
+            nhwc: match self.memory_format {
+                Some(m) => m == MemoryFormat::Nhwc,
+                None => device.is_cuda(),
+            },
         }
     }
 
@@ -165,7 +201,12 @@ impl LoopPlan {
             .differs("--evaluate", &self.evaluate, &d.evaluate)
             .differs("--peers", &self.peers, &d.peers)
             .differs("--re", &self.re, &d.re)
-            .differs("--re-area", &self.re_area, &d.re_area);
+            .differs("--re-area", &self.re_area, &d.re_area)
+            .switch("--amp", self.amp)
+            .opt(
+                "--memory-format",
+                self.memory_format.map(MemoryFormat::name),
+            );
         let mut model = self.model;
         if fresh && model.embedding.is_none() {
             model.embedding = model.depth.map(Depth::feature_width);

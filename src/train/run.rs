@@ -31,6 +31,27 @@ fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
     Ok((device, log, seed))
 }
 
+/// How the run's models compute, logged when it is not float32 NCHW.
+fn compute(r: &LoopPlan, device: Device, log: &Logger) -> crate::model::Compute {
+    let c = r.compute(device);
+    if c.amp || c.nhwc {
+        log.line(format!(
+            "compute: trunk in {}, {} activations",
+            if c.amp {
+                "bfloat16 (BN statistics and losses float32)"
+            } else {
+                "float32"
+            },
+            if c.nhwc {
+                "channels_last (NHWC)"
+            } else {
+                "NCHW"
+            }
+        ));
+    }
+    c
+}
+
 /// The checkpoint `resume` names, read before anything is written.
 fn resumed(r: &LoopPlan) -> Result<Option<Checkpoint>> {
     r.resume
@@ -177,7 +198,8 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
         None => r.model.fresh(classes),
     };
     let mut model = ReidModel::new(crate::model::ModelConfig { classes, ..config }, device)?;
-    let mut opt = Optimizer::new(&model, r.optimizer);
+    model.compute = compute(r, device, &log);
+    let mut opt = Optimizer::flat(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch == 1 {
         match plan.pretrained.weights(model.config.depth)? {
@@ -325,8 +347,10 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
         log.line(format!("warning: {warning}"));
     }
     log.line(describe(&dataset, device));
+    let compute = compute(r, device, &log);
     let load_old = || -> Result<ReidModel> {
         let mut m = ReidModel::new(old_config, device)?;
+        m.compute = compute;
         m.load_checkpoint(&previous).about(Setting::Previous)?;
         Ok(m)
     };
@@ -340,7 +364,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
         previous.path.display(),
         previous.epoch
     ));
-    let mut opt = Optimizer::new(&model, r.optimizer);
+    let mut opt = Optimizer::flat(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));

@@ -950,7 +950,10 @@ fn shards_dream_one_folder_together_each_its_own_identities() {
             let shard = format!("{k}/3");
             super::util::agd()
                 .env("OMP_NUM_THREADS", "1")
-                .args(quick_args(&teacher, &["--shard", &shard, "--generation-dir", &dir]))
+                .args(quick_args(
+                    &teacher,
+                    &["--shard", &shard, "--generation-dir", &dir],
+                ))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -960,10 +963,17 @@ fn shards_dream_one_folder_together_each_its_own_identities() {
     for (k, child) in (1..=3).zip(children) {
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "shard {k}/3: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "shard {k}/3: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let first = (k - 1) * 4;
         assert!(
-            stdout.contains(&format!("every identity of shard {k}/3 ({first}..{}) has 2 images", first + 4)),
+            stdout.contains(&format!(
+                "every identity of shard {k}/3 ({first}..{}) has 2 images",
+                first + 4
+            )),
             "{stdout}"
         );
         let log = std::fs::read_to_string(gen.join(format!("shard-{k}-of-3/log.txt"))).unwrap();
@@ -988,7 +998,14 @@ fn shards_dream_one_folder_together_each_its_own_identities() {
     assert_eq!(images_of(&gen), images);
 
     assert_fails(
-        &["--teacher", &teacher.display().to_string(), "--shard", "1/13", "--generation-dir", &dir],
+        &[
+            "--teacher",
+            &teacher.display().to_string(),
+            "--shard",
+            "1/13",
+            "--generation-dir",
+            &dir,
+        ],
         &["--shard 1/13", "12 identities"],
     );
     assert_fails(&["--shard", "4/3"], &["--shard", "expected K/N"]);

@@ -68,6 +68,8 @@ fn custom_loop() -> LoopPlan {
         re: 0.25,
         re_area: 0.3,
         model: every_model_value(),
+        amp: true,
+        memory_format: Some(agd::train::plan::MemoryFormat::Nhwc),
     }
 }
 
