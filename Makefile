@@ -30,6 +30,7 @@ bench:
 	$(CARGO) bench --bench incremental_step
 	$(CARGO) bench --bench evaluate
 	$(CARGO) bench --bench invert
+	$(CARGO) bench --bench compute
 
 lint:
 	$(CARGO) fmt --check

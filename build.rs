@@ -31,11 +31,37 @@ fn main() {
     if let Some(cuda) = cuda {
         println!("cargo:rustc-env=AGD_TORCH_CUDA={cuda}");
     }
+    shim(dir);
     for lib in ["torch_cuda", "torch_hip"] {
         if dir.join(format!("lib{lib}.so")).exists() {
             println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-l{lib},--as-needed");
         }
     }
+}
+
+/// Compiles src/shim/context.cpp against the libtorch's headers (`<lib>/../include`): the
+/// switches of ATen's global context that tch has no binding for.
+fn shim(lib: &std::path::Path) {
+    // Next to this file, also when scripts/build-for-torch builds from another manifest.
+    let source = std::path::Path::new(file!())
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .join("src/shim/context.cpp");
+    println!("cargo:rerun-if-changed={}", source.display());
+    let include = lib
+        .parent()
+        .map(|root| root.join("include"))
+        .unwrap_or_default();
+    cc::Build::new()
+        .cpp(true)
+        .file(&source)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("agd_shim");
 }
 
 /// The version and CUDA version of the libtorch in `lib`: a PyPI torch's `version.py`

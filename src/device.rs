@@ -52,6 +52,9 @@ pub fn select(gpu: &[String]) -> Result<Device> {
             gpu.join(" ")
         );
     }
+    // Batch shapes are fixed: cuDNN's benchmark search pays for itself after one batch.
+    // A training stage asked for --deterministic turns it off again.
+    set_deterministic(false);
     Ok(Device::Cuda(id))
 }
 
@@ -140,6 +143,51 @@ pub fn unusable_gpu(hardware: &Nvidia, torch: &Libtorch) -> Option<String> {
     ))
 }
 
+extern "C" {
+    fn agd_set_deterministic(on: std::os::raw::c_int);
+    fn agd_deterministic_algorithms() -> std::os::raw::c_int;
+    fn agd_deterministic_cudnn() -> std::os::raw::c_int;
+    fn agd_benchmark_cudnn() -> std::os::raw::c_int;
+}
+
+/// ATen's reproducibility switches, as `--deterministic` sets them and a test reads back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Determinism {
+    /// `torch.use_deterministic_algorithms(True, warn_only=True)`.
+    pub algorithms: bool,
+    /// `torch.backends.cudnn.deterministic`.
+    pub cudnn: bool,
+    /// `torch.backends.cudnn.benchmark`: cuDNN times several convolution algorithms per
+    /// shape and keeps the fastest (batch shapes are fixed, so it searches once).
+    pub benchmark: bool,
+}
+
+/// `--deterministic` (or not) for this process: deterministic ATen and cuDNN algorithms,
+/// benchmark off and cuBLAS's fixed workspace (`CUBLAS_WORKSPACE_CONFIG=:4096:8`, unless
+/// set), so a seeded GPU run and its resume repeat; otherwise cuDNN's benchmark on. An op
+/// with no deterministic CUDA kernel warns once (warn-only mode) instead of failing the
+/// run. Call before the first CUDA operation.
+pub fn set_deterministic(on: bool) -> Determinism {
+    if on && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    // SAFETY: plain setters of ATen's global context (src/shim/context.cpp).
+    unsafe { agd_set_deterministic(on as std::os::raw::c_int) };
+    determinism()
+}
+
+/// The switches as ATen has them now.
+pub fn determinism() -> Determinism {
+    // SAFETY: plain getters of ATen's global context (src/shim/context.cpp).
+    unsafe {
+        Determinism {
+            algorithms: agd_deterministic_algorithms() != 0,
+            cudnn: agd_deterministic_cudnn() != 0,
+            benchmark: agd_benchmark_cudnn() != 0,
+        }
+    }
+}
+
 /// Human name of a device for logs and tables.
 pub fn describe(device: Device) -> String {
     match device {
@@ -203,6 +251,30 @@ mod tests {
             why.contains("driver unknown") && why.contains("CPU-only"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn deterministic_sets_and_clears_atens_switches() {
+        let on = set_deterministic(true);
+        assert_eq!(
+            on,
+            Determinism {
+                algorithms: true,
+                cudnn: true,
+                benchmark: false
+            }
+        );
+        assert!(std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_some());
+        let off = set_deterministic(false);
+        assert_eq!(
+            off,
+            Determinism {
+                algorithms: false,
+                cudnn: false,
+                benchmark: true
+            }
+        );
+        assert_eq!(determinism(), off);
     }
 
     #[test]

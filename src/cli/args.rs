@@ -212,6 +212,10 @@ pub struct LoopArgs<M: Args> {
     /// Activation layout of the trunk [default: nhwc on CUDA, nchw on the CPU].
     #[arg(long, value_parser = flag_value::<MemoryFormat>())]
     pub memory_format: Option<MemoryFormat>,
+    /// Deterministic ATen and cuDNN algorithms and cuDNN's benchmark off, so a seeded GPU
+    /// run and its resume repeat (slower; README, GPU). Without it the benchmark is on.
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 impl FlagValue for MemoryFormat {

@@ -80,6 +80,7 @@ impl<M: ModelFlags> LoopArgs<M> {
             model: self.model.choice(),
             amp: self.amp,
             memory_format: self.memory_format,
+            deterministic: self.deterministic,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct LoopPlan {
     /// The trunk's activation layout; `None`: NHWC on CUDA (cuDNN's fast convolutions),
     /// NCHW on the CPU.
     pub memory_format: Option<MemoryFormat>,
+    /// `--deterministic`: deterministic ATen and cuDNN algorithms, cuDNN benchmark off
+    /// ([`crate::device::set_deterministic`]).
+    pub deterministic: bool,
 }
 
 /// Memory layout of the trunk's activations and convolution weights (`--memory-format`).
@@ -95,6 +98,7 @@ impl LoopPlan {
             model: ModelChoice::default(),
             amp: false,
             memory_format: None,
+            deterministic: false,
         }
     }
 
@@ -203,6 +207,7 @@ impl LoopPlan {
             .differs("--re", &self.re, &d.re)
             .differs("--re-area", &self.re_area, &d.re_area)
             .switch("--amp", self.amp)
+            .switch("--deterministic", self.deterministic)
             .opt(
                 "--memory-format",
                 self.memory_format.map(MemoryFormat::name),

@@ -26,6 +26,16 @@ use tch::Device;
 fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
     let device = crate::device::select(&r.gpu)?;
     let log = open_log(&r.logs_dir, argv, true)?;
+    if r.deterministic {
+        let d = crate::device::set_deterministic(true);
+        log.line(format!(
+            "deterministic: ATen algorithms {} (ops without a deterministic kernel warn), cuDNN deterministic {}, benchmark {}, CUBLAS_WORKSPACE_CONFIG={}",
+            d.algorithms,
+            d.cudnn,
+            d.benchmark,
+            std::env::var("CUBLAS_WORKSPACE_CONFIG").unwrap_or_default()
+        ));
+    }
     crate::alloc::retain_freed_memory();
     let seed = crate::stage::seed(r.seed, &log);
     Ok((device, log, seed))

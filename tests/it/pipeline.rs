@@ -70,6 +70,7 @@ fn custom_loop() -> LoopPlan {
         model: every_model_value(),
         amp: true,
         memory_format: Some(agd::train::plan::MemoryFormat::Nhwc),
+        deterministic: true,
     }
 }
 
