@@ -77,11 +77,7 @@ fn torch_version(lib: &std::path::Path) -> (String, Option<String>) {
             "cargo:rerun-if-changed={}",
             root.join("version.py").display()
         );
-        let field = |name: &str| {
-            py.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| quoted(l))
-        };
+        let field = |name: &str| py.lines().find(|l| l.starts_with(name)).and_then(quoted);
         let version = field("__version__").unwrap_or_else(|| "unknown".into());
         return (version, field("cuda"));
     }

@@ -151,7 +151,7 @@ impl Optimizer {
                     let (n, shape) = (s.param.numel() as i64, s.param.size());
                     let view = |t: &Tensor| t.narrow(0, offset, n).view(shape.as_slice());
                     let p = view(&params);
-                    let _ = p.shallow_clone().copy_(&s.param);
+                    p.shallow_clone().copy_(&s.param);
                     s.param.set_data(&p);
                     s.first = view(&m);
                     if v.defined() {
@@ -337,7 +337,7 @@ fn update(
             if started {
                 let _ = first.g_mul_scalar_(MOMENTUM).g_add_(&d_p);
             } else {
-                let _ = first.copy_(&d_p);
+                first.copy_(&d_p);
             }
             let update = &d_p + &*first * MOMENTUM;
             let _ = param.shallow_clone().g_add_(&(update * -lr));

@@ -482,8 +482,7 @@ fn the_flat_optimizer_equals_the_per_parameter_update_exactly() {
         let c = fresh();
         tch::no_grad(|| {
             for e in c.params.entries() {
-                let _ = e
-                    .tensor
+                e.tensor
                     .shallow_clone()
                     .copy_(b.params.get(&e.name).unwrap());
             }
