@@ -12,7 +12,7 @@
 mod common;
 
 use agd::loss::BaseLoss;
-use agd::model::{Compute, Depth, ModelConfig, Pooling, ReidModel};
+use agd::model::{Compute, ReidModel};
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use anyhow::Result;
 use std::time::Instant;
@@ -57,13 +57,7 @@ struct Setup {
 impl Setup {
     fn new(compute: Compute) -> Result<Self> {
         tch::manual_seed(0);
-        let cfg = ModelConfig {
-            depth: Depth::R50,
-            last_stride: 2,
-            pooling: Pooling::Avg,
-            embedding: 2048,
-            classes: 751,
-        };
+        let cfg = common::resnet50(751);
         let mut model = ReidModel::new(cfg, Device::Cpu)?;
         model.compute = compute;
         let mut opt = Optimizer::flat(&model, OptimizerKind::Sgd);

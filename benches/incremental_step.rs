@@ -29,7 +29,7 @@ mod common;
 
 use agd::data::Batch;
 use agd::loss::distill::Distillation;
-use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
+use agd::model::ReidModel;
 use agd::train::incremental::{IncrementalStep, Views};
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use anyhow::{Context, Result};
@@ -108,13 +108,7 @@ struct AgdStep {
 impl AgdStep {
     fn new() -> Result<Self> {
         tch::manual_seed(0);
-        let config = ModelConfig {
-            depth: Depth::R50,
-            last_stride: 2,
-            pooling: Pooling::Avg,
-            embedding: 2048,
-            classes: OLD_CLASSES,
-        };
+        let config = common::resnet50(OLD_CLASSES);
         let old = ReidModel::new(config, Device::Cpu)?;
         // The student starts as a copy of the old model, then gets the new classes' rows.
         let mut model = ReidModel::new(config, Device::Cpu)?;

@@ -17,7 +17,7 @@ mod common;
 
 use agd::inversion::optim::{stage_lr, WARMUP};
 use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage};
-use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
+use agd::model::ReidModel;
 use anyhow::Result;
 use common::{env_usize, Phases, Reference, Timing};
 use std::time::Instant;
@@ -49,13 +49,7 @@ struct AgdSide {
 impl AgdSide {
     fn new(batch: i64) -> Result<Self> {
         tch::manual_seed(0);
-        let cfg = ModelConfig {
-            depth: Depth::R50,
-            last_stride: 2,
-            pooling: Pooling::Avg,
-            embedding: 2048,
-            classes: CLASSES,
-        };
+        let cfg = common::resnet50(CLASSES);
         let teacher = ReidModel::new(cfg, Device::Cpu)?;
         let targets: Vec<i64> = (0..batch).map(|i| (i * 16) % CLASSES).collect();
         let images = Tensor::randn([batch, 3, HEIGHT, WIDTH], (Kind::Float, Device::Cpu));

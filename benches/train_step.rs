@@ -19,7 +19,7 @@
 mod common;
 
 use agd::loss::BaseLoss;
-use agd::model::{Depth, ModelConfig, Pooling, ReidModel};
+use agd::model::ReidModel;
 use agd::train::optimizer::{Optimizer, OptimizerKind};
 use anyhow::{bail, Context, Result};
 use common::{Phases, Reference, Timing};
@@ -67,13 +67,7 @@ struct AgdStep {
 impl AgdStep {
     fn new() -> Result<Self> {
         tch::manual_seed(0);
-        let cfg = ModelConfig {
-            depth: Depth::R50,
-            last_stride: 2,
-            pooling: Pooling::Avg,
-            embedding: 2048,
-            classes: CLASSES,
-        };
+        let cfg = common::resnet50(CLASSES);
         let model = ReidModel::new(cfg, Device::Cpu)?;
         let mut opt = Optimizer::flat(&model, OptimizerKind::Sgd);
         opt.set_lr(0.01);
@@ -112,13 +106,7 @@ fn optimizer_layouts(steps: usize) -> Result<(f64, f64)> {
     let mut setups = Vec::new();
     for flat in [false, true] {
         tch::manual_seed(0);
-        let cfg = ModelConfig {
-            depth: Depth::R50,
-            last_stride: 2,
-            pooling: Pooling::Avg,
-            embedding: 2048,
-            classes: CLASSES,
-        };
+        let cfg = common::resnet50(CLASSES);
         let model = ReidModel::new(cfg, Device::Cpu)?;
         let mut opt = if flat {
             Optimizer::flat(&model, OptimizerKind::Sgd)

@@ -10,6 +10,18 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+/// The reference's ResNet-50 ReID model (last stride 2, average pooling, 2048-d
+/// embedding) with `classes` classes: every step bench's model.
+pub fn resnet50(classes: i64) -> agd::model::ModelConfig {
+    agd::model::ModelConfig {
+        depth: agd::model::Depth::R50,
+        last_stride: 2,
+        pooling: agd::model::Pooling::Avg,
+        embedding: 2048,
+        classes,
+    }
+}
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
