@@ -153,7 +153,7 @@ impl AgdStep {
             phases.backward.as_secs_f64(),
             phases.optimizer.as_secs_f64(),
         ]);
-        Ok((timing, losses))
+        Ok((timing, losses.iter().map(|t| t.double_value(&[])).collect()))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The base training step (SPEC §1 `train`): cross-entropy + triplet on one view.
 
-use super::fit::Step;
+use super::fit::{reported, Step};
 use super::optimizer::Optimizer;
 use crate::data::Batch;
 use crate::loss::BaseLoss;
@@ -23,19 +23,24 @@ impl Step for BaseStep {
     /// With several views (`--peers`), each view's loss is back-propagated divided by the
     /// number of views and one optimiser step follows, as the reference's X trainer does;
     /// the reported losses are the last view's.
-    fn step(&mut self, model: &ReidModel, opt: &mut Optimizer, batch: Batch) -> Result<Vec<f64>> {
+    fn step(
+        &mut self,
+        model: &ReidModel,
+        opt: &mut Optimizer,
+        batch: Batch,
+    ) -> Result<Vec<tch::Tensor>> {
         let device = model.device();
         let pids = batch.pids.to_device(device);
         let views = batch.views.len() as f64;
         opt.zero_grad();
-        let mut reported = Vec::new();
+        let mut last = Vec::new();
         for view in &batch.views {
             let out = model.forward(&to_input(view, device), true);
             let loss = BaseLoss::new(&out.logits, &out.global, &pids);
             (loss.total() / views).backward();
-            reported = vec![loss.ce.double_value(&[]), loss.triplet.double_value(&[])];
+            last = reported(&[&loss.ce, &loss.triplet]);
         }
         opt.step();
-        Ok(reported)
+        Ok(last)
     }
 }

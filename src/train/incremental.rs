@@ -128,7 +128,7 @@ impl IncrementalStep {
         model: &ReidModel,
         opt: &mut Optimizer,
         (new, dreamed): (Batch, Batch),
-    ) -> Result<(Vec<f64>, Phases)> {
+    ) -> Result<(Vec<Tensor>, Phases)> {
         let views = new.views.len();
         if views != dreamed.views.len() {
             bail!(
@@ -173,11 +173,7 @@ impl IncrementalStep {
             let t = Instant::now();
             (loss / views as f64).backward();
             phases.backward += t.elapsed();
-            reported = vec![
-                base.ce.double_value(&[]),
-                base.triplet.double_value(&[]),
-                distill.double_value(&[]),
-            ];
+            reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
         }
         let t = Instant::now();
         opt.step();
@@ -204,7 +200,7 @@ impl Step for IncrementalStep {
         model: &ReidModel,
         opt: &mut Optimizer,
         batch: (Batch, Batch),
-    ) -> Result<Vec<f64>> {
+    ) -> Result<Vec<Tensor>> {
         self.step_timed(model, opt, batch).map(|(losses, _)| losses)
     }
 }
@@ -238,7 +234,12 @@ impl Step for NewDataStep {
     }
 
     /// The reported losses are the last view's, as the reference's.
-    fn step(&mut self, model: &ReidModel, opt: &mut Optimizer, batch: Batch) -> Result<Vec<f64>> {
+    fn step(
+        &mut self,
+        model: &ReidModel,
+        opt: &mut Optimizer,
+        batch: Batch,
+    ) -> Result<Vec<Tensor>> {
         let views = batch.views.len();
         check_views(self.views, views)?;
         let device = model.device();
@@ -260,11 +261,7 @@ impl Step for NewDataStep {
             )?;
             let loss = base.total() + &distill;
             (loss / views as f64).backward();
-            reported = vec![
-                base.ce.double_value(&[]),
-                base.triplet.double_value(&[]),
-                distill.double_value(&[]),
-            ];
+            reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
         }
         opt.step();
         Ok(reported)

@@ -215,6 +215,11 @@ fn step_for(w: &World, config: &str, views: Views) -> (IncrementalStep, ReidMode
     (step, student)
 }
 
+/// The values of a step's reported loss terms.
+fn values(terms: Vec<Tensor>) -> Vec<f64> {
+    terms.iter().map(|t| t.double_value(&[])).collect()
+}
+
 #[test]
 fn old_classes_follow_the_new_ones_and_dreamed_pids_are_shifted_past_them() {
     let w = world();
@@ -244,7 +249,7 @@ fn old_classes_follow_the_new_ones_and_dreamed_pids_are_shifted_past_them() {
     let (shifted, unshifted) = (ce(&dreamed.pids + NEW_IDS as i64), ce(dreamed.pids.copy()));
     let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
     opt.set_lr(0.0);
-    let reported = step.step(&student, &mut opt, (new, dreamed)).unwrap();
+    let reported = values(step.step(&student, &mut opt, (new, dreamed)).unwrap());
     assert!(
         (reported[0] - shifted).abs() < 1e-5,
         "step CE {} vs CE with shifted pids {shifted} (unshifted {unshifted})",
@@ -312,7 +317,7 @@ fn augmented_distillation_with_cross_factor_one_uses_only_the_same_view() {
             step_for(w, "inverXion-1.0.yaml", Views::Augmented { cross_factor });
         let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
         opt.set_lr(0.0);
-        let got = step.step(&student, &mut opt, copy(&pair)).unwrap()[2];
+        let got = values(step.step(&student, &mut opt, copy(&pair)).unwrap())[2];
         assert!(
             (got - want).abs() <= 1e-4 * want.abs().max(1e-3),
             "cross factor {cross_factor}: distill {got}, expected {want}"
@@ -343,7 +348,7 @@ fn always_be_dreaming_applies_the_old_classifier_to_the_student_s_dreamed_embedd
     });
     let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
     opt.set_lr(0.0);
-    let got = step.step(&student, &mut opt, (new, dreamed)).unwrap()[2];
+    let got = values(step.step(&student, &mut opt, (new, dreamed)).unwrap())[2];
     assert!(
         want > 1e-6 && (got - want).abs() <= 1e-5 * want,
         "distill {got}, expected {want}"
@@ -379,13 +384,14 @@ fn every_shipped_config_runs_and_lowers_the_total_loss() {
         opt.set_lr(1e-5);
         let mut totals = Vec::new();
         for _ in 0..3 {
-            let losses = step
-                .step(
+            let losses = values(
+                step.step(
                     &student,
                     &mut opt,
                     (take(&pair.0, views), take(&pair.1, views)),
                 )
-                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                .unwrap_or_else(|e| panic!("{name}: {e:#}")),
+            );
             assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
             totals.push(losses.iter().sum::<f64>());
         }
@@ -750,7 +756,7 @@ fn new_data_distillation_distils_the_old_classes_on_the_new_batch() {
     });
     let mut opt = Optimizer::new(&student, OptimizerKind::Sgd);
     opt.set_lr(0.0);
-    let reported = step.step(&student, &mut opt, clone_batch(&new)).unwrap();
+    let reported = values(step.step(&student, &mut opt, clone_batch(&new)).unwrap());
     assert_eq!(step.loss_names(), ["ce", "triplet", "distill"]);
     assert!(
         (reported[2] - want).abs() <= 1e-4 * want.abs().max(1e-3),
@@ -783,9 +789,10 @@ fn new_data_distillation_with_every_shipped_config_lowers_the_total_loss() {
                 Views::Single => take(&new, Views::Single),
                 Views::Augmented { .. } => clone_batch(&new),
             };
-            let losses = step
-                .step(&student, &mut opt, batch)
-                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let losses = values(
+                step.step(&student, &mut opt, batch)
+                    .unwrap_or_else(|e| panic!("{name}: {e:#}")),
+            );
             assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
             totals.push(losses.iter().sum::<f64>());
         }
@@ -824,13 +831,14 @@ fn real_exemplars_in_place_of_dreams_lower_the_loss() {
     opt.set_lr(1e-5);
     let mut totals = Vec::new();
     for _ in 0..3 {
-        let losses = step
-            .step(
+        let losses = values(
+            step.step(
                 &student,
                 &mut opt,
                 (clone_batch(&pair.0), clone_batch(&pair.1)),
             )
-            .unwrap();
+            .unwrap(),
+        );
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         totals.push(losses.iter().sum::<f64>());
     }
