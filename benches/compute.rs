@@ -1,5 +1,5 @@
 //! Compute-option benchmark (`cargo bench --bench compute`): one ResNet-50 training step
-//! (zero_grad, forward, CE + triplet, backward, SGD over the flat buffers) at 256×128 on
+//! (zero_grad, forward, CE + triplet, backward, SGD as `agd train` runs it) at 256×128 on
 //! the CPU under each of `agd train`'s compute options — NCHW float32 (the reference's),
 //! `--memory-format nhwc`, `--amp`, both — alternating, with the ratio to NCHW float32.
 //! It decides the CPU's default layout (`LoopPlan::compute`); on a GPU, scripts/gpu-check
@@ -60,7 +60,7 @@ impl Setup {
         let cfg = common::resnet50(751);
         let mut model = ReidModel::new(cfg, Device::Cpu)?;
         model.compute = compute;
-        let mut opt = Optimizer::flat(&model, OptimizerKind::Sgd);
+        let mut opt = Optimizer::for_device(&model, OptimizerKind::Sgd);
         opt.set_lr(1e-4);
         Ok(Self { model, opt })
     }

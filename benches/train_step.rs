@@ -11,7 +11,7 @@
 //! backward, optimiser), which locates a gap when there is one.
 //!
 //! Then the optimiser step alone under its two layouts, per-parameter tensors and one flat
-//! buffer per group (`Optimizer::flat`, what `agd train` uses), on ResNet-50's gradients.
+//! buffer per group (`Optimizer::flat`, what `agd train` uses on CUDA), on ResNet-50's gradients.
 //!
 //! `AGD_BENCH_STEPS`: timed steps per side (default 3; the median is reported), after one
 //! warm-up step each.
@@ -69,7 +69,7 @@ impl AgdStep {
         tch::manual_seed(0);
         let cfg = common::resnet50(CLASSES);
         let model = ReidModel::new(cfg, Device::Cpu)?;
-        let mut opt = Optimizer::flat(&model, OptimizerKind::Sgd);
+        let mut opt = Optimizer::for_device(&model, OptimizerKind::Sgd);
         opt.set_lr(0.01);
         Ok(Self {
             model,

@@ -79,7 +79,8 @@ pub struct DemoPlan {
     pub seed: u64,
     /// `-g` values of every stage.
     pub gpu: Vec<String>,
-    /// Random-erasing probability of every training stage (`--re`; the reference's 0.5).
+    /// Random-erasing probability of every training stage (`--re`: the demo's default is
+    /// 0, the reference's 0.5).
     pub re: f64,
 }
 
@@ -258,6 +259,37 @@ impl Run<'_> {
     }
 }
 
+/// The file in a demo folder naming the recipe its stages were made with.
+pub const RECIPE: &str = "demo.recipe";
+
+/// A second run reuses every finished stage of its folder, which is only right when the
+/// stages were made with the same recipe (sizes, random erasing, seed): a folder made by
+/// other flags, or by an agd from before the recipe was recorded, is refused with the way
+/// out, rather than mixing its stages into this run's table.
+fn check_recipe(plan: &DemoPlan) -> Result<()> {
+    let path = plan.out.join(RECIPE);
+    let recipe = format!(
+        "sizes {:?}, re {}, seed {}, quick {}\n",
+        plan.sizes, plan.re, plan.seed, plan.quick
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == recipe => Ok(()),
+        Ok(found) => bail!(
+            "{} was made by a demo with other flags ({}), not this one's ({}): run it with \
+             those flags to complete it, or give a new --out",
+            plan.out.display(),
+            found.trim(),
+            recipe.trim()
+        ),
+        Err(_) if plan.out.join("base").exists() => bail!(
+            "{} holds a demo made by an earlier agd (no {RECIPE}; its stages may have been \
+             trained with another recipe): give a new --out",
+            plan.out.display()
+        ),
+        Err(_) => crate::io::write_atomic(&path, recipe.as_bytes()),
+    }
+}
+
 /// A model on both tasks; rank lists of a few queries when asked, so forgetting can be
 /// seen.
 fn evaluate(
@@ -359,6 +391,7 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
     }
     let device = crate::device::select(&plan.gpu)?;
     let log = Logger::open(&plan.out, true)?;
+    check_recipe(plan)?;
     log.line(format!(
         "agd demo{} → {} (device {}; {sizes:?})",
         if plan.quick { " --quick" } else { "" },

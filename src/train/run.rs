@@ -209,7 +209,7 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     };
     let mut model = ReidModel::new(crate::model::ModelConfig { classes, ..config }, device)?;
     model.compute = compute(r, device, &log);
-    let mut opt = Optimizer::flat(&model, r.optimizer);
+    let mut opt = Optimizer::for_device(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch == 1 {
         match plan.pretrained.weights(model.config.depth)? {
@@ -374,7 +374,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
         previous.path.display(),
         previous.epoch
     ));
-    let mut opt = Optimizer::flat(&model, r.optimizer);
+    let mut opt = Optimizer::for_device(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));

@@ -587,6 +587,51 @@ fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
             );
         }
     }
+    // A finished seed's folder is not continued with another recipe, nor is a folder of an
+    // agd from before recipes were recorded.
+    let seed3 = out.join("seed-3");
+    let mut again = vec![
+        "demo",
+        "--quick",
+        "-g",
+        "cpu",
+        "--ids",
+        "4",
+        "--base-epochs",
+        "1",
+    ];
+    again.extend([
+        "--shots",
+        "1",
+        "--low-res-iters",
+        "1",
+        "--full-res-iters",
+        "1",
+        "-s",
+        "3",
+    ]);
+    again.extend(["--re", "0.5", "--out", seed3.to_str().unwrap()]);
+    let refused = agd_output(&again);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    for part in ["other flags", "re 0.5", "re 0,", "--out"] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+    let old = out.join("older");
+    std::fs::create_dir_all(old.join("base")).unwrap();
+    let refused = agd_output(&[
+        "demo",
+        "--quick",
+        "-g",
+        "cpu",
+        "--out",
+        old.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("earlier agd") && err.contains("--out"),
+        "{err}"
+    );
     for m in ["gd", "simgd", "agd"] {
         let mean = (seeds[0]["margins"][m].as_f64().unwrap()
             + seeds[1]["margins"][m].as_f64().unwrap())
