@@ -60,14 +60,14 @@ pub struct IncrementalStep {
 }
 
 /// The teacher's outputs on every view of `batch` (eval mode, no graph kept).
-fn teacher(old: &ReidModel, batch: &Batch, device: Device) -> Vec<Output> {
-    tch::no_grad(|| {
-        batch
-            .views
-            .iter()
-            .map(|x| old.forward(&to_input(x, device), false))
-            .collect()
-    })
+fn teacher(old: &ReidModel, views: &[Tensor]) -> Vec<Output> {
+    tch::no_grad(|| views.iter().map(|x| old.forward(x, false)).collect())
+}
+
+/// A batch's views on `device`, each copied there once: the old model and the student
+/// both read them (and the student's new ⊕ dreamed input is concatenated there).
+fn uploaded(batch: &Batch, device: Device) -> Vec<Tensor> {
+    batch.views.iter().map(|x| to_input(x, device)).collect()
 }
 
 /// factor · the distillation term of SPEC §5/§6 for the student's view `i`.
@@ -147,15 +147,16 @@ impl IncrementalStep {
             0,
         );
         let t = Instant::now();
-        let teachers = teacher(&self.old, &dreamed, device);
+        let (new_views, dreamed_views) = (uploaded(&new, device), uploaded(&dreamed, device));
+        let teachers = teacher(&self.old, &dreamed_views);
         phases.teacher = t.elapsed();
         let t = Instant::now();
         opt.zero_grad();
         phases.optimizer = t.elapsed();
         let mut reported = Vec::new();
-        for (i, (x, x_dreamed)) in new.views.iter().zip(&dreamed.views).enumerate() {
+        for (i, (x, x_dreamed)) in new_views.iter().zip(&dreamed_views).enumerate() {
             let t = Instant::now();
-            let input = to_input(&Tensor::cat(&[x, x_dreamed], 0), device);
+            let input = Tensor::cat(&[x, x_dreamed], 0);
             let out = model.forward(&input, true);
             let base = BaseLoss::new(&out.logits, &out.global, &pids);
             let student = rows(&out, n_new, n_dreamed);
@@ -244,11 +245,12 @@ impl Step for NewDataStep {
         check_views(self.views, views)?;
         let device = model.device();
         let pids = batch.pids.to_device(device);
-        let teachers = teacher(&self.old, &batch, device);
+        let inputs = uploaded(&batch, device);
+        let teachers = teacher(&self.old, &inputs);
         opt.zero_grad();
         let mut reported = Vec::new();
-        for (i, x) in batch.views.iter().enumerate() {
-            let out = model.forward(&to_input(x, device), true);
+        for (i, x) in inputs.iter().enumerate() {
+            let out = model.forward(x, true);
             let base = BaseLoss::new(&out.logits, &out.global, &pids);
             let distill = mixed_distill(
                 &self.distillation,
