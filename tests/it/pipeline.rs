@@ -532,26 +532,13 @@ fn demo_quick_runs_the_whole_method_and_writes_its_results() {
 fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-demo-seeds");
     let _ = std::fs::remove_dir_all(&out);
-    let run = agd_output(&[
-        "demo",
-        "--quick",
-        "-g",
-        "cpu",
-        "--ids",
-        "4",
-        "--base-epochs",
-        "1",
-        "--shots",
-        "1",
-        "--low-res-iters",
-        "1",
-        "--full-res-iters",
-        "1",
-        "--seeds",
-        "3,5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // The smallest demo there is, over two seeds.
+    let tiny = "demo --quick -g cpu --ids 4 --base-epochs 1 --shots 1 --low-res-iters 1 \
+                --full-res-iters 1";
+    let tiny: Vec<&str> = tiny.split_whitespace().collect();
+    let mut args = tiny.clone();
+    args.extend(["--seeds", "3,5", "--out", out.to_str().unwrap()]);
+    let run = agd_output(&args);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -590,26 +577,8 @@ fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
     // A finished seed's folder is not continued with another recipe, nor is a folder of an
     // agd from before recipes were recorded.
     let seed3 = out.join("seed-3");
-    let mut again = vec![
-        "demo",
-        "--quick",
-        "-g",
-        "cpu",
-        "--ids",
-        "4",
-        "--base-epochs",
-        "1",
-    ];
-    again.extend([
-        "--shots",
-        "1",
-        "--low-res-iters",
-        "1",
-        "--full-res-iters",
-        "1",
-        "-s",
-        "3",
-    ]);
+    let mut again = tiny.clone();
+    again.extend(["-s", "3"]);
     again.extend(["--re", "0.5", "--out", seed3.to_str().unwrap()]);
     let refused = agd_output(&again);
     let err = String::from_utf8_lossy(&refused.stderr);
