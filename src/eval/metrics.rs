@@ -88,12 +88,23 @@ pub fn evaluate(dist: &[f32], query: Labels, gallery: Labels, topk: usize) -> Re
         dist.len()
     );
     let identities = Identities::new(gallery);
-    let scores: Vec<Option<QueryScore>> = dist
-        .par_chunks(ng)
-        .enumerate()
-        .map(|(i, row)| score_row(i, row, query, &identities))
-        .collect::<Result<_>>()?;
+    let scores = score_rows(dist, 0, ng, query, &identities)?;
     summarise(&scores, nq, ng, topk)
+}
+
+/// Scores of the queries whose distance rows (`ng` wide) `rows` holds, the first being
+/// query `first`.
+fn score_rows(
+    rows: &[f32],
+    first: usize,
+    ng: usize,
+    query: Labels,
+    gallery: &Identities,
+) -> Result<Vec<Option<QueryScore>>> {
+    rows.par_chunks(ng)
+        .enumerate()
+        .map(|(r, row)| score_row(first + r, row, query, gallery))
+        .collect()
 }
 
 /// Most query rows per similarity block in [`evaluate_features`]: 1,024 × 15,913 gallery
@@ -177,8 +188,8 @@ pub fn evaluate_features(
 
 /// [`evaluate`] on [`distance_matrix`], one block of [`BLOCK_ROWS`] query rows at a time:
 /// each block's distances are [`f_distances`]'s (rows are normalised one by one, so a
-/// block's rows are the full matrix's), computed on the features' device and scored on the
-/// host while the next block is computed.
+/// block's rows are the full matrix's), computed on the features' device, then copied to
+/// the host and scored there.
 fn evaluate_on_device(
     query: &Tensor,
     gallery: &Tensor,
@@ -199,12 +210,7 @@ fn evaluate_on_device(
         )?;
         let block = Vec::<f32>::try_from(block.f_reshape([-1])?)
             .context("reading a block of the distance matrix")?;
-        let part: Vec<Option<QueryScore>> = block
-            .par_chunks(ng)
-            .enumerate()
-            .map(|(r, row)| score_row(start + r, row, query_labels, &identities))
-            .collect::<Result<_>>()?;
-        scores.extend(part);
+        scores.extend(score_rows(&block, start, ng, query_labels, &identities)?);
     }
     summarise(&scores, nq, ng, topk)
 }
