@@ -8,7 +8,7 @@ use crate::inversion::optim::WARMUP;
 use crate::inversion::store::DreamFormat;
 pub use crate::model::{Depth, Pooling};
 pub use crate::train::optimizer::OptimizerKind;
-pub use crate::train::plan::MemoryFormat;
+pub use crate::model::{ComputeChoice, MemoryFormat};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use std::path::PathBuf;
@@ -205,6 +205,17 @@ pub struct LoopArgs<M: Args> {
     pub augment: AugmentArgs,
     #[command(flatten)]
     pub model: M,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    /// Deterministic ATen and cuDNN algorithms and cuDNN's benchmark off, so a seeded GPU
+    /// run and its resume repeat (slower; README, GPU). Without it the benchmark is on.
+    #[arg(long)]
+    pub deterministic: bool,
+}
+
+/// How the models compute: every stage that runs one takes these.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct ComputeArgs {
     /// Mixed precision: the ResNet trunk in bfloat16; BatchNorm statistics, the head and
     /// the losses in float32. Not in the reference.
     #[arg(long)]
@@ -212,10 +223,15 @@ pub struct LoopArgs<M: Args> {
     /// Activation layout of the trunk [default: nhwc on CUDA, nchw on the CPU].
     #[arg(long, value_parser = flag_value::<MemoryFormat>())]
     pub memory_format: Option<MemoryFormat>,
-    /// Deterministic ATen and cuDNN algorithms and cuDNN's benchmark off, so a seeded GPU
-    /// run and its resume repeat (slower; README, GPU). Without it the benchmark is on.
-    #[arg(long)]
-    pub deterministic: bool,
+}
+
+impl ComputeArgs {
+    pub fn choice(self) -> ComputeChoice {
+        ComputeChoice {
+            amp: self.amp,
+            memory_format: self.memory_format,
+        }
+    }
 }
 
 impl FlagValue for MemoryFormat {
@@ -373,6 +389,8 @@ pub struct InvertArgs {
     /// Not in the reference.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<crate::inversion::shard::Shard>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// `agd evaluate` (SPEC §8).
@@ -407,6 +425,8 @@ pub struct EvaluateArgs {
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Re-rank all queries in one graph instead of the reference's chunks of 1024.
     #[arg(long, requires = "re_ranking")]
     pub one_shot: bool,

@@ -27,6 +27,7 @@ impl EvaluateArgs {
             features: self.features.clone(),
             rank_list: self.rank_list.clone(),
             rank_list_n: self.rank_list_n,
+            compute: self.compute.choice(),
         }
     }
 }

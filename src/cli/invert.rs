@@ -29,6 +29,7 @@ impl InvertArgs {
             width: self.width,
             format: self.weights.dream_format,
             shard: self.shard,
+            compute: self.compute.choice(),
         }
     }
 }

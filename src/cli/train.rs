@@ -78,8 +78,7 @@ impl<M: ModelFlags> LoopArgs<M> {
             re: self.augment.re,
             re_area: self.augment.re_area,
             model: self.model.choice(),
-            amp: self.amp,
-            memory_format: self.memory_format,
+            compute: self.compute.choice(),
             deterministic: self.deterministic,
         }
     }

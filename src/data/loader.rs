@@ -33,6 +33,11 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Batches built ahead of the consumer.
     pub prefetch: usize,
+    /// The CUDA device batches are copied to, if any: they are then built in page-locked
+    /// memory, so that the copy runs asynchronously (`non_blocking`) and the GPU does not
+    /// wait for a pageable staging copy. None on the CPU, where pinning has no meaning
+    /// (and a CPU-only libtorch refuses it).
+    pub pin: Option<tch::Device>,
 }
 
 impl LoaderConfig {
@@ -46,7 +51,17 @@ impl LoaderConfig {
             peers,
             seed,
             prefetch: 4,
+            pin: None,
         }
+    }
+}
+
+/// `data` as an N×3×H×W tensor, in page-locked memory when `pin` names a CUDA device.
+fn images(data: &[f32], n: usize, h: usize, w: usize, pin: Option<tch::Device>) -> Tensor {
+    let t = Tensor::from_slice(data).view([n as i64, 3, h as i64, w as i64]);
+    match pin {
+        Some(device) if device.is_cuda() => t.pin_memory(device),
+        _ => t,
     }
 }
 
@@ -225,7 +240,7 @@ impl TrainLoader {
                             .transform
                             .apply_into(&mut rng, self.store.image(i), h, w, out);
                     });
-                Tensor::from_slice(&data).view([n as i64, 3, h as i64, w as i64])
+                images(&data, n, h, w, self.cfg.pin)
             })
             .collect();
         let pids: Vec<i64> = indices.iter().map(|&i| self.records[i].pid).collect();
@@ -322,6 +337,8 @@ pub struct TestLoader {
     store: Arc<ImageStore>,
     pub batch_size: usize,
     pub prefetch: usize,
+    /// As [`LoaderConfig::pin`].
+    pub pin: Option<tch::Device>,
 }
 
 impl TestLoader {
@@ -330,13 +347,14 @@ impl TestLoader {
             store,
             batch_size: batch_size.max(1),
             prefetch: 4,
+            pin: None,
         }
     }
 
     /// B×3×H×W tensors covering every image once, in record order.
     pub fn batches(&self) -> Stream<Tensor> {
         let (n, bs) = (self.store.len(), self.batch_size);
-        let store = self.store.clone();
+        let (store, pin) = (self.store.clone(), self.pin);
         let jobs = (0..n)
             .step_by(bs)
             .map(move |start| start..(start + bs).min(n));
@@ -347,7 +365,7 @@ impl TestLoader {
             data.par_chunks_mut(size)
                 .zip(range.clone().into_par_iter())
                 .for_each(|(out, i)| test_into(store.image(i), h, w, out));
-            Tensor::from_slice(&data).view([range.len() as i64, 3, h as i64, w as i64])
+            images(&data, range.len(), h, w, pin)
         });
         Stream::new(rx, n.div_ceil(bs))
     }

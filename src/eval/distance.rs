@@ -222,26 +222,28 @@ impl Side {
         b: Range<usize>,
         out: &mut [f32],
     ) -> Result<()> {
-        let (b0, bl) = (b.start as i64, b.len() as i64);
-        let xb = other.x.f_narrow(0, b0, bl)?.f_tr()?;
-        let sqb = other.sq.f_narrow(0, b0, bl)?.f_tr()?;
         for (r, rows) in out[..a.len() * b.len()]
             .chunks_mut(GEMM_ROWS * b.len())
             .enumerate()
         {
-            let (a0, al) = (
-                (a.start + r * GEMM_ROWS) as i64,
-                (rows.len() / b.len()) as i64,
-            );
-            // −2·x is exact, so this is the reference's `addmm_(1, −2, x, yᵀ)`.
-            let xa = self.x.f_narrow(0, a0, al)?.f_mul_scalar(-2.0)?;
-            let mut base = self.sq.f_narrow(0, a0, al)?.f_add(&sqb)?;
-            base.f_addmm_(&xa, &xb)?
-                .f_to_kind(Kind::Float)?
+            let a0 = a.start + r * GEMM_ROWS;
+            self.block(a0..a0 + rows.len() / b.len(), other, b.clone())?
                 .f_to_device(Device::Cpu)?
                 .f_copy_data(rows, rows.len())?;
         }
         Ok(())
+    }
+
+    /// [`Side::distances`] as a float32 tensor on the features' device, in one GEMM.
+    pub(crate) fn block(&self, a: Range<usize>, other: &Side, b: Range<usize>) -> Result<Tensor> {
+        let (b0, bl) = (b.start as i64, b.len() as i64);
+        let xb = other.x.f_narrow(0, b0, bl)?.f_tr()?;
+        let sqb = other.sq.f_narrow(0, b0, bl)?.f_tr()?;
+        let (a0, al) = (a.start as i64, a.len() as i64);
+        // −2·x is exact, so this is the reference's `addmm_(1, −2, x, yᵀ)`.
+        let xa = self.x.f_narrow(0, a0, al)?.f_mul_scalar(-2.0)?;
+        let mut base = self.sq.f_narrow(0, a0, al)?.f_add(&sqb)?;
+        Ok(base.f_addmm_(&xa, &xb)?.f_to_kind(Kind::Float)?)
     }
 }
 

@@ -32,7 +32,8 @@ pub fn extract(
     feature: OutputFeature,
     what: &str,
 ) -> Result<Tensor> {
-    let loader = TestLoader::new(store.clone(), batch_size);
+    let mut loader = TestLoader::new(store.clone(), batch_size);
+    loader.pin = Some(model.device()).filter(|d| d.is_cuda());
     let pb = crate::progress::bar(store.len() as u64, what.to_string());
     let mut parts = Vec::new();
     tch::no_grad(|| -> Result<()> {

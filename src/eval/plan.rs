@@ -3,7 +3,7 @@
 use super::features::OutputFeature;
 use crate::bad_setting;
 use crate::error::Setting;
-use crate::model::ModelChoice;
+use crate::model::{ComputeChoice, ModelChoice};
 use crate::stage::Argv;
 use anyhow::Result;
 use std::collections::HashSet;
@@ -42,6 +42,8 @@ pub struct EvalPlan {
     /// query set ([`EvalPlan::rank_list_dir`]).
     pub rank_list: Option<PathBuf>,
     pub rank_list_n: usize,
+    /// How the model computes (`--amp`, `--memory-format`; not in the reference).
+    pub compute: ComputeChoice,
 }
 
 pub const DEFAULT_CKPT: &str = "logs";
@@ -67,6 +69,7 @@ impl Default for EvalPlan {
             features: None,
             rank_list: None,
             rank_list_n: 10,
+            compute: ComputeChoice::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl EvalPlan {
             .opt_path("--features", self.features.as_deref())
             .opt_path("--rank-list", self.rank_list.as_deref())
             .differs("--rank-list-n", &self.rank_list_n, &d.rank_list_n);
+        self.compute.render(&mut argv);
         crate::train::plan::render_model(&mut argv, &self.model);
         argv
     }

@@ -65,6 +65,31 @@ impl Default for RerankParams {
     }
 }
 
+/// Where each gallery item's nearest gallery items are selected: the one step whose input
+/// is G² (MSMT17: 82,161² distances, 27 GB in float32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Distance strips copied to the host and scanned there, computing only the symmetric
+    /// half of the gallery–gallery GEMM: fastest on the CPU, where the strips already are.
+    Host,
+    /// Each strip sorted where the features are, and only its nearest neighbours and row
+    /// maximum copied to the host: on a GPU, copying every strip would cost more than the
+    /// whole (full, not half) GEMM. The same neighbours as [`Selection::Host`]: a stable
+    /// sort gives ties to the smaller index, as the host's selection does.
+    Device,
+}
+
+impl Selection {
+    /// [`Selection::Device`] for features on CUDA, [`Selection::Host`] otherwise.
+    pub fn for_device(device: tch::Device) -> Self {
+        if device.is_cuda() {
+            Self::Device
+        } else {
+            Self::Host
+        }
+    }
+}
+
 /// Re-ranked Q×G distances (row-major f32) for raw features q (Q×D) and g (G×D), all
 /// queries in one graph.
 pub fn rerank(q: &Tensor, g: &Tensor, p: RerankParams) -> Result<Vec<f32>> {
@@ -80,6 +105,18 @@ pub fn rerank(q: &Tensor, g: &Tensor, p: RerankParams) -> Result<Vec<f32>> {
 /// this is [`rerank`]. Features may live on any device (the GEMMs run there) and be of any
 /// floating kind; float64 features get float64 distances before the neighbour selection.
 pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> Result<Vec<f32>> {
+    rerank_selecting(q, g, p, chunk, Selection::for_device(q.device()))
+}
+
+/// [`rerank_chunked`] with the gallery neighbours selected as `selection` says (both run
+/// on every device; the choice only moves where the work is done).
+pub fn rerank_selecting(
+    q: &Tensor,
+    g: &Tensor,
+    p: RerankParams,
+    chunk: usize,
+    selection: Selection,
+) -> Result<Vec<f32>> {
     let _no_grad = tch::no_grad_guard();
     let (qs, gs) = (q.size(), g.size());
     ensure!(
@@ -143,7 +180,10 @@ pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> 
     let chunks = nq.div_ceil(chunk);
     let bar = progress::bar((strips + chunks) as u64, "re-ranking");
 
-    let gallery = gallery_neighbours(&gside, list_len, &bar)?;
+    let gallery = match selection {
+        Selection::Host => gallery_neighbours(&gside, list_len, &bar)?,
+        Selection::Device => gallery_neighbours_on_device(&gside, list_len, &bar)?,
+    };
     let mut out = vec![0f32; nq * ng];
     for (ci, rows) in out.chunks_mut(chunk * ng).enumerate() {
         let start = ci * chunk;
@@ -242,6 +282,45 @@ fn gallery_neighbours(g: &Side, cap: usize, bar: &indicatif::ProgressBar) -> Res
         if s1 < ng {
             // Columns right of the strip's own square: rows s1.. see the strip's rows.
             scan_columns(&block, width, s1 - s0, s0 as u32, rest);
+        }
+        bar.inc(1);
+    }
+    Ok(tops)
+}
+
+/// [`gallery_neighbours`] selected on the features' device: each strip of rows against the
+/// whole gallery, stably sorted there; only the `cap` nearest and the row maxima come back.
+fn gallery_neighbours_on_device(
+    g: &Side,
+    cap: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<Nearest>> {
+    let ng = g.x.size()[0] as usize;
+    let cap = cap.min(ng);
+    let mut tops = Vec::with_capacity(ng);
+    for s0 in (0..ng).step_by(STRIP_ROWS) {
+        let s1 = (s0 + STRIP_ROWS).min(ng);
+        let block = g.block(s0..s1, g, 0..ng)?;
+        let (sorted, order) = block.f_sort_stable(true, 1, false)?;
+        let host = |t: Tensor| t.f_narrow(1, 0, cap as i64)?.f_to_device(tch::Device::Cpu);
+        let dist = Vec::<f32>::try_from(host(sorted)?.f_reshape([-1])?)?;
+        let index = Vec::<i64>::try_from(host(order)?.f_reshape([-1])?)?;
+        let max = Vec::<f32>::try_from(
+            block
+                .f_amax([1i64].as_slice(), false)?
+                .f_to_device(tch::Device::Cpu)?,
+        )?;
+        for (r, row_max) in max.into_iter().enumerate() {
+            let row = r * cap..(r + 1) * cap;
+            tops.push(Nearest {
+                items: dist[row.clone()]
+                    .iter()
+                    .zip(&index[row])
+                    .map(|(&d, &i)| (d, i as u32))
+                    .collect(),
+                cap,
+                max: row_max,
+            });
         }
         bar.inc(1);
     }

@@ -396,7 +396,8 @@ fn evaluate_checkpoint(
     device: tch::Device,
 ) -> Result<Vec<EvalRow>> {
     let ck = Checkpoint::load(ck_path)?;
-    let model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
+    let mut model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
+    model.compute = args.compute.on(device);
     let ck_name = ck_path.display().to_string();
     let feature = args.output_feature;
     let mut features: HashMap<&str, (Tensor, Tensor)> = HashMap::new();

@@ -5,7 +5,7 @@ use super::store::DreamFormat;
 use super::{Coefficients, Stages};
 use crate::bad_setting;
 use crate::error::Setting;
-use crate::model::ModelChoice;
+use crate::model::{ComputeChoice, ModelChoice};
 use crate::stage::Argv;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -36,6 +36,8 @@ pub struct InvertPlan {
     pub format: DreamFormat,
     /// Only this shard of the identities (`--shard K/N`; not in the reference).
     pub shard: Option<Shard>,
+    /// How the teacher computes (`--amp`, `--memory-format`; not in the reference).
+    pub compute: ComputeChoice,
 }
 
 pub const DEFAULT_GENERATION_DIR: &str = "generations";
@@ -59,6 +61,7 @@ impl Default for InvertPlan {
             width: 128,
             format: DreamFormat::Jpeg,
             shard: None,
+            compute: ComputeChoice::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl InvertPlan {
             .differs("--width", &self.width, &d.width)
             .differs("--dream-format", &self.format, &d.format)
             .opt("--shard", self.shard);
+        self.compute.render(&mut argv);
         crate::train::plan::render_model(&mut argv, &self.model);
         argv
     }

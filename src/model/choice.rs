@@ -5,7 +5,7 @@
 //! a training run's shape (`--last-stride 1`) to every later stage.
 
 use super::checkpoint::Checkpoint;
-use super::{Depth, ModelConfig, Pooling, ReidModel};
+use super::{Compute, Depth, ModelConfig, Pooling, ReidModel};
 use crate::error::{BadSetting, Setting};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -185,5 +185,74 @@ impl ReidModel {
         let mut model = Self::new(choice.for_checkpoint(ck)?, device)?;
         model.load_checkpoint(ck)?;
         Ok(model)
+    }
+}
+
+/// Memory layout of the trunk's activations and convolution weights (`--memory-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryFormat {
+    Nchw,
+    /// channels_last.
+    Nhwc,
+}
+
+impl MemoryFormat {
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemoryFormat::Nchw => "nchw",
+            MemoryFormat::Nhwc => "nhwc",
+        }
+    }
+}
+
+/// How a run asks its models to compute (`--amp`, `--memory-format`), the same for every
+/// stage that runs a model; [`ComputeChoice::on`] resolves it for the run's device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ComputeChoice {
+    /// Mixed precision (`--amp`): the ResNet trunk in bfloat16, BatchNorm statistics, the
+    /// head and every loss in float32. Not in the reference (it computes in float32).
+    pub amp: bool,
+    /// The trunk's activation layout; `None`: NHWC on CUDA (cuDNN's fast convolutions),
+    /// NCHW on the CPU (faster there only by a few percent at most, and the reference's).
+    pub memory_format: Option<MemoryFormat>,
+}
+
+impl ComputeChoice {
+    /// What the models compute in on `device`.
+    pub fn on(self, device: Device) -> Compute {
+        Compute {
+            amp: self.amp,
+            nhwc: match self.memory_format {
+                Some(m) => m == MemoryFormat::Nhwc,
+                None => device.is_cuda(),
+            },
+        }
+    }
+
+    /// The flags that ask for this choice (none for the defaults).
+    pub fn render(&self, argv: &mut crate::stage::Argv) {
+        argv.switch("--amp", self.amp)
+            .opt("--memory-format", self.memory_format.map(MemoryFormat::name));
+    }
+}
+
+impl Compute {
+    /// A log line naming how the trunk computes, when it is not the float32 NCHW default.
+    pub fn describe(self) -> Option<String> {
+        (self.amp || self.nhwc).then(|| {
+            format!(
+                "compute: trunk in {}, {} activations",
+                if self.amp {
+                    "bfloat16 (BN statistics and losses float32)"
+                } else {
+                    "float32"
+                },
+                if self.nhwc {
+                    "channels_last (NHWC)"
+                } else {
+                    "NCHW"
+                }
+            )
+        })
     }
 }

@@ -121,7 +121,13 @@ pub struct BnStat {
 /// median 25.2 s against 21.7 s before (+16%, runs spread 19–45 s: noise dominates). The
 /// `invert` bench (33.9 s per iteration before the change) did not finish its rerun after
 /// it under that load, so the cost per whole iteration is not measured yet.
+///
+/// On CUDA, `var_mean` is one kernel (a parallel Welford pass, stable without the shift),
+/// where the CPU-measured slowness does not hold: [`channel_moments_fused`] runs there.
 fn channel_moments(x: &Tensor) -> (Tensor, Tensor) {
+    if x.device().is_cuda() {
+        return channel_moments_fused(x);
+    }
     let size = x.size();
     if is_channels_last(x) {
         // NHWC rows would be copied by the reshape below; reduce over N, H, W in place
@@ -138,6 +144,13 @@ fn channel_moments(x: &Tensor) -> (Tensor, Tensor) {
     let mean = sum(sum(rows.shallow_clone(), 2), 0) / count;
     let centered = &rows - mean.detach().reshape([1, size[1], 1]);
     let var = sum(centered.norm_scalaropt_dim(2.0, [2], false).square(), 0) / count;
+    (mean, var)
+}
+
+/// [`channel_moments`] as libtorch's single `var_mean` (biased, over every dimension but C).
+fn channel_moments_fused(x: &Tensor) -> (Tensor, Tensor) {
+    let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+    let (var, mean) = x.var_mean_correction(&dims[..], 0, false);
     (mean, var)
 }
 
@@ -209,5 +222,40 @@ impl BatchNorm {
             Self::EPS,
             true,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The moments CUDA takes (`var_mean`) and the CPU's shifted sums agree, in value and
+    /// in the gradient inversion follows, for every input layout a BatchNorm sees.
+    #[test]
+    fn fused_moments_equal_the_shifted_sums() {
+        tch::manual_seed(3);
+        let cpu = (Kind::Float, tch::Device::Cpu);
+        let nchw = Tensor::randn([4, 6, 5, 3], cpu) * 3.0 + 40.0;
+        let inputs = [
+            ("nchw", nchw.shallow_clone()),
+            ("nhwc", channels_last(&nchw)),
+            ("n×c", Tensor::randn([8, 6], cpu) - 2.0),
+        ];
+        for (layout, x) in inputs {
+            let grads = |moments: fn(&Tensor) -> (Tensor, Tensor)| {
+                let x = x.detach().set_requires_grad(true);
+                let (mean, var) = moments(&x);
+                let w = Tensor::arange(6, cpu) + 1.0;
+                ((&mean * &w).sum(None::<Kind>) + (&var * w).sum(None::<Kind>)).backward();
+                (mean.detach(), var.detach(), x.grad())
+            };
+            let (m0, v0, g0) = grads(channel_moments);
+            let (m1, v1, g1) = grads(channel_moments_fused);
+            for (name, a, b) in [("mean", &m0, &m1), ("var", &v0, &v1), ("grad", &g0, &g1)] {
+                let err = (a - b).abs().max().double_value(&[]);
+                let scale = a.abs().max().double_value(&[]).max(1.0);
+                assert!(err <= 1e-5 * scale, "{layout} {name}: differs by {err}");
+            }
+        }
     }
 }

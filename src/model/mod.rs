@@ -11,7 +11,7 @@ pub mod params;
 pub mod pth;
 
 pub use backbone::Depth;
-pub use choice::ModelChoice;
+pub use choice::{ComputeChoice, MemoryFormat, ModelChoice};
 pub use layers::{BnStat, Compute};
 pub use params::{Group, Params, Role};
 
@@ -228,5 +228,7 @@ impl ReidModel {
 
 /// Puts `t` in float32 on `device` (how every image tensor enters the model).
 pub fn to_input(t: &Tensor, device: Device) -> Tensor {
-    t.to_device(device).to_kind(Kind::Float)
+    // Asynchronous from the loader's page-locked batches (libtorch keeps their memory
+    // until the copy is done); from pageable memory the copy is synchronous as before.
+    t.to_device_(device, Kind::Float, true, false)
 }

@@ -141,11 +141,9 @@ impl IncrementalStep {
         let device = model.device();
         let n_new = new.indices.len() as i64;
         let n_dreamed = dreamed.indices.len() as i64;
-        let dreamed_pids = (dreamed.pids.to_device(device) + self.new_classes).detach();
-        let pids = Tensor::cat(
-            &[new.pids.to_device(device), dreamed_pids.shallow_clone()],
-            0,
-        );
+        // Host labels for the residual pairs, device labels for CE and triplet.
+        let dreamed_pids = &dreamed.pids + self.new_classes;
+        let pids = Tensor::cat(&[&new.pids, &dreamed_pids], 0).to_device(device);
         let t = Instant::now();
         let (new_views, dreamed_views) = (uploaded(&new, device), uploaded(&dreamed, device));
         let teachers = teacher(&self.old, &dreamed_views);
@@ -246,6 +244,8 @@ impl Step for NewDataStep {
         let device = model.device();
         let pids = batch.pids.to_device(device);
         let inputs = uploaded(&batch, device);
+        // The residual pairs are listed from the host pids (no wait for the device).
+        let host_pids = &batch.pids;
         let teachers = teacher(&self.old, &inputs);
         opt.zero_grad();
         let mut reported = Vec::new();
@@ -259,7 +259,7 @@ impl Step for NewDataStep {
                 &out,
                 &teachers,
                 i,
-                &pids,
+                host_pids,
             )?;
             let loss = base.total() + &distill;
             (loss / views as f64).backward();

@@ -8,7 +8,7 @@ use crate::bad_setting;
 use crate::data::{Erasing, LoaderConfig, TrainTransform};
 use crate::error::Setting;
 use crate::model::checkpoint::Pretrained;
-use crate::model::{Compute, Depth, ModelChoice, Pooling};
+use crate::model::{ComputeChoice, Depth, ModelChoice, Pooling};
 use crate::stage::Argv;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -44,32 +44,11 @@ pub struct LoopPlan {
     pub re: f64,
     pub re_area: f64,
     pub model: ModelChoice,
-    /// Mixed precision (`--amp`): the ResNet trunk in bfloat16, BatchNorm statistics, the
-    /// head and every loss in float32. Not in the reference (it trains in float32).
-    pub amp: bool,
-    /// The trunk's activation layout; `None`: NHWC on CUDA (cuDNN's fast convolutions),
-    /// NCHW on the CPU.
-    pub memory_format: Option<MemoryFormat>,
+    /// `--amp`, `--memory-format`.
+    pub compute: ComputeChoice,
     /// `--deterministic`: deterministic ATen and cuDNN algorithms, cuDNN benchmark off
     /// ([`crate::device::set_deterministic`]).
     pub deterministic: bool,
-}
-
-/// Memory layout of the trunk's activations and convolution weights (`--memory-format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemoryFormat {
-    Nchw,
-    /// channels_last.
-    Nhwc,
-}
-
-impl MemoryFormat {
-    pub const fn name(self) -> &'static str {
-        match self {
-            MemoryFormat::Nchw => "nchw",
-            MemoryFormat::Nhwc => "nhwc",
-        }
-    }
 }
 
 impl LoopPlan {
@@ -96,8 +75,7 @@ impl LoopPlan {
             re: 0.5,
             re_area: 0.4,
             model: ModelChoice::default(),
-            amp: false,
-            memory_format: None,
+            compute: ComputeChoice::default(),
             deterministic: false,
         }
     }
@@ -113,17 +91,6 @@ impl LoopPlan {
             warmup: 0,
             peers: if augmented { 2 } else { 1 },
             ..Self::base_defaults()
-        }
-    }
-
-    /// How the models of this run compute on `device`.
-    pub fn compute(&self, device: tch::Device) -> Compute {
-        Compute {
-            amp: self.amp,
-            nhwc: match self.memory_format {
-                Some(m) => m == MemoryFormat::Nhwc,
-                None => device.is_cuda(),
-            },
         }
     }
 
@@ -206,12 +173,8 @@ impl LoopPlan {
             .differs("--peers", &self.peers, &d.peers)
             .differs("--re", &self.re, &d.re)
             .differs("--re-area", &self.re_area, &d.re_area)
-            .switch("--amp", self.amp)
-            .switch("--deterministic", self.deterministic)
-            .opt(
-                "--memory-format",
-                self.memory_format.map(MemoryFormat::name),
-            );
+            .switch("--deterministic", self.deterministic);
+        self.compute.render(argv);
         let mut model = self.model;
         if fresh && model.embedding.is_none() {
             model.embedding = model.depth.map(Depth::feature_width);

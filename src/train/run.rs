@@ -43,21 +43,9 @@ fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
 
 /// How the run's models compute, logged when it is not float32 NCHW.
 fn compute(r: &LoopPlan, device: Device, log: &Logger) -> crate::model::Compute {
-    let c = r.compute(device);
-    if c.amp || c.nhwc {
-        log.line(format!(
-            "compute: trunk in {}, {} activations",
-            if c.amp {
-                "bfloat16 (BN statistics and losses float32)"
-            } else {
-                "float32"
-            },
-            if c.nhwc {
-                "channels_last (NHWC)"
-            } else {
-                "NCHW"
-            }
-        ));
+    let c = r.compute.on(device);
+    if let Some(line) = c.describe() {
+        log.line(line);
     }
     c
 }
@@ -172,21 +160,20 @@ fn all_done(r: &LoopPlan, log: &Logger) -> Option<EpochEval> {
     None
 }
 
-/// A P×K training loader over `records`, its images decoded once at the run's size.
+/// A P×K training loader over `records`, its images decoded once at the run's size, its
+/// batches pinned for `device` when that is a GPU.
 fn loader(
     r: &LoopPlan,
+    device: Device,
     records: &[Record],
     seed: u64,
     stream_id: u64,
     what: &str,
 ) -> Result<TrainLoader> {
     let store = ImageStore::load(records, r.height, r.width, what)?;
-    TrainLoader::new(
-        Arc::new(records.to_vec()),
-        Arc::new(store),
-        r.loader_config(seed),
-        stream_id,
-    )
+    let mut cfg = r.loader_config(seed);
+    cfg.pin = Some(device).filter(|d| d.is_cuda());
+    TrainLoader::new(Arc::new(records.to_vec()), Arc::new(store), cfg, stream_id)
 }
 
 /// `agd train`: the base model on task 1 (SPEC §1).
@@ -220,7 +207,7 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));
     }
-    let loader = loader(r, &dataset.train, seed, 0, "train")?;
+    let loader = loader(r, device, &dataset.train, seed, 0, "train")?;
     let test_sets = test_sets(r, &[&dataset])?;
     let eval = fit(
         &fit_config(r, start_epoch, &argv),
@@ -386,7 +373,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let mut evaluated = vec![&dataset];
     evaluated.extend(old_dataset.as_ref());
     let test_sets = test_sets(r, &evaluated)?;
-    let new_loader = loader(r, &dataset.train, seed, 0, "train")?;
+    let new_loader = loader(r, device, &dataset.train, seed, 0, "train")?;
     let fit_cfg = fit_config(r, start_epoch, &argv);
     let eval = match (distill, &plan.learning) {
         (
@@ -407,7 +394,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
                 new: new_loader,
                 // Too few old identities for P = batch/4 is about their source as much as
                 // the batch size: the error names both.
-                dreamed: loader(r, &records, seed, 1, what).about_value(
+                dreamed: loader(r, device, &records, seed, 1, what).about_value(
                     match source {
                         OldImages::Dreamed(_) => Setting::InversionDir,
                         OldImages::Real(_) => Setting::ExemplarDataset,

@@ -432,6 +432,7 @@ fn loader_fixture(counts: &[usize], peers: usize, seed: u64, stream: u64) -> Tra
         peers,
         seed,
         prefetch: 2,
+        pin: None,
     };
     TrainLoader::new(Arc::new(recs), store, cfg, stream).unwrap()
 }

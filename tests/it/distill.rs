@@ -695,3 +695,30 @@ fn gradient_descent_on_the_student_lowers_the_new_types_losses() {
         assert!(losses.windows(2).all(|w| w[1] < w[0]), "{t}: {losses:?}");
     }
 }
+
+#[test]
+fn residuals_pair_each_identity_in_batch_order_labelled_on_the_host() {
+    let a = Tensor::from_slice(&[1.0f32, 2.0, 4.0, 8.0, 16.0, 32.0]).view([6, 1]);
+    let b = &a * 10.0;
+    let pids = Tensor::from_slice(&[3i64, 5, 3, 5, 3, 5]);
+    let r = agd::loss::distill::pairwise_residuals(&a, &b, &pids).unwrap();
+    // Same-identity pairs i < j in row-major order: (0,2) (0,4) (1,3) (1,5) (2,4) (3,5).
+    let want_a = [
+        4.0f32 - 1.0,
+        16.0 - 1.0,
+        8.0 - 2.0,
+        32.0 - 2.0,
+        16.0 - 4.0,
+        32.0 - 8.0,
+    ];
+    assert_eq!(Vec::<f32>::try_from(r.a.view([-1])).unwrap(), want_a);
+    let want_b: Vec<f32> = want_a.iter().map(|x| x * 10.0).collect();
+    assert_eq!(Vec::<f32>::try_from(r.b.view([-1])).unwrap(), want_b);
+    assert_eq!(
+        Vec::<i64>::try_from(&r.pids).unwrap(),
+        [3, 3, 5, 5, 3, 5],
+        "each pair is labelled by its identity"
+    );
+    // The labels stay where the pair list is built, so a GPU step never reads them back.
+    assert_eq!(r.pids.device(), Device::Cpu);
+}

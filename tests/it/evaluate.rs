@@ -741,3 +741,16 @@ fn size_and_count_flags_of_evaluate_are_checked_first() {
         assert!(err.contains(shown), "{shown}: {err}");
     }
 }
+
+/// `--memory-format nhwc` only moves where the trunk's activations sit: the features, and
+/// so every metric, are those of NCHW; `--amp` (bfloat16 trunk) stays close.
+#[test]
+fn evaluation_agrees_in_every_memory_format_and_nearly_in_bfloat16() {
+    let s = Setup::new();
+    let nchw = s.eval(&["--dataset", "a", "--memory-format", "nchw"]);
+    let nhwc = s.eval(&["--dataset", "a", "--memory-format", "nhwc"]);
+    let amp = s.eval(&["--dataset", "a", "--amp"]);
+    let map = |rows: &[Value]| rows[0]["mAP"].as_f64().unwrap();
+    assert!((map(&nhwc) - map(&nchw)).abs() <= 1e-4, "{nhwc:?} vs {nchw:?}");
+    assert!((map(&amp) - map(&nchw)).abs() <= 0.05 * map(&nchw), "{amp:?} vs {nchw:?}");
+}

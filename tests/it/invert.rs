@@ -10,7 +10,7 @@ use agd::inversion::prior::{ImagePrior, PriorWeights};
 use agd::inversion::store::DreamFormat;
 use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage};
 use agd::model::checkpoint::Checkpoint;
-use agd::model::{BnStat, Depth, ModelConfig, Pooling, ReidModel};
+use agd::model::{BnStat, Compute, Depth, ModelConfig, Pooling, ReidModel};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1061,4 +1061,34 @@ fn the_identity_histogram_match_finds_the_clothes_not_the_background() {
     let grey: Vec<_> = (0..4).map(|_| figure([90, 90, 90], [90, 90, 90])).collect();
     let r = histogram_match(&store(&real), &pids, &store(&grey), &targets, 4);
     assert!(r.dreamed.top1 <= 0.25, "{r:?}");
+}
+
+/// `agd invert --memory-format` and `--amp`: the first iteration's losses of the same
+/// batch equal NCHW float32's (1e-5) under channels_last, and are within 2% in bfloat16.
+#[test]
+fn the_teacher_dreams_alike_in_every_layout_and_close_in_bfloat16() {
+    tch::manual_seed(4);
+    let mut model = small_model(5);
+    let start = DreamBatch::new(&[0, 1, 2, 3, 4, 0], H, W, Device::Cpu);
+    let mut first_step = |compute: Compute| {
+        model.compute = compute;
+        let inverter = Inverter::new(&model, Coefficients::default());
+        let mut batch = DreamBatch::from_images(start.images.detach().copy(), start.targets.copy());
+        let r = inverter.step(&mut batch, Stage::FullRes, 0.1, (0, 0), false);
+        [r.total, r.bn, r.prior]
+    };
+    let fp32 = first_step(Compute::default());
+    for (compute, tolerance) in [
+        (Compute { amp: false, nhwc: true }, 1e-5),
+        (Compute { amp: true, nhwc: false }, 2e-2),
+        (Compute { amp: true, nhwc: true }, 2e-2),
+    ] {
+        let got = first_step(compute);
+        for (name, (a, b)) in ["total", "bn", "prior"].iter().zip(got.iter().zip(&fp32)) {
+            assert!(
+                (a - b).abs() <= tolerance * b.abs(),
+                "{compute:?} {name}: {a} vs float32 NCHW {b}"
+            );
+        }
+    }
 }

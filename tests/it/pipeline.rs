@@ -68,8 +68,10 @@ fn custom_loop() -> LoopPlan {
         re: 0.25,
         re_area: 0.3,
         model: every_model_value(),
-        amp: true,
-        memory_format: Some(agd::train::plan::MemoryFormat::Nhwc),
+        compute: agd::model::ComputeChoice {
+            amp: true,
+            memory_format: Some(agd::model::MemoryFormat::Nhwc),
+        },
         deterministic: true,
     }
 }

@@ -4,7 +4,7 @@
 //! bad input.
 
 use agd::eval::metrics::{evaluate, Labels, Metrics, DEFAULT_TOPK};
-use agd::eval::rerank::{rerank, rerank_chunked, RerankParams};
+use agd::eval::rerank::{rerank, rerank_chunked, rerank_selecting, RerankParams, Selection};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
@@ -326,7 +326,8 @@ fn dense_reference(q: &[Vec<f64>], g: &[Vec<f64>], k1: usize, k2: usize, lambda:
 }
 
 /// A gallery spanning several of the gallery–gallery GEMM strips, clustered so that
-/// k-reciprocal sets are non-trivial, in chunks that leave a short last one.
+/// k-reciprocal sets are non-trivial, in chunks that leave a short last one; with the
+/// gallery's neighbours selected on the host and on the device (the GPU's way).
 #[test]
 fn matches_a_dense_rendering_of_the_reference_on_a_larger_gallery() {
     let (nq, ng, dim) = (23, 1100, 8);
@@ -346,8 +347,12 @@ fn matches_a_dense_rendering_of_the_reference_on_a_larger_gallery() {
         Tensor::from_slice(&flat).view([rows.len() as i64, dim as i64])
     };
     let (qt, gt) = (tensor(q), tensor(g));
-    for (k1, k2, chunk) in [(20, 6, 10), (7, 1, 23), (5, 3, 9)] {
-        let got = rerank_chunked(&qt, &gt, params(k1, k2), chunk).unwrap();
+    let cases = [(20, 6, 10), (7, 1, 23), (5, 3, 9)];
+    for ((k1, k2, chunk), selection) in cases
+        .into_iter()
+        .flat_map(|c| [(c, Selection::Host), (c, Selection::Device)])
+    {
+        let got = rerank_selecting(&qt, &gt, params(k1, k2), chunk, selection).unwrap();
         let mut worst = 0f64;
         let mut total = 0f64;
         for start in (0..nq).step_by(chunk) {
@@ -360,7 +365,9 @@ fn matches_a_dense_rendering_of_the_reference_on_a_larger_gallery() {
             }
         }
         let mean = total / (nq * ng) as f64;
-        println!("k1 {k1}, k2 {k2}, chunk {chunk}: max |Δ| {worst:.2e}, mean {mean:.2e}");
+        println!(
+            "{selection:?}: k1 {k1}, k2 {k2}, chunk {chunk}: max |Δ| {worst:.2e}, mean {mean:.2e}"
+        );
         // One float16 step (2^-11 near 1) where a 1e-7 difference lands on a rounding edge.
         assert!(worst <= 1e-3, "k1 {k1} k2 {k2}: max |Δ| {worst:e}");
         assert!(mean <= 1e-6, "k1 {k1} k2 {k2}: mean |Δ| {mean:e}");

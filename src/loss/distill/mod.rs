@@ -233,6 +233,10 @@ impl Distillation {
     /// The unweighted distillation loss (a scalar tensor) of student vs teacher on the same
     /// images with their pids. Errors (not panics) when the batch is not P×K (every row must
     /// have the same number of positives) for the residual-based types.
+    ///
+    /// `pids` are read on the host, where the same-identity pairs are listed: pass the
+    /// batch's host pids (as the loader gives them), so that a GPU step never waits for the
+    /// device to copy labels back. Pids on the device work too, at the cost of that wait.
     pub fn loss(
         &self,
         student: &DistillInput,
@@ -337,7 +341,7 @@ pub struct Residuals {
     pub a: Tensor,
     /// b_j − b_i for the same pairs.
     pub b: Tensor,
-    /// y_j of every pair (the pair's identity).
+    /// y_j of every pair (the pair's identity), on the host like the pair list it labels.
     pub pids: Tensor,
 }
 
@@ -368,23 +372,24 @@ pub fn pairwise_residuals(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Resid
         "every identity has a single sample in the batch, so there are no same-identity pairs \
          to take residuals of (K must be at least 2)"
     );
-    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let (mut first, mut second, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..y.len() {
         for j in i + 1..y.len() {
             if y[i] == y[j] {
                 first.push(i as i64);
                 second.push(j as i64);
+                labels.push(y[j]);
             }
         }
     }
+    // Only the pair indices travel to the device (an upload, which never waits for it).
     let device = a.device();
     let first = Tensor::from_slice(&first).to_device(device);
     let second = Tensor::from_slice(&second).to_device(device);
-    let pair_pids = pids.to_device(device).index_select(0, &second);
     Ok(Residuals {
         a: a.index_select(0, &second) - a.index_select(0, &first),
         b: b.index_select(0, &second) - b.index_select(0, &first),
-        pids: pair_pids,
+        pids: Tensor::from_slice(&labels),
     })
 }
 
