@@ -34,8 +34,7 @@ fn load_teacher(plan: &InvertPlan, device: tch::Device, log: &Logger) -> Result<
     let ck = Checkpoint::load(&path)
         .context("not a checkpoint agd can read")
         .about_value(Setting::Teacher, path.display())?;
-    let mut model =
-        ReidModel::from_checkpoint(&ck, &plan.model, device).about(Setting::Teacher)?;
+    let mut model = ReidModel::from_checkpoint(&ck, &plan.model, device).about(Setting::Teacher)?;
     model.compute = plan.compute.on(device);
     if let Some(line) = model.compute.describe() {
         log.line(line);

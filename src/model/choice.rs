@@ -231,8 +231,10 @@ impl ComputeChoice {
 
     /// The flags that ask for this choice (none for the defaults).
     pub fn render(&self, argv: &mut crate::stage::Argv) {
-        argv.switch("--amp", self.amp)
-            .opt("--memory-format", self.memory_format.map(MemoryFormat::name));
+        argv.switch("--amp", self.amp).opt(
+            "--memory-format",
+            self.memory_format.map(MemoryFormat::name),
+        );
     }
 }
 

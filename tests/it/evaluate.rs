@@ -751,6 +751,12 @@ fn evaluation_agrees_in_every_memory_format_and_nearly_in_bfloat16() {
     let nhwc = s.eval(&["--dataset", "a", "--memory-format", "nhwc"]);
     let amp = s.eval(&["--dataset", "a", "--amp"]);
     let map = |rows: &[Value]| rows[0]["mAP"].as_f64().unwrap();
-    assert!((map(&nhwc) - map(&nchw)).abs() <= 1e-4, "{nhwc:?} vs {nchw:?}");
-    assert!((map(&amp) - map(&nchw)).abs() <= 0.05 * map(&nchw), "{amp:?} vs {nchw:?}");
+    assert!(
+        (map(&nhwc) - map(&nchw)).abs() <= 1e-4,
+        "{nhwc:?} vs {nchw:?}"
+    );
+    assert!(
+        (map(&amp) - map(&nchw)).abs() <= 0.05 * map(&nchw),
+        "{amp:?} vs {nchw:?}"
+    );
 }
