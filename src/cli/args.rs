@@ -343,6 +343,11 @@ pub struct InversionWeightsArgs {
     /// DeepInversion's own code jitters; 0 keeps the reference's method.
     #[arg(long, default_value_t = 0)]
     pub jitter: usize,
+    /// Run the low-resolution stage on images of F×F blocks of one colour, seen at full
+    /// size, instead of 2×2-pooled images: only a layout of colours can satisfy the
+    /// teacher there. Not in the reference; 0 keeps its stage.
+    #[arg(long, value_name = "F", default_value_t = 0)]
+    pub coarse: usize,
     /// How dreamed images are saved: `jpg`, the reference's (PIL's defaults: quality 75,
     /// 4:2:0), or `png`, lossless. Not in the reference: a short inversion's dreams lose
     /// most of what the teacher sees in them to 4:2:0 JPEG.

@@ -55,6 +55,7 @@ impl InversionWeightsArgs {
             full_res_iters: self.full_res_iters,
             warmup_iters: self.warmup_iters,
             jitter: self.jitter,
+            coarse: self.coarse,
         }
     }
 }

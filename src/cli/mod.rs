@@ -136,6 +136,7 @@ pub fn flag(setting: Setting) -> &'static str {
         BatchSize => "--batch-size",
         Cameras => "--cameras",
         Checkpoint => "-c/--ckpt",
+        Coarse => "--coarse",
         DataRoot => "--data-root",
         Dataset | DatasetPart => "--dataset",
         Datasets => "--datasets",

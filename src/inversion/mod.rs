@@ -65,6 +65,11 @@ pub struct Stages {
     /// Short stages need a short warm-up: a 100-iteration stage with the reference's
     /// 100-iteration warm-up ends at the full rate and never settles.
     pub warmup_iters: usize,
+    /// Not in the reference: with F ≥ 2, the low-resolution stage optimises images made of
+    /// F×F blocks of one colour, seen at full size ([`Stage::Blocks`]) instead of seeing
+    /// 2×2-pooled images. No pixel-level pattern can then satisfy the teacher, only a
+    /// layout of colours; the full-size stage refines it. 0 keeps the reference's stage.
+    pub coarse: usize,
     /// Not in the reference (DeepInversion's own code has it): each iteration the teacher
     /// sees the images rolled by a random offset of up to this many pixels in each
     /// direction (half as many at low resolution), so no pixel can satisfy the teacher
@@ -80,6 +85,7 @@ impl Default for Stages {
             low_res_iters: 2000,
             full_res_iters: 1000,
             warmup_iters: WARMUP,
+            coarse: 0,
             jitter: 0,
         }
     }
@@ -90,6 +96,11 @@ impl Default for Stages {
 pub enum Stage {
     /// The teacher sees the images 2×2 average-pooled.
     LowRes,
+    /// `--coarse F`: the images are F×F blocks of one colour ([`Inverter::dream`] makes
+    /// them so at the stage's start) and the teacher sees them at full size, through
+    /// F×F average pooling and nearest upsampling: every pixel of a block gets the same
+    /// gradient, so Adam moves the block as one and the images stay blocks.
+    Blocks(i64),
     /// The teacher sees the images as they are; only here are images kept.
     FullRes,
 }
@@ -98,6 +109,7 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Stage::LowRes => "low-res",
+            Stage::Blocks(_) => "coarse",
             Stage::FullRes => "full-res",
         }
     }
@@ -127,6 +139,15 @@ pub struct Progress {
     pub stage_iters: usize,
     pub lr: f64,
     pub report: StepReport,
+}
+
+/// `x` (N×3×H×W) averaged over each f×f block, at full size: the block means, repeated.
+/// Edge blocks of a size not divisible by f are averaged over the pixels they hold.
+fn blocks(x: &Tensor, f: i64) -> Tensor {
+    let size = x.size();
+    x.avg_pool2d([f, f], [f, f], [0, 0], true, false, None::<i64>)
+        // Scale f maps output pixel i to block i / f, also for a partial last block.
+        .upsample_nearest2d([size[2], size[3]], f as f64, f as f64)
 }
 
 /// The per-channel range of a normalised image: [−m_c/s_c, (1 − m_c)/s_c], shaped 1×3×1×1.
@@ -252,6 +273,7 @@ impl<'a> Inverter<'a> {
                     .images
                     .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
             }
+            Stage::Blocks(f) => blocks(&batch.images, f),
             Stage::FullRes => batch.images.shallow_clone(),
         };
         let x = if shift == (0, 0) {
@@ -315,14 +337,27 @@ impl<'a> Inverter<'a> {
         rng: &mut impl Rng,
         mut on_step: impl FnMut(&Progress),
     ) -> Result<Tensor> {
+        let low_res = match stages.coarse {
+            0 => Stage::LowRes,
+            f => Stage::Blocks(f as i64),
+        };
         for (stage, iters) in [
-            (Stage::LowRes, stages.low_res_iters),
+            (low_res, stages.low_res_iters),
             (Stage::FullRes, stages.full_res_iters),
         ] {
+            if let (Stage::Blocks(f), true) = (stage, iters > 0) {
+                // The starting noise, averaged over each block: the images become blocks.
+                tch::no_grad(|| {
+                    let _ = batch
+                        .images
+                        .shallow_clone()
+                        .copy_(&blocks(&batch.images, f));
+                });
+            }
             // The roll's reach at this stage's resolution.
             let reach = match stage {
                 Stage::LowRes => stages.jitter / 2,
-                Stage::FullRes => stages.jitter,
+                Stage::Blocks(_) | Stage::FullRes => stages.jitter,
             } as i64;
             for it in 0..iters {
                 let lr = stage_lr(stages.lr, it, iters, stages.warmup_iters);

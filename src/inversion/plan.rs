@@ -74,6 +74,7 @@ pub fn render_dreaming(argv: &mut Argv, s: &Stages, c: &Coefficients) {
         .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
         .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
         .differs("--jitter", &s.jitter, &ds.jitter)
+        .differs("--coarse", &s.coarse, &ds.coarse)
         .differs("--lr", &s.lr, &ds.lr)
         .differs("--r-feature", &c.r_feature, &dc.r_feature)
         .differs(
@@ -118,6 +119,16 @@ impl InvertPlan {
                 Setting::FullResIters,
                 0,
                 "images are kept from the full-size stage, which needs at least one iteration"
+            );
+        }
+        let coarse = self.stages.coarse;
+        if coarse == 1 || coarse > self.height.min(self.width) {
+            bad_setting!(
+                Setting::Coarse,
+                coarse,
+                "expected 0 (the reference's 2×2-pooled stage) or a block size from 2 to the \
+                 image's smaller side ({})",
+                self.height.min(self.width)
             );
         }
         if self.stages.warmup_iters == 0 {

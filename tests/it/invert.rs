@@ -8,9 +8,10 @@ use agd::inversion::bn::bn_statistics_loss;
 use agd::inversion::optim::{stage_lr, Adam, BETAS, EPS};
 use agd::inversion::prior::{ImagePrior, PriorWeights};
 use agd::inversion::store::DreamFormat;
-use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage};
+use agd::inversion::{Coefficients, DreamBatch, Inverter, Stage, Stages};
 use agd::model::checkpoint::Checkpoint;
 use agd::model::{BnStat, Compute, Depth, ModelConfig, Pooling, ReidModel};
+use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -247,6 +248,73 @@ fn jitter_rolls_what_the_teacher_sees_and_zero_keeps_the_references_step() {
     assert!(step((0, 0)).1.equal(&unrolled), "a step is deterministic");
 }
 
+/// `x` (N×3×H×W, sides divisible by `f`) replaced by its f×f block means, computed
+/// without the library's pooling.
+fn block_means(x: &Tensor, f: i64) -> Tensor {
+    let [n, c, h, w] = x.size()[..] else {
+        unreachable!()
+    };
+    x.view([n, c, h / f, f, w / f, f])
+        .mean_dim(&[3i64, 5][..], true, Kind::Float)
+        .expand([n, c, h / f, f, w / f, f], false)
+        .reshape([n, c, h, w])
+}
+
+#[test]
+fn coarse_dreams_move_in_blocks_and_the_teacher_sees_them_at_full_size() {
+    tch::manual_seed(3);
+    let model = small_model(3);
+    let inverter = Inverter::new(&model, Coefficients::default());
+    let targets = Tensor::from_slice(&[0i64, 1, 2]);
+    let noise = DreamBatch::new(&[0, 1, 2], H, W, Device::Cpu)
+        .images
+        .detach();
+    // The teacher sees the block means of whatever it is given, at full size.
+    let mut batch = DreamBatch::from_images(noise.copy(), targets.copy());
+    let report = inverter.step(&mut batch, Stage::Blocks(4), 0.1, (0, 0), false);
+    let expected = tch::no_grad(|| {
+        let out = model.forward(&block_means(&noise, 4), false);
+        scalar(&out.logits.cross_entropy_for_logits(&targets))
+    });
+    assert!(
+        (report.ce - expected).abs() <= 1e-5 * expected,
+        "{report:?} vs {expected}"
+    );
+    // Images of blocks stay blocks, even rolled and flipped, while they move.
+    let start = block_means(&noise, 4);
+    let mut batch = DreamBatch::from_images(start.copy(), targets.copy());
+    for (shift, flip) in [((0, 0), false), ((3, -1), true), ((-2, 5), false)] {
+        inverter.step(&mut batch, Stage::Blocks(4), 0.1, shift, flip);
+    }
+    let moved = batch.images.detach();
+    let off_block = (&moved - block_means(&moved, 4))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(off_block < 1e-5, "a block split by {off_block}");
+    assert!((&moved - &start).abs().max().double_value(&[]) > 1e-3);
+    // `dream` turns the starting noise into blocks before the coarse stage: at a rate too
+    // small to move anything, the kept images are the noise's block means.
+    let stages = Stages {
+        lr: 1e-9,
+        low_res_iters: 2,
+        full_res_iters: 1,
+        warmup_iters: 1,
+        coarse: 4,
+        jitter: 0,
+    };
+    let mut batch = DreamBatch::from_images(noise.copy(), targets.copy());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let kept = inverter
+        .dream(&mut batch, &stages, &mut rng, |_| {})
+        .unwrap();
+    let gap = (&kept - block_means(&noise, 4))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(gap < 1e-5, "kept images {gap} off the noise's block means");
+}
+
 // ---------------------------------------------------------------------------------------
 // The command.
 
@@ -333,6 +401,11 @@ fn bad_flags_and_files_are_named_in_one_clear_error() {
     );
     assert_fails(&["--teacher", &teacher, "--shots", "0"], &["--shots 0"]);
     assert_fails(&["--teacher", &teacher, "--bs", "0"], &["--bs 0"]);
+    assert_fails(&["--teacher", &teacher, "--coarse", "1"], &["--coarse 1"]);
+    assert_fails(
+        &["--teacher", &teacher, "--coarse", "200"],
+        &["--coarse 200", "128"],
+    );
     assert_fails(
         &["--teacher", &teacher, "--resume", &t("nowhere")],
         &["--resume", "nowhere"],

@@ -82,6 +82,7 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
             low_res_iters: 3,
             full_res_iters: 4,
             warmup_iters: 1,
+            coarse: 0,
             jitter: 2,
         },
         dream_format: DreamFormat::Png,
