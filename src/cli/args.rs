@@ -518,12 +518,20 @@ pub struct DemoArgs {
     /// Dreamed images per task-A identity (default 6; 4 with --quick).
     #[arg(long)]
     pub shots: Option<usize>,
-    /// Inversion iterations at half size (default 30; 4 with --quick).
+    /// Inversion iterations of the low-resolution stage (default 200; 4 with --quick).
     #[arg(long)]
     pub low_res_iters: Option<usize>,
-    /// Inversion iterations at full size (default 100; 4 with --quick).
+    /// Inversion iterations at full size (default 1; 4 with --quick).
     #[arg(long)]
     pub full_res_iters: Option<usize>,
+    /// Warm-up iterations of each inversion stage (default 10; with --quick 100, the
+    /// reference's).
+    #[arg(long)]
+    pub warmup_iters: Option<usize>,
+    /// `agd invert --coarse F`: the low-resolution stage on F×F blocks (default 4; with
+    /// --quick 0, the reference's 2×2-pooled stage).
+    #[arg(long, value_name = "F")]
+    pub coarse: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]
     pub seed: u64,
     /// Random-erasing probability of every training stage (the base and task B's four

@@ -20,6 +20,8 @@ impl DemoArgs {
                 shots: self.shots.unwrap_or(preset.shots),
                 low_res_iters: self.low_res_iters.unwrap_or(preset.low_res_iters),
                 full_res_iters: self.full_res_iters.unwrap_or(preset.full_res_iters),
+                warmup_iters: self.warmup_iters.unwrap_or(preset.warmup_iters),
+                coarse: self.coarse.unwrap_or(preset.coarse),
                 ..preset
             },
             seed: self.seed,

@@ -348,7 +348,7 @@ impl<'a> Inverter<'a> {
             if let (Stage::Blocks(f), true) = (stage, iters > 0) {
                 // The starting noise, averaged over each block: the images become blocks.
                 tch::no_grad(|| {
-                    let _ = batch
+                    batch
                         .images
                         .shallow_clone()
                         .copy_(&blocks(&batch.images, f));

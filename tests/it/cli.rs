@@ -358,3 +358,38 @@ fn synth_then_summary_and_json() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cameras"));
 }
+
+#[test]
+fn demo_sizes_come_from_their_preset_unless_a_flag_gives_them() {
+    let sizes = |argv: &[&str]| {
+        let argv = ["agd", "demo"].iter().chain(argv).copied();
+        let Command::Demo(d) = try_parse_from(argv).unwrap().command else {
+            panic!()
+        };
+        d.plan().sizes
+    };
+    assert_eq!(sizes(&[]), agd::demo::Sizes::DEFAULT);
+    assert_eq!(sizes(&["--quick"]), agd::demo::Sizes::QUICK);
+    let given = sizes(&[
+        "--coarse",
+        "2",
+        "--warmup-iters",
+        "7",
+        "--low-res-iters",
+        "50",
+    ]);
+    assert_eq!(
+        (given.coarse, given.warmup_iters, given.low_res_iters),
+        (2, 7, 50)
+    );
+    assert_eq!(
+        agd::demo::Sizes {
+            coarse: 4,
+            warmup_iters: 10,
+            low_res_iters: 200,
+            ..given
+        },
+        agd::demo::Sizes::DEFAULT,
+        "no other size moved"
+    );
+}

@@ -637,3 +637,29 @@ fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("repeated"));
 }
+
+#[test]
+fn a_demo_with_an_impossible_inversion_size_fails_before_it_trains() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-demo-coarse-1");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = agd_output(&[
+        "demo",
+        "--quick",
+        "-g",
+        "cpu",
+        "--coarse",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("--coarse 1") && err.contains("block size"),
+        "{err}"
+    );
+    // Nothing was trained or generated; the error is in the run's log.
+    assert!(!out.join("base").exists() && !out.join("data").exists());
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    assert!(log.contains("--coarse 1"), "{log}");
+}
