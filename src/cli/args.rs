@@ -532,6 +532,10 @@ pub struct DemoArgs {
     /// --quick 0, the reference's 2×2-pooled stage).
     #[arg(long, value_name = "F")]
     pub coarse: Option<usize>,
+    /// `agd invert --jitter N`: the teacher sees the dreams rolled by up to N pixels
+    /// (default 4; with --quick 0, the reference's none).
+    #[arg(long, value_name = "N")]
+    pub jitter: Option<usize>,
     #[arg(short = 's', long, default_value_t = 1)]
     pub seed: u64,
     /// Random-erasing probability of every training stage (the base and task B's four

@@ -22,6 +22,7 @@ impl DemoArgs {
                 full_res_iters: self.full_res_iters.unwrap_or(preset.full_res_iters),
                 warmup_iters: self.warmup_iters.unwrap_or(preset.warmup_iters),
                 coarse: self.coarse.unwrap_or(preset.coarse),
+                jitter: self.jitter.unwrap_or(preset.jitter),
                 ..preset
             },
             seed: self.seed,

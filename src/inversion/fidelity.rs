@@ -182,3 +182,38 @@ pub fn measure(
         ids,
     ))
 }
+
+/// The same question for the eye: one row per identity (the first `ids`), its first
+/// `real_per_id` training images of `data_root/dataset`, a blank cell, then its dreams in
+/// `dreamed_dir`, each drawn `height`×`width`. The inversion's own contact sheet shows the
+/// dreams alone (`agd invert` has no real data); beside the people they were dreamed for,
+/// whether they carry their clothing colours can be judged at a glance.
+pub fn beside_real_sheet(
+    data_root: &Path,
+    dataset: &str,
+    dreamed_dir: &Path,
+    ids: usize,
+    real_per_id: usize,
+    (height, width): (u32, u32),
+) -> Result<image::RgbImage> {
+    let data = ReidDataset::load(data_root, dataset)?;
+    let dreams = Dreamed::load(dreamed_dir, usize::MAX)?;
+    let decode = |r: &&crate::data::Record| {
+        crate::data::images::decode_resized(&r.path, height as usize, width as usize)
+    };
+    let blank = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let rows = (0..ids.min(data.num_train_ids) as i64)
+        .map(|pid| {
+            let real = data.train.iter().filter(|r| r.pid == pid).take(real_per_id);
+            let dreamed = dreams.records.iter().filter(|r| r.pid == pid);
+            let mut row = real.map(|r| decode(&r)).collect::<Result<Vec<_>>>()?;
+            row.push(blank.clone());
+            for r in dreamed {
+                row.push(decode(&r)?);
+            }
+            Ok(row)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(1);
+    Ok(crate::data::images::grid(&rows, cols, height, width))
+}

@@ -377,16 +377,24 @@ fn demo_sizes_come_from_their_preset_unless_a_flag_gives_them() {
         "7",
         "--low-res-iters",
         "50",
+        "--jitter",
+        "0",
     ]);
     assert_eq!(
-        (given.coarse, given.warmup_iters, given.low_res_iters),
-        (2, 7, 50)
+        (
+            given.coarse,
+            given.warmup_iters,
+            given.low_res_iters,
+            given.jitter
+        ),
+        (2, 7, 50, 0)
     );
     assert_eq!(
         agd::demo::Sizes {
             coarse: 4,
             warmup_iters: 10,
             low_res_iters: 200,
+            jitter: 4,
             ..given
         },
         agd::demo::Sizes::DEFAULT,

@@ -500,6 +500,17 @@ fn demo_quick_runs_the_whole_method_and_writes_its_results() {
         dreamed.num_ids, 8,
         "one dreamed identity per task-A identity"
     );
+    // The dreams beside the people they were dreamed for: 8 rows of 3 real images, a
+    // blank cell and 4 dreams, each cell 128×64 inside a 1-px margin.
+    let sheet = image::open(out_dir.join(agd::demo::BESIDE_REAL))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!((sheet.width(), sheet.height()), (8 * 66, 8 * 130));
+    let centre = |cell: u32| *sheet.get_pixel(cell * 66 + 33, 65);
+    assert_eq!(centre(3), image::Rgb([255, 255, 255]), "the blank cell");
+    for cell in [0, 1, 2, 4, 7] {
+        assert_ne!(centre(cell), image::Rgb([255, 255, 255]), "cell {cell}");
+    }
     assert!(out_dir.join("rank-lists/agd/task-a").is_dir());
     let log = std::fs::read_to_string(out_dir.join("log.txt")).unwrap();
     for command in [
@@ -588,6 +599,22 @@ fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
     for part in ["other flags", "re 0.5", "re 0,", "--out"] {
         assert!(err.contains(part), "`{part}` missing from: {err}");
     }
+    // Nor one dreamed with other knobs by an earlier agd: its recipe names the sizes but
+    // not the dreaming flags the demo fixes.
+    let recipe = seed3.join(agd::demo::RECIPE);
+    let made = std::fs::read_to_string(&recipe).unwrap();
+    assert!(made.contains("dreaming `agd invert "), "{made}");
+    let earlier = made.split(", dreaming").next().unwrap().to_string() + "\n";
+    std::fs::write(&recipe, earlier).unwrap();
+    let mut same = tiny.clone();
+    same.extend(["-s", "3", "--out", seed3.to_str().unwrap()]);
+    let refused = agd_output(&same);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("another agd") && err.contains("--out"),
+        "{err}"
+    );
+    std::fs::write(&recipe, made).unwrap();
     let old = out.join("older");
     std::fs::create_dir_all(old.join("base")).unwrap();
     let refused = agd_output(&[
