@@ -552,8 +552,8 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
     )?;
     log.line(format!(
         "results: {0}/results.md, {0}/results.png, {0}/results.json; rank lists in \
-         {0}/rank-lists; dreamed images in {0}/dreamed/{1}; curves.png in every run's \
-         folder ({seconds:.0} s)",
+         {0}/rank-lists; dreamed images in {0}/dreamed/{1}, beside the real ones in \
+         {0}/{BESIDE_REAL}; curves.png in every run's folder ({seconds:.0} s)",
         plan.out.display(),
         crate::inversion::store::CONTACT_SHEET
     ));
