@@ -437,7 +437,8 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
     }
     let device = crate::device::select(&plan.gpu)?;
     let log = Logger::open(&plan.out, true)?;
-    let templates = templates(plan, &plan.out.join("data"));
+    let data_root = plan.out.join("data");
+    let templates = templates(plan, &data_root);
     check_recipe(plan, &templates.invert)?;
     log.line(format!(
         "agd demo{} → {} (device {}; {sizes:?})",
@@ -448,7 +449,7 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
     let run = Run {
         plan,
         log: &log,
-        data_root: plan.out.join("data"),
+        data_root,
     };
 
     // A mistyped inversion size (`--coarse 1`) fails now, not after the base model.

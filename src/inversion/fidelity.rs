@@ -198,20 +198,18 @@ pub fn beside_real_sheet(
 ) -> Result<image::RgbImage> {
     let data = ReidDataset::load(data_root, dataset)?;
     let dreams = Dreamed::load(dreamed_dir, usize::MAX)?;
-    let decode = |r: &&crate::data::Record| {
+    let decode = |r: &crate::data::Record| {
         crate::data::images::decode_resized(&r.path, height as usize, width as usize)
     };
     let blank = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
     let rows = (0..ids.min(data.num_train_ids) as i64)
         .map(|pid| {
-            let real = data.train.iter().filter(|r| r.pid == pid).take(real_per_id);
-            let dreamed = dreams.records.iter().filter(|r| r.pid == pid);
-            let mut row = real.map(|r| decode(&r)).collect::<Result<Vec<_>>>()?;
-            row.push(blank.clone());
-            for r in dreamed {
-                row.push(decode(&r)?);
-            }
-            Ok(row)
+            let of = |r: &&crate::data::Record| r.pid == pid;
+            let real = data.train.iter().filter(of).take(real_per_id).map(decode);
+            let dreamed = dreams.records.iter().filter(of).map(decode);
+            real.chain(std::iter::once(Ok(blank.clone())))
+                .chain(dreamed)
+                .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
     let cols = rows.iter().map(Vec::len).max().unwrap_or(1);
