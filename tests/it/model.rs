@@ -426,9 +426,23 @@ fn the_flat_optimizer_equals_the_per_parameter_update_exactly() {
     use agd::train::optimizer::{Optimizer, OptimizerKind};
     let x = Tensor::randn([8, 3, 64, 32], (Kind::Float, Device::Cpu));
     let pids = Tensor::from_slice(&[0i64, 0, 0, 0, 1, 1, 1, 1]);
+    // Every model starts from one model's parameters, copied: re-seeding torch's global
+    // generator before each construction is not enough while other tests draw from it on
+    // their threads.
+    let template = ReidModel::new(small(), Device::Cpu).unwrap();
+    let copy_into = |to: &ReidModel, from: &ReidModel| {
+        tch::no_grad(|| {
+            for e in to.params.entries() {
+                e.tensor
+                    .shallow_clone()
+                    .copy_(from.params.get(&e.name).unwrap());
+            }
+        });
+    };
     let fresh = || {
-        tch::manual_seed(5);
-        ReidModel::new(small(), Device::Cpu).unwrap()
+        let model = ReidModel::new(small(), Device::Cpu).unwrap();
+        copy_into(&model, &template);
+        model
     };
     let train = |model: &ReidModel, opt: &mut Optimizer| {
         opt.zero_grad();
@@ -480,13 +494,7 @@ fn the_flat_optimizer_equals_the_per_parameter_update_exactly() {
         }
         // A run checkpointed under one layout resumes under the other to the same update.
         let c = fresh();
-        tch::no_grad(|| {
-            for e in c.params.entries() {
-                e.tensor
-                    .shallow_clone()
-                    .copy_(b.params.get(&e.name).unwrap());
-            }
-        });
+        copy_into(&c, &b);
         let mut resumed = Optimizer::new(&c, kind);
         let saved: std::collections::HashMap<String, Tensor> = sb.into_iter().collect();
         resumed
