@@ -3,7 +3,7 @@
 //! on the CPU, in agd and in PyTorch on the same machine with the same threads, and the
 //! ratio. Goal: agd at least as fast (ratio ≥ 1).
 //!
-//! The step is the reference's `InversionIncrementalTrainer.train_step` (SPEC §5), on a
+//! The step is the reference's `InversionIncrementalTrainer.train_step` (docs/method.md §5), on a
 //! batch of 32 new images (P×K = 8×4, Market's 751 classes) and 32 dreamed images (8×4
 //! of MSMT17's 1,041 old classes): the old model's forward on the dreamed half (eval mode,
 //! no gradient), one student forward over the 64 images (train mode; classifier of

@@ -11,13 +11,14 @@
 use crate::data::synth::{self, Style, SynthConfig};
 use crate::eval::{EvalPlan, EvalRow};
 use crate::inversion::fidelity::{self, HistogramReport};
-use crate::inversion::plan::render_dreaming;
+use crate::inversion::plan::Dreaming;
 use crate::inversion::prior::PriorWeights;
 use crate::inversion::store::DreamFormat;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::logging::Logger;
 use crate::model::checkpoint::Pretrained;
 use crate::model::{Depth, ModelChoice};
+use crate::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
 use crate::plot::ResultRow;
 use crate::sequence::{Engine, Method, Templates, PRESETS};
 use crate::stage::Argv;
@@ -101,8 +102,8 @@ pub struct DemoPlan {
     pub quick: bool,
     pub sizes: Sizes,
     pub seed: u64,
-    /// `-g` values of every stage.
-    pub gpu: Vec<String>,
+    /// Where every stage runs, and how its models compute.
+    pub device: DeviceOptions,
     /// Random-erasing probability of every training stage (`--re`: the demo's default is
     /// 0, the reference's 0.5).
     pub re: f64,
@@ -162,6 +163,13 @@ fn model() -> ModelChoice {
 /// The demo's stage templates, run by the [`Engine`] that `agd sequence` uses.
 fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
     let s = &plan.sizes;
+    let data = || DataOptions {
+        data_root: data_root.to_path_buf(),
+        size: ImageSize {
+            height: HEIGHT,
+            width: WIDTH,
+        },
+    };
     // The training recipe of the base and incremental runs: Adam at 3e-4 (from scratch on
     // small synthetic images the reference's SGD recipe, made for an ImageNet-pretrained
     // backbone, overshoots), evaluation left to the last stage.
@@ -169,18 +177,19 @@ fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
         // lr × 0.1 for the last epoch (none in a one-epoch run).
         let decay = if epochs >= 2 { epochs } else { epochs + 1 };
         LoopPlan {
-            gpu: plan.gpu.clone(),
+            device: plan.device.clone(),
             seed: Some(plan.seed),
-            data_root: data_root.to_path_buf(),
-            height: HEIGHT,
-            width: WIDTH,
+            data: data(),
             batch_size: s.batch_size,
             epochs,
             epochs_decay: vec![decay],
             optimizer: OptimizerKind::Adam,
             learning_rate: 0.0003,
             evaluate: 0,
-            re: plan.re,
+            augment: AugmentOptions {
+                re: plan.re,
+                ..AugmentOptions::default()
+            },
             ..defaults
         }
     };
@@ -194,17 +203,14 @@ fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
         // scratch.
         pretrained: Pretrained::Random,
     };
-    let defaults = InvertPlan::default();
-    let invert = InvertPlan {
-        gpu: plan.gpu.clone(),
-        seed: Some(plan.seed),
+    let defaults = Dreaming::default();
+    let dreaming = Dreaming {
         // One image of every identity per batch: `invert` draws distinct identities when
         // there are enough, so `shots` batches fill every bag with no image dreamed and
         // then dropped.
         bs: s.ids,
         shots: s.shots,
         iters: 1000,
-        model: ModelChoice::default(),
         coefficients: Coefficients {
             // The reference's 1e-4 is tuned for 3,000 iterations; in a few hundred its
             // images stay close to the starting noise. A stronger smoothness prior gives
@@ -230,21 +236,23 @@ fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
             jitter: s.jitter,
             ..defaults.stages
         },
-        height: HEIGHT,
-        width: WIDTH,
         // Not the reference's JPEG: after 130 iterations the dreams are fine colour noise
         // that the teacher reads as its identities, read back from PNG files at 98.8%
         // top-1 and from 4:2:0 JPEGs at 5% (seed 1). Distilled on lossless dreams, every
         // method keeps more of A on average (README: mean margins over fine-tuning of +1.2
         // to +1.8 become +2.2 to +3.6).
-        format: DreamFormat::Png,
-        ..defaults
+        dream_format: DreamFormat::Png,
+    };
+    let invert = InvertPlan {
+        device: plan.device.clone(),
+        seed: Some(plan.seed),
+        dreaming,
+        size: data().size,
+        ..InvertPlan::default()
     };
     let eval = EvalPlan {
-        gpu: plan.gpu.clone(),
-        data_root: data_root.to_path_buf(),
-        height: HEIGHT,
-        width: WIDTH,
+        device: plan.device.clone(),
+        data: data(),
         rank_list_n: 4,
         ..EvalPlan::default()
     };
@@ -309,7 +317,9 @@ fn check_recipe(plan: &DemoPlan, invert: &InvertPlan) -> Result<()> {
     // The dreaming knobs the demo fixes: a folder dreamed with other ones (by an earlier
     // agd) is another recipe too.
     let mut dreaming = Argv::new("invert");
-    render_dreaming(&mut dreaming, &invert.stages, &invert.coefficients);
+    dreaming
+        .group(&invert.dreaming.stages)
+        .group(&invert.dreaming.coefficients);
     let recipe = format!(
         "sizes {:?}, re {}, seed {}, quick {}, dreaming `{}`\n",
         plan.sizes,
@@ -435,8 +445,11 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
             "demo sizes {sizes:?}: the identities must be at least 2, and the epochs, base epochs and shots at least 1"
         );
     }
-    let device = crate::device::select(&plan.gpu)?;
     let log = Logger::open(&plan.out, true)?;
+    let (device, determinism) = plan.device.select()?;
+    if let Some(note) = determinism {
+        log.line(note);
+    }
     let data_root = plan.out.join("data");
     let templates = templates(plan, &data_root);
     check_recipe(plan, &templates.invert)?;

@@ -6,130 +6,95 @@
 
 use std::fmt;
 
-/// A setting of a stage's plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Setting {
-    BatchSize,
-    Cameras,
-    Checkpoint,
-    Coarse,
-    DataRoot,
-    Dataset,
-    DatasetPart,
-    Datasets,
-    Depth,
-    DreamFormat,
-    Embedding,
-    Epochs,
-    EpochsDecay,
-    ExemplarDataset,
-    Exemplars,
-    FeatureFile,
-    FirstBnMultiplier,
-    FullResIters,
-    GenerationDir,
-    Gpu,
-    Height,
-    Ids,
-    ImagesPerId,
-    ImageLr,
-    InversionBatch,
-    InversionDir,
-    InversionResume,
-    L2,
-    LastPooling,
-    LastStride,
-    LearningRate,
-    LogsDir,
-    MainLossMultiplier,
-    Method,
-    Optimizer,
-    Peers,
-    Pretrained,
-    Previous,
-    RandomErasing,
-    RandomErasingArea,
-    RankList,
-    RankListN,
-    Recursive,
-    Resume,
-    RFeature,
-    SaveFeatures,
-    Shard,
-    Shots,
-    Teacher,
-    TestIds,
-    TvL1,
-    TvL2,
-    Unseen,
-    Warmup,
-    WarmupIters,
-    Width,
+/// Settings of the stages' plans: `Variant => "name in library terms", field;`. The field is
+/// the plan field (clap's argument id) that carries the setting, so the CLI names its flag
+/// from the plans' own definitions ([`crate::cli::flag`]) and no table of flags exists.
+macro_rules! settings {
+    ($($variant:ident => $name:literal, $field:ident;)+) => {
+        /// A setting of a stage's plan.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Setting {
+            $($variant),+
+        }
+
+        impl Setting {
+            /// Every setting.
+            pub const ALL: &'static [Setting] = &[$(Setting::$variant),+];
+
+            /// The setting's name in library terms.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Setting::$variant => $name),+
+                }
+            }
+
+            /// The plan field that carries it (clap's argument id).
+            pub fn field(self) -> &'static str {
+                match self {
+                    $(Setting::$variant => stringify!($field)),+
+                }
+            }
+        }
+    };
 }
 
-impl Setting {
-    /// The setting's name in library terms.
-    pub fn name(self) -> &'static str {
-        use Setting::*;
-        match self {
-            BatchSize => "batch size",
-            Cameras => "cameras",
-            Checkpoint => "checkpoint",
-            Coarse => "coarse block size",
-            DataRoot => "data root",
-            Dataset => "dataset",
-            DatasetPart => "dataset",
-            Datasets => "datasets of the sequence",
-            Depth => "depth",
-            Embedding => "embedding width",
-            Epochs => "epochs",
-            EpochsDecay => "learning-rate decay epochs",
-            ExemplarDataset => "exemplar dataset",
-            Exemplars => "images per old identity",
-            FeatureFile => "feature file",
-            FirstBnMultiplier => "first BN multiplier",
-            DreamFormat => "dreamed image format",
-            FullResIters => "full-size iterations",
-            GenerationDir => "generation folder",
-            Gpu => "device",
-            Height => "height",
-            Ids => "identities",
-            ImagesPerId => "images per identity",
-            ImageLr => "image learning rate",
-            InversionBatch => "inversion batch",
-            InversionDir => "dreamed images folder",
-            InversionResume => "generation folder to complete",
-            L2 => "L2 coefficient",
-            LastPooling => "pooling",
-            LastStride => "last stride",
-            LearningRate => "learning rate",
-            LogsDir => "logs folder",
-            MainLossMultiplier => "main loss multiplier",
-            Method => "method",
-            Optimizer => "optimizer",
-            Peers => "views",
-            Pretrained => "ImageNet weights",
-            Previous => "previous model",
-            RandomErasing => "random-erasing probability",
-            RandomErasingArea => "random-erasing area",
-            RankList => "rank-list folder",
-            RankListN => "rank-list queries",
-            Recursive => "recursive search",
-            Resume => "checkpoint to resume",
-            RFeature => "BN statistics coefficient",
-            SaveFeatures => "feature file to write",
-            Shard => "shard",
-            Shots => "images per identity",
-            Teacher => "teacher",
-            TestIds => "test identities",
-            TvL1 => "TV-L1 coefficient",
-            TvL2 => "TV-L2 coefficient",
-            Unseen => "unseen datasets",
-            Warmup => "warm-up epochs",
-            WarmupIters => "warm-up iterations",
-            Width => "width",
-        }
-    }
+settings! {
+    BatchSize => "batch size", batch_size;
+    Cameras => "cameras", cameras;
+    Checkpoint => "checkpoint", ckpt;
+    Coarse => "coarse block size", coarse;
+    DataRoot => "data root", data_root;
+    Dataset => "dataset", dataset;
+    DatasetPart => "dataset", dataset;
+    Datasets => "datasets of the sequence", datasets;
+    Depth => "depth", depth;
+    DreamFormat => "dreamed image format", dream_format;
+    Embedding => "embedding width", embedding;
+    Epochs => "epochs", epochs;
+    EpochsDecay => "learning-rate decay epochs", epochs_decay;
+    ExemplarDataset => "exemplar dataset", exemplar_dataset;
+    Exemplars => "images per old identity", exemplars;
+    FeatureFile => "feature file", features;
+    FirstBnMultiplier => "first BN multiplier", first_bn_multiplier;
+    FullResIters => "full-size iterations", full_res_iters;
+    GenerationDir => "generation folder", generation_dir;
+    Gpu => "device", gpu;
+    Height => "height", height;
+    Ids => "identities", ids;
+    ImagesPerId => "images per identity", images_per_id;
+    ImageLr => "image learning rate", lr;
+    InversionBatch => "inversion batch", bs;
+    InversionDir => "dreamed images folder", inversion_dir;
+    InversionResume => "generation folder to complete", resume;
+    L2 => "L2 coefficient", l2;
+    LastPooling => "pooling", pooling;
+    LastStride => "last stride", last_stride;
+    LearningRate => "learning rate", learning_rate;
+    LogsDir => "logs folder", logs_dir;
+    MainLossMultiplier => "main loss multiplier", main_loss_multiplier;
+    Method => "method", method;
+    Optimizer => "optimizer", optimizer;
+    Peers => "views", peers;
+    Pretrained => "ImageNet weights", pretrained;
+    Previous => "previous model", previous;
+    RandomErasing => "random-erasing probability", re;
+    RandomErasingArea => "random-erasing area", re_area;
+    RankList => "rank-list folder", rank_list;
+    RankListN => "rank-list queries", rank_list_n;
+    Recursive => "recursive search", recursive;
+    Resume => "checkpoint to resume", resume;
+    RFeature => "BN statistics coefficient", r_feature;
+    SaveFeatures => "feature file to write", save_features;
+    Shard => "shard", shard;
+    Shots => "images per identity", shots;
+    Teacher => "teacher", teacher;
+    TestIds => "test identities", test_ids;
+    TvL1 => "TV-L1 coefficient", tv_l1;
+    TvL2 => "TV-L2 coefficient", tv_l2;
+    Unseen => "unseen datasets", unseen;
+    Warmup => "warm-up epochs", warmup;
+    WarmupIters => "warm-up iterations", warmup_iters;
+    Width => "width", width;
 }
 
 impl fmt::Display for Setting {

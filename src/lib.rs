@@ -1,5 +1,5 @@
 //! agd: Augmented Geometric Distillation (Lu et al., CVPR 2022) for data-free incremental
-//! person re-identification, on libtorch through tch. See SPEC.md for what each part
+//! person re-identification, on libtorch through tch. See docs/method.md for what each part
 //! computes; the layout follows the pipeline: `data` → (model, losses, training,
 //! inversion, evaluation) → `cli`.
 
@@ -15,6 +15,7 @@ pub mod io;
 pub mod logging;
 pub mod loss;
 pub mod model;
+pub mod options;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -8,9 +8,28 @@
 //! through one engine (`sequence::Engine`).
 
 use crate::logging::Logger;
+use crate::options::{leaves, Leaf};
 use anyhow::Result;
+use serde::Serialize;
 use std::fmt::Display;
 use std::path::Path;
+
+/// A stage's plan: its options are its fields (clap derives its flags from them), and it
+/// renders the command line that reruns it.
+pub trait StagePlan: clap::Args + Serialize {
+    /// The stage's subcommand.
+    const SUBCOMMAND: &'static str;
+
+    /// The stage's subcommand: its flags with the defaults this plan is compared against.
+    fn command(&self) -> clap::Command {
+        Self::augment_args(clap::Command::new(Self::SUBCOMMAND))
+    }
+
+    /// The command line that reproduces the plan.
+    fn argv(&self) -> Argv {
+        Argv::of(&self.command(), self)
+    }
+}
 
 /// A plan's command line, built flag by flag. Flags equal to the subcommand's default are
 /// left out, so the line says what is particular to the run; the CLI tests parse rendered
@@ -23,6 +42,60 @@ impl Argv {
     /// `agd <subcommand>`.
     pub fn new(subcommand: &str) -> Self {
         Self(vec![subcommand.to_string()])
+    }
+
+    /// The command line that reproduces `plan` as `command`'s subcommand: the flag of every
+    /// field whose value differs from the flag's default, in field order.
+    pub fn of<T: Serialize + ?Sized>(command: &clap::Command, plan: &T) -> Self {
+        let mut argv = Self::new(command.get_name());
+        argv.flags_of(command, plan);
+        argv
+    }
+
+    /// The flags of `values`' fields (a plan, or one group of its options) that differ
+    /// from `command`'s defaults. A field with no flag in `command` is not an option there
+    /// and is left out; a flag with a short name is written short, as the reference's
+    /// scripts are (`-g 0 -b 64`).
+    pub fn flags_of<T: Serialize + ?Sized>(
+        &mut self,
+        command: &clap::Command,
+        values: &T,
+    ) -> &mut Self {
+        for (id, leaf) in leaves(values) {
+            let Leaf::Values(values) = leaf else {
+                continue;
+            };
+            let Some(arg) = command.get_arguments().find(|a| a.get_id() == id) else {
+                continue;
+            };
+            let name = match (arg.get_short(), arg.get_long()) {
+                (Some(short), _) => format!("-{short}"),
+                (None, Some(long)) => format!("--{long}"),
+                (None, None) => continue,
+            };
+            if !arg.get_action().takes_values() {
+                if values == ["true"] {
+                    self.0.push(name);
+                }
+                continue;
+            }
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if values != defaults {
+                self.0.push(name);
+                self.0.extend(values);
+            }
+        }
+        self
+    }
+
+    /// The flags of one group of options (a struct clap flattens into a stage's plan)
+    /// that differ from the group's own defaults.
+    pub fn group<T: clap::Args + Serialize>(&mut self, values: &T) -> &mut Self {
+        self.flags_of(&T::augment_args(clap::Command::new("group")), values)
     }
 
     /// `name value`, always.

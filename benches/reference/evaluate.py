@@ -1,5 +1,5 @@
 """The reference's evaluation and k-reciprocal re-ranking, rendered with numpy + scikit-learn
-for timing against agd (benches/evaluate.rs runs it; see SPEC §8).
+for timing against agd (benches/evaluate.rs runs it; see docs/method.md §8).
 
 It keeps the reference's data structures and their lifetimes, which decide its speed and
 memory: dense (Q+G)² float32 distances (kept alive, as the reference keeps its torch

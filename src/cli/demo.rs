@@ -26,7 +26,7 @@ impl DemoArgs {
                 ..preset
             },
             seed: self.seed,
-            gpu: self.device.gpu.clone(),
+            device: self.device.clone(),
             re: self.re,
         }
     }

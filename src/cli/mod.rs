@@ -3,19 +3,21 @@
 pub mod args;
 mod demo;
 pub mod evaluate;
-mod invert;
 mod plot;
-mod sequence;
 mod synth;
-pub mod train;
 
 use crate::error::{About, AnotherRun, BadSetting, Occupied, Setting};
-use crate::eval::CheckpointsFailed;
+use crate::eval::{CheckpointsFailed, EvalPlan};
+use crate::inversion::InvertPlan;
 use crate::model::choice::Contradiction;
-use crate::train::plan::LoopPlan;
+use crate::options::with_defaults;
+use crate::sequence::SequencePlan;
+use crate::train::plan::{BasePlan, IncrementalPlan, LoopPlan};
 use anyhow::Result;
 use args::*;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Data-free incremental person re-identification (Augmented Geometric Distillation).
 #[derive(Parser, Debug)]
@@ -25,26 +27,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The subcommands; a stage's flags are its plan's fields.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train the base model on task 1 (cross-entropy + triplet).
-    Train(TrainArgs),
+    Train(BasePlan),
     /// Dream images of every old identity back out of a trained model (DeepInversion).
-    Invert(InvertArgs),
+    Invert(InvertPlan),
     /// Learn a new task while distilling the old model's geometry on dreamed images (GD, simGD).
-    Incremental(IncrementalArgs),
+    Incremental(IncrementalPlan),
     /// `incremental` with augmented distillation across `--peers` views (AGD).
     #[command(name = "incremental-x")]
-    IncrementalX(IncrementalArgs),
+    IncrementalX(IncrementalPlan),
     /// mAP and CMC of checkpoints on one or more datasets, optionally re-ranked.
-    Evaluate(EvaluateArgs),
+    Evaluate(EvalPlan),
     /// Write a synthetic Market-style dataset of rendered people.
     Synth(SynthArgs),
     /// The whole method on synthetic data: base, invert, finetune/GD/simGD/AGD, evaluate.
     Demo(DemoArgs),
     /// Lifelong learning over several datasets: base on the first, then for each next one
     /// invert, learn it (agd, gd, simgd, finetune or a config), evaluate on all seen so far.
-    Sequence(SequenceArgs),
+    Sequence(SequencePlan),
     /// Redraw `curves.png` of training logs folders from their `metrics.csv`.
     Plot(PlotArgs),
 }
@@ -61,29 +64,26 @@ fn with_underscore_aliases(cmd: clap::Command) -> clap::Command {
         })
 }
 
-/// The reference's `main_incremental*.py` defaults, where they differ from `main.py`'s
-/// (the training loop's flags are shared, with `train`'s defaults).
-/// Taken from [`LoopPlan::incremental_defaults`], so the flags and the plans that render
-/// them agree.
-fn with_incremental_defaults(cmd: clap::Command, augmented: bool) -> clap::Command {
-    let d = LoopPlan::incremental_defaults(augmented);
-    cmd.mut_arg("dataset", |a| a.default_value(d.dataset.clone()))
-        .mut_arg("batch_size", |a| a.default_value(d.batch_size.to_string()))
-        .mut_arg("epochs", |a| a.default_value(d.epochs.to_string()))
-        .mut_arg("epochs_decay", |a| {
-            a.default_values(d.epochs_decay.iter().map(ToString::to_string))
-        })
-        .mut_arg("save_freq", |a| a.default_value(d.save_freq.to_string()))
-        .mut_arg("warmup", |a| a.default_value(d.warmup.to_string()))
-        .mut_arg("peers", |a| a.default_value(d.peers.to_string()))
-}
-
-/// The full command: per-script defaults and underscore aliases included.
+/// The full command: the incremental steps' reference defaults (`main_incremental*.py`'s,
+/// where they differ from `main.py`'s: [`LoopPlan::incremental_defaults`]) and underscore
+/// aliases included.
 pub fn command() -> clap::Command {
     Cli::command()
-        .mut_subcommand("incremental", |c| with_incremental_defaults(c, false))
-        .mut_subcommand("incremental-x", |c| with_incremental_defaults(c, true))
+        .mut_subcommand("incremental", |c| {
+            with_defaults(c, &LoopPlan::incremental_defaults(false))
+        })
+        .mut_subcommand("incremental-x", |c| {
+            with_defaults(c, &LoopPlan::incremental_defaults(true))
+        })
         .mut_subcommands(with_underscore_aliases)
+}
+
+/// The parsed command line, with what the subcommand itself says put in its plan.
+fn settle(mut cli: Cli) -> Cli {
+    if let Command::IncrementalX(plan) = &mut cli.command {
+        plan.augmented = true;
+    }
+    cli
 }
 
 /// Parses the process arguments (exits with clap's message on bad flags).
@@ -98,7 +98,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let matches = command().get_matches_from(args);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    settle(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 /// Parses the given arguments, returning clap's error instead of exiting.
@@ -107,87 +107,53 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+    Cli::from_arg_matches(&command().try_get_matches_from(args)?).map(settle)
 }
 
 /// Maps the command line to its plan and runs the stage. Each stage sets its own memory
 /// policy ([`crate::alloc`]).
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(args) => crate::train::run_base(&args.plan()).map(drop),
-        Command::Invert(args) => crate::inversion::run(&args.plan()),
-        Command::Incremental(args) => crate::train::run_incremental(&args.plan(false)?).map(drop),
-        Command::IncrementalX(args) => crate::train::run_incremental(&args.plan(true)?).map(drop),
-        Command::Evaluate(args) => evaluate::run(&args),
+        Command::Train(plan) => crate::train::run_base(&plan).map(drop),
+        Command::Invert(plan) => crate::inversion::run(&plan),
+        Command::Incremental(plan) | Command::IncrementalX(plan) => {
+            crate::train::run_incremental(&plan).map(drop)
+        }
+        Command::Evaluate(plan) => evaluate::run(&plan),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => match &args.seeds {
             Some(seeds) => crate::demo::run_seeds(&args.plan(), seeds).map(drop),
             None => crate::demo::run(&args.plan()).map(drop),
         },
-        Command::Sequence(args) => crate::sequence::run(&args.plan()).map(drop),
+        Command::Sequence(plan) => crate::sequence::run(&plan).map(drop),
         Command::Plot(args) => plot::run(&args),
     }
 }
 
-/// The flag that carries a setting.
+/// The flag that carries a setting, as `--long` (`-s/--long` when it has a short name),
+/// found by the setting's field among the subcommands' flags: the plans define the flags,
+/// so a renamed flag is named rightly here too.
 pub fn flag(setting: Setting) -> &'static str {
-    use Setting::*;
-    match setting {
-        BatchSize => "--batch-size",
-        Cameras => "--cameras",
-        Checkpoint => "-c/--ckpt",
-        Coarse => "--coarse",
-        DataRoot => "--data-root",
-        Dataset | DatasetPart => "--dataset",
-        Datasets => "--datasets",
-        Depth => "--depth",
-        DreamFormat => "--dream-format",
-        Embedding => "--embedding",
-        Epochs => "--epochs",
-        EpochsDecay => "--epochs-decay",
-        ExemplarDataset => "--exemplar-dataset",
-        Exemplars => "--exemplars",
-        FeatureFile => "--features",
-        FirstBnMultiplier => "--first-bn-multiplier",
-        FullResIters => "--full-res-iters",
-        GenerationDir => "--generation-dir",
-        Gpu => "-g/--gpu",
-        Height => "--height",
-        Ids => "--ids",
-        ImagesPerId => "--images-per-id",
-        ImageLr => "--lr",
-        InversionBatch => "--bs",
-        InversionDir => "--inversion-dir",
-        InversionResume | Resume => "--resume",
-        L2 => "--l2",
-        LastPooling => "--last-pooling",
-        LastStride => "--last-stride",
-        LearningRate => "--learning-rate",
-        LogsDir => "--logs-dir",
-        MainLossMultiplier => "--main-loss-multiplier",
-        Method => "--method",
-        Optimizer => "--optimizer",
-        Peers => "--peers",
-        Pretrained => "--pretrained",
-        Previous => "--previous",
-        RandomErasing => "--re",
-        RandomErasingArea => "--re-area",
-        RankList => "--rank-list",
-        RankListN => "--rank-list-n",
-        Recursive => "--recursive",
-        RFeature => "--r-feature",
-        SaveFeatures => "--save-features",
-        Shard => "--shard",
-        Shots => "--shots",
-        Teacher => "--teacher",
-        TestIds => "--test-ids",
-        TvL1 => "--tv-l1",
-        TvL2 => "--tv-l2",
-        Unseen => "--unseen",
-        Warmup => "--warmup",
-        WarmupIters => "--warmup-iters",
-        Width => "--width",
-    }
+    static FLAGS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    let flags = FLAGS.get_or_init(|| {
+        let mut flags = HashMap::new();
+        for sub in command().get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else {
+                    continue;
+                };
+                let name = match arg.get_short() {
+                    Some(short) => format!("-{short}/--{long}"),
+                    None => format!("--{long}"),
+                };
+                flags.entry(arg.get_id().to_string()).or_insert(name);
+            }
+        }
+        flags
+    });
+    flags
+        .get(setting.field())
+        .map_or(setting.name(), String::as_str)
 }
 
 /// How a program of agd (the binary, the examples) ends: on an error, one line
@@ -231,4 +197,27 @@ pub fn message(err: &anyhow::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_named_by_the_flag_that_carries_it() {
+        for &setting in Setting::ALL {
+            assert!(
+                flag(setting).starts_with('-'),
+                "{setting:?}: no subcommand has a flag for field `{}`",
+                setting.field()
+            );
+        }
+        assert_eq!(flag(Setting::Gpu), "-g/--gpu");
+        assert_eq!(flag(Setting::Checkpoint), "-c/--ckpt");
+        assert_eq!(flag(Setting::Datasets), "--datasets");
+        assert_eq!(flag(Setting::Dataset), "--dataset");
+        assert_eq!(flag(Setting::LastPooling), "--last-pooling");
+        assert_eq!(flag(Setting::ImageLr), "--lr");
+        assert_eq!(flag(Setting::RandomErasing), "--re");
+    }
 }

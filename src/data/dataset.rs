@@ -1,4 +1,4 @@
-//! Dataset layouts (SPEC §2): Market-style folders, MSMT17's own list files, folders of
+//! Dataset layouts (docs/method.md §2): Market-style folders, MSMT17's own list files, folders of
 //! dreamed images, and real exemplars of an old task. Parsing only builds lists of records;
 //! pixels are read by [`super::ImageStore`].
 

@@ -1,5 +1,5 @@
 //! Images decoded once, in parallel, and kept in memory (the reference preloads too).
-//! Both transforms of SPEC §2 start with a deterministic bilinear resize to H×W, so it is
+//! Both transforms of docs/method.md §2 start with a deterministic bilinear resize to H×W, so it is
 //! done here, once, instead of every epoch: the stored pixels are exactly what the random
 //! part of the training transform starts from.
 

@@ -287,7 +287,7 @@ impl TrainLoader {
     }
 }
 
-/// New-task batches paired with dreamed batches (SPEC §2, "Pairing"), as the reference
+/// New-task batches paired with dreamed batches (docs/method.md §2, "Pairing"), as the reference
 /// pairs them: every epoch begins a *fresh* pass of the dreamed loader (its
 /// `iter(training_loader_prec)` at the start of the epoch), the i-th new batch of the epoch
 /// goes with the i-th batch of that pass, and when the pass runs out within the epoch the

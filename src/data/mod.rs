@@ -1,4 +1,4 @@
-//! Everything between files on disk and batches on the device (SPEC §2): dataset layouts,
+//! Everything between files on disk and batches on the device (docs/method.md §2): dataset layouts,
 //! images decoded once into memory, the reference's transforms, the P×K identity sampler
 //! and background loaders that assemble batches ahead of the model.
 

@@ -1,4 +1,4 @@
-//! The reference's identity sampler (SPEC §2): every batch holds exactly K samples of
+//! The reference's identity sampler (docs/method.md §2): every batch holds exactly K samples of
 //! each of its P distinct identities, which the triplet and geometric losses rely on.
 
 use super::rng::{stream, tag};

@@ -1,4 +1,4 @@
-//! The reference's image transforms (SPEC §2), applied to the resized HWC bytes of
+//! The reference's image transforms (docs/method.md §2), applied to the resized HWC bytes of
 //! [`super::ImageStore`] and written straight into a CHW float batch buffer.
 //!
 //! Training: horizontal flip (p 0.5) → zero-pad 10 px → random crop H×W → [0,1] →

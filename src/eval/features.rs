@@ -14,15 +14,7 @@ pub enum OutputFeature {
     Global,
 }
 
-impl OutputFeature {
-    /// The flag's spelling.
-    pub const fn name(self) -> &'static str {
-        match self {
-            OutputFeature::Embedding => "embedding",
-            OutputFeature::Global => "global",
-        }
-    }
-}
+crate::named_values!(OutputFeature { Embedding => "embedding", Global => "global" });
 
 /// N×D features of every image in `store`, in order, on the model's device.
 pub fn extract(

@@ -1,4 +1,4 @@
-//! mAP and CMC of a query × gallery distance matrix, with the reference protocol (SPEC §8).
+//! mAP and CMC of a query × gallery distance matrix, with the reference protocol (docs/method.md §8).
 //!
 //! Per query, gallery items sharing both its identity and its camera are dropped (they are
 //! the same shot seen again, not a retrieval); a query with no remaining match is skipped.

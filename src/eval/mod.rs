@@ -1,4 +1,4 @@
-//! Evaluation (SPEC §8): features, distances, mAP and CMC.
+//! Evaluation (docs/method.md §8): features, distances, mAP and CMC.
 
 pub mod distance;
 pub mod features;

@@ -1,108 +1,85 @@
-//! The plan of `agd evaluate` (SPEC §8), defaulted as the reference's `evaluate.py`.
+//! The plan of `agd evaluate` (docs/method.md §8), defaulted as the reference's `evaluate.py`.
 
 use super::features::OutputFeature;
 use crate::bad_setting;
 use crate::error::Setting;
-use crate::model::{ComputeChoice, ModelChoice};
-use crate::stage::Argv;
+use crate::model::ModelChoice;
+use crate::options::{DataOptions, DeviceOptions};
+use crate::stage::StagePlan;
 use anyhow::Result;
+use clap::Args;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalPlan {
-    /// `-g` values: GPU ids, or `cpu`.
-    pub gpu: Vec<String>,
-    pub data_root: PathBuf,
-    pub height: usize,
-    pub width: usize,
-    /// Datasets; `a+b` evaluates both query sets against the union gallery; `aUb` is one
-    /// dataset made of a and b (all queries, one set, against both galleries).
-    pub datasets: Vec<String>,
-    pub batch_size: usize,
-    /// Checkpoint file, logs folder, or with `recursive` a tree of them.
+    #[command(flatten)]
+    pub device: DeviceOptions,
+    /// Checkpoint file, or a logs folder (its checkpoint), or with --recursive a tree.
+    #[arg(short = 'c', long, value_name = "PATH", default_value = DEFAULT_CKPT)]
     pub ckpt: PathBuf,
+    /// Evaluate every checkpoint under --ckpt; one that fails does not stop the others,
+    /// but is named at the end (with --json, as a `{checkpoint, error}` row) and the exit
+    /// code is non-zero.
+    #[arg(long, conflicts_with = "features")]
     pub recursive: bool,
-    /// Shapes the model where a checkpoint does not say (the reference's files).
-    pub model: ModelChoice,
+    #[command(flatten)]
+    pub data: DataOptions,
+    /// Datasets to evaluate; `a+b` evaluates both query sets against the union gallery;
+    /// `aUb` is one dataset made of a and b (the reference's mode `U`), also inside `+`.
+    // Named as the flag (`--dataset`, the reference's) where it is one, so a config key and
+    // an error name it as the flag does.
+    #[serde(rename = "dataset")]
+    #[arg(id = "dataset", long = "dataset", num_args = 1..,
+          default_values_t = ["market".to_string(), "duke".to_string(), "msmt17".to_string()])]
+    pub datasets: Vec<String>,
+    #[arg(short = 'b', long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "embedding")]
     pub output_feature: OutputFeature,
+    /// k-reciprocal re-ranking.
+    #[arg(short = 'r', long)]
     pub re_ranking: bool,
     /// Re-rank all queries in one graph instead of the reference's chunks of 1024.
+    #[arg(long, requires = "re_ranking")]
     pub one_shot: bool,
-    /// Append results to `eval.txt` beside each checkpoint.
+    /// Append results to eval.txt beside each checkpoint.
+    #[arg(short = 'o', long, conflicts_with = "features")]
     pub output: bool,
-    /// Print results as JSON instead of tables.
+    /// Print results as JSON.
+    #[arg(long)]
     pub json: bool,
-    /// Write features and labels to this safetensors file; with several query sets (several
-    /// datasets, or the parts of `a+b`) one file each, named by [`EvalPlan::feature_path`].
+    /// Write each query set's features and labels to this safetensors file. Several query
+    /// sets (several datasets, or `a+b`) get one file each, named by appending the query
+    /// set to the stem: `F-a.safetensors`, and `F-a-in-a+b.safetensors` for a's queries
+    /// against the union gallery of a+b. The folder must exist.
+    // [`EvalPlan::feature_path`].
+    #[arg(long, value_name = "FILE")]
     pub save_features: Option<PathBuf>,
-    /// Evaluate a feature file instead of checkpoints.
+    /// Evaluate a feature file written by --save-features; no model or images needed.
+    #[arg(long, value_name = "FILE", conflicts_with = "save_features")]
     pub features: Option<PathBuf>,
-    /// Rank-list pictures of the first `rank_list_n` queries go here, one subfolder per
-    /// query set ([`EvalPlan::rank_list_dir`]).
+    /// Write rank-list pictures (query, then its top-10 gallery images framed green or
+    /// red) into this folder, one subfolder per query set: `DIR/a`, and `DIR/a-in-a+b`
+    /// for a's queries against the union gallery of a+b.
+    // [`EvalPlan::rank_list_dir`].
+    #[arg(long, value_name = "DIR", conflicts_with = "features")]
     pub rank_list: Option<PathBuf>,
+    /// Queries to draw rank lists for (at least 1).
+    #[arg(long, default_value_t = 10)]
     pub rank_list_n: usize,
-    /// How the model computes (`--amp`, `--memory-format`; not in the reference).
-    pub compute: ComputeChoice,
+    /// Shapes the model where a checkpoint does not say (the reference's files).
+    #[command(flatten)]
+    pub model: ModelChoice,
 }
 
 pub const DEFAULT_CKPT: &str = "logs";
 
-impl Default for EvalPlan {
-    fn default() -> Self {
-        Self {
-            gpu: vec!["0".into()],
-            data_root: "data".into(),
-            height: 256,
-            width: 128,
-            datasets: ["market", "duke", "msmt17"].map(String::from).to_vec(),
-            batch_size: 128,
-            ckpt: DEFAULT_CKPT.into(),
-            recursive: false,
-            model: ModelChoice::default(),
-            output_feature: OutputFeature::Embedding,
-            re_ranking: false,
-            one_shot: false,
-            output: false,
-            json: false,
-            save_features: None,
-            features: None,
-            rank_list: None,
-            rank_list_n: 10,
-            compute: ComputeChoice::default(),
-        }
-    }
-}
+crate::default_from_flags!(EvalPlan);
 
-impl EvalPlan {
-    pub fn argv(&self) -> Argv {
-        let d = Self::default();
-        let mut argv = Argv::new("evaluate");
-        argv.list("-g", &self.gpu, &d.gpu)
-            .path("--ckpt", &self.ckpt, DEFAULT_CKPT)
-            .switch("--recursive", self.recursive)
-            .path("--data-root", &self.data_root, "data")
-            .list("--dataset", &self.datasets, &d.datasets)
-            .differs("--height", &self.height, &d.height)
-            .differs("--width", &self.width, &d.width)
-            .differs("-b", &self.batch_size, &d.batch_size)
-            .differs(
-                "--output-feature",
-                &self.output_feature.name(),
-                &d.output_feature.name(),
-            )
-            .switch("--re-ranking", self.re_ranking)
-            .switch("--one-shot", self.one_shot)
-            .switch("--output", self.output)
-            .switch("--json", self.json)
-            .opt_path("--save-features", self.save_features.as_deref())
-            .opt_path("--features", self.features.as_deref())
-            .opt_path("--rank-list", self.rank_list.as_deref())
-            .differs("--rank-list-n", &self.rank_list_n, &d.rank_list_n);
-        self.compute.render(&mut argv);
-        crate::train::plan::render_model(&mut argv, &self.model);
-        argv
-    }
+impl StagePlan for EvalPlan {
+    const SUBCOMMAND: &'static str = "evaluate";
 }
 
 /// The name of one query set's outputs (feature file, rank-list folder): the dataset's own
@@ -160,8 +137,8 @@ impl EvalPlan {
     /// whole evaluation is done.
     pub fn validate(&self) -> Result<()> {
         for (setting, value) in [
-            (Setting::Height, self.height),
-            (Setting::Width, self.width),
+            (Setting::Height, self.data.size.height),
+            (Setting::Width, self.data.size.width),
             (Setting::BatchSize, self.batch_size),
         ] {
             if value == 0 {
@@ -207,7 +184,7 @@ impl EvalPlan {
             }
             let mut parts = HashSet::new();
             for part in spec.split('+') {
-                for member in crate::eval::union::members(&self.data_root, part) {
+                for member in crate::eval::union::members(&self.data.data_root, part) {
                     if member.is_empty() {
                         bad_setting!(
                             Setting::DatasetPart,

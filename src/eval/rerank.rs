@@ -1,4 +1,4 @@
-//! k-reciprocal re-ranking (Zhong et al. 2017) as the reference applies it (SPEC §8).
+//! k-reciprocal re-ranking (Zhong et al. 2017) as the reference applies it (docs/method.md §8).
 //!
 //! The reference builds dense (Q+G)² matrices: distances, a full argsort, the k-reciprocal
 //! encodings `V` and their query expansion, then walks inverted lists for the Jaccard

@@ -1,4 +1,4 @@
-//! `agd evaluate` as a library stage (SPEC §8): checkpoints × datasets → mAP and CMC,
+//! `agd evaluate` as a library stage (docs/method.md §8): checkpoints × datasets → mAP and CMC,
 //! optionally re-ranked; `a+b` evaluates each query set against the union gallery
 //! ([`super::union`]); results as tables, and appended to `eval.txt` beside each
 //! checkpoint.
@@ -324,7 +324,8 @@ pub fn run(args: &EvalPlan) -> Result<Vec<EvalRow>> {
 }
 
 fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
-    let device = crate::device::select(&args.gpu)?;
+    // Evaluation keeps no log: `--deterministic` needs no note.
+    let (device, _) = args.device.select()?;
     let ckpts = checkpoints(args)?;
     let loaded = load_datasets(args)?;
     let mut all = Vec::new();
@@ -351,18 +352,18 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
 /// Every dataset the plan names (each part of `a+b`, each member of `aUb`, once), images
 /// decoded once for all checkpoints.
 fn load_datasets(args: &EvalPlan) -> Result<HashMap<String, Loaded>> {
-    let (h, w) = (args.height, args.width);
+    let (h, w) = (args.data.size.height, args.data.size.width);
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
     let names = args
         .datasets
         .iter()
         .flat_map(|spec| spec.split('+'))
-        .flat_map(|part| union::members(&args.data_root, part));
+        .flat_map(|part| union::members(&args.data.data_root, part));
     for part in names {
         if loaded.contains_key(part) {
             continue;
         }
-        let dataset = ReidDataset::load(&args.data_root, part)?;
+        let dataset = ReidDataset::load(&args.data.data_root, part)?;
         let query = Arc::new(ImageStore::load(
             &dataset.query,
             h,
@@ -397,7 +398,7 @@ fn evaluate_checkpoint(
 ) -> Result<Vec<EvalRow>> {
     let ck = Checkpoint::load(ck_path)?;
     let mut model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
-    model.compute = args.compute.on(device);
+    model.compute = args.device.compute.on(device);
     let ck_name = ck_path.display().to_string();
     let feature = args.output_feature;
     let mut features: HashMap<&str, (Tensor, Tensor)> = HashMap::new();
@@ -424,7 +425,7 @@ fn evaluate_checkpoint(
         let groups: Vec<Group> = parts
             .iter()
             .map(|part| {
-                let members: Vec<Part> = union::members(&args.data_root, part)
+                let members: Vec<Part> = union::members(&args.data.data_root, part)
                     .into_iter()
                     .map(|name| {
                         let (l, (q, g)) = (&loaded[name], &features[name]);

@@ -1,4 +1,4 @@
-//! The feature-statistics loss of DeepInversion (SPEC §7): every BatchNorm's running mean
+//! The feature-statistics loss of DeepInversion (docs/method.md §7): every BatchNorm's running mean
 //! and variance describe what the teacher saw in training, so images whose activations
 //! reproduce those statistics look, to the teacher, like its training data.
 

@@ -1,4 +1,4 @@
-//! DeepInversion (SPEC §7): images of the old identities optimised out of the frozen task-1
+//! DeepInversion (docs/method.md §7): images of the old identities optimised out of the frozen task-1
 //! model alone. Starting from noise, a batch of images is pushed by Adam until the teacher
 //! classifies them as their target identities while every BatchNorm sees the activation
 //! statistics it recorded in training; image priors keep them smooth. A batch runs two
@@ -27,69 +27,62 @@ use anyhow::{bail, Result};
 use optim::{stage_lr, Adam, WARMUP};
 use prior::{ImagePrior, PriorWeights};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// The loss's coefficients (`--r-feature`, `--first-bn-multiplier`,
-/// `--main-loss-multiplier`, and the priors' weights).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The loss's coefficients, named and defaulted as the reference's `inversion.py`.
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Coefficients {
+    /// BN statistics loss coefficient.
+    #[arg(long, default_value_t = 0.01)]
     pub r_feature: f64,
+    /// Extra weight of the first BN layer's statistics.
+    #[arg(long, default_value_t = 10.0)]
     pub first_bn_multiplier: f64,
+    /// Weight of the cross-entropy on the targets.
+    #[arg(long, default_value_t = 1.0)]
     pub main_loss_multiplier: f64,
+    #[command(flatten)]
     pub prior: PriorWeights,
 }
 
-impl Default for Coefficients {
-    /// The reference's defaults.
-    fn default() -> Self {
-        Self {
-            r_feature: 0.01,
-            first_bn_multiplier: 10.0,
-            main_loss_multiplier: 1.0,
-            prior: PriorWeights {
-                tv_l1: 0.0,
-                tv_l2: 1e-4,
-                l2: 1e-5,
-            },
-        }
-    }
-}
+crate::default_from_flags!(Coefficients);
 
-/// The optimisation of one batch: base learning rate, the two stages' lengths and each
-/// stage's warm-up.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The optimisation of one batch: the two stages' lengths, each stage's warm-up, and the
+/// base learning rate.
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stages {
-    pub lr: f64,
+    /// Iterations on 2×2-pooled images (hard-coded 2000 in the reference).
+    #[arg(long, default_value_t = 2000)]
     pub low_res_iters: usize,
+    /// Iterations at full size (hard-coded 1000 in the reference).
+    #[arg(long, default_value_t = 1000)]
     pub full_res_iters: usize,
-    /// Short stages need a short warm-up: a 100-iteration stage with the reference's
-    /// 100-iteration warm-up ends at the full rate and never settles.
+    /// Learning-rate warm-up of each stage, in iterations (hard-coded 100 in the
+    /// reference); then a half cosine to 0 at the stage's end.
+    // Short stages need a short warm-up: a 100-iteration stage with the reference's
+    // 100-iteration warm-up ends at the full rate and never settles.
+    #[arg(long, default_value_t = WARMUP,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub warmup_iters: usize,
-    /// Not in the reference: with F ≥ 2, the low-resolution stage optimises images made of
-    /// F×F blocks of one colour, seen at full size ([`Stage::Blocks`]) instead of seeing
-    /// 2×2-pooled images. No pixel-level pattern can then satisfy the teacher, only a
-    /// layout of colours; the full-size stage refines it. 0 keeps the reference's stage.
-    pub coarse: usize,
-    /// Not in the reference (DeepInversion's own code has it): each iteration the teacher
-    /// sees the images rolled by a random offset of up to this many pixels in each
-    /// direction (half as many at low resolution), so no pixel can satisfy the teacher
-    /// at one position only. 0 (the reference) draws no offset.
+    /// Roll the images by a random offset of up to this many pixels each iteration (half
+    /// as many at low resolution) before the teacher sees them. Not in the reference:
+    /// DeepInversion's own code jitters; 0 keeps the reference's method.
+    // So no pixel can satisfy the teacher at one position only.
+    #[arg(long, default_value_t = 0)]
     pub jitter: usize,
+    /// Run the low-resolution stage on images of F×F blocks of one colour, seen at full
+    /// size, instead of 2×2-pooled images: only a layout of colours can satisfy the
+    /// teacher there. Not in the reference; 0 keeps its stage.
+    // [`Stage::Blocks`]; the full-size stage refines the layout.
+    #[arg(long, value_name = "F", default_value_t = 0)]
+    pub coarse: usize,
+    /// Adam learning rate on the images.
+    #[arg(long, default_value_t = 0.2)]
+    pub lr: f64,
 }
 
-impl Default for Stages {
-    /// The reference's values (its stage lengths are hard-coded there).
-    fn default() -> Self {
-        Self {
-            lr: 0.2,
-            low_res_iters: 2000,
-            full_res_iters: 1000,
-            warmup_iters: WARMUP,
-            coarse: 0,
-            jitter: 0,
-        }
-    }
-}
+crate::default_from_flags!(Stages);
 
 /// Which stage an iteration belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The image optimiser of DeepInversion (SPEC §7): Adam (betas 0.5/0.9, eps 1e-8) on the
+//! The image optimiser of DeepInversion (docs/method.md §7): Adam (betas 0.5/0.9, eps 1e-8) on the
 //! image tensor with PyTorch's update rule, and the per-stage warm-up + cosine learning rate.
 //! One Adam runs through both stages of a batch: its moments and step count carry over
 //! from the pooled stage to the full-size one, as the reference's single optimiser does.

@@ -1,108 +1,103 @@
-//! The plan of `agd invert` (SPEC §7), defaulted as the reference's `main_inversion.py`.
+//! The plan of `agd invert` (docs/method.md §7), defaulted as the reference's `inversion.py`.
 
 use super::shard::Shard;
 use super::store::DreamFormat;
 use super::{Coefficients, Stages};
 use crate::bad_setting;
 use crate::error::Setting;
-use crate::model::{ComputeChoice, ModelChoice};
-use crate::stage::Argv;
+use crate::model::ModelChoice;
+use crate::options::{DeviceOptions, ImageSize};
+use crate::stage::StagePlan;
 use anyhow::Result;
+use clap::Args;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InvertPlan {
-    /// `-g` values: GPU ids, or `cpu`.
-    pub gpu: Vec<String>,
+    #[command(flatten)]
+    pub device: DeviceOptions,
+    /// Seed of every random stream; without it a seed is drawn and logged.
+    #[arg(short = 's', long)]
     pub seed: Option<u64>,
-    /// Images optimised together.
-    pub bs: usize,
-    /// Where dreamed images go; with `resume`, the same folder.
-    pub generation_dir: PathBuf,
-    /// Images per identity.
-    pub shots: usize,
-    /// Most batches this run generates (a resumed run counts its own).
-    pub iters: usize,
-    /// A generation folder to complete (counts what is there): `generation_dir` itself.
-    pub resume: Option<PathBuf>,
     /// The task-1 checkpoint (file or logs folder).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_TEACHER)]
     pub teacher: PathBuf,
-    pub model: ModelChoice,
-    pub coefficients: Coefficients,
-    pub stages: Stages,
-    pub height: usize,
-    pub width: usize,
-    /// How the kept images are written (the reference: JPEG).
-    pub format: DreamFormat,
-    /// Only this shard of the identities (`--shard K/N`; not in the reference).
+    /// Where dreamed images go [default: the --resume folder, else generations].
+    #[arg(long, value_name = "PATH")]
+    pub generation_dir: Option<PathBuf>,
+    /// A generation folder to complete: counts what is there and writes the missing
+    /// images into it.
+    #[arg(long, value_name = "PATH")]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub dreaming: Dreaming,
+    #[command(flatten)]
+    pub size: ImageSize,
+    /// Dream only shard K of N of the identities (e.g. `--shard 2/4`), so N processes or
+    /// GPUs fill one generation folder; each keeps its log in `<folder>/shard-K-of-N/`.
+    /// Not in the reference.
+    #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
-    /// How the teacher computes (`--amp`, `--memory-format`; not in the reference).
-    pub compute: ComputeChoice,
+    #[command(flatten)]
+    pub model: ModelChoice,
 }
+
+/// What is dreamed and how, named and defaulted as the reference's `inversion.py`
+/// (`agd invert` and `agd sequence` share it).
+#[derive(Args, Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Dreaming {
+    /// Images per identity.
+    #[arg(long, default_value_t = 10)]
+    pub shots: usize,
+    /// Images optimised together.
+    #[arg(long, default_value_t = 64)]
+    pub bs: usize,
+    /// Most batches a run generates (a resumed run counts its own).
+    #[arg(long, default_value_t = 320)]
+    pub iters: usize,
+    #[command(flatten)]
+    pub stages: Stages,
+    #[command(flatten)]
+    pub coefficients: Coefficients,
+    /// How dreamed images are saved: `jpg`, the reference's (PIL's defaults: quality 75,
+    /// 4:2:0), or `png`, lossless. Not in the reference: a short inversion's dreams lose
+    /// most of what the teacher sees in them to 4:2:0 JPEG.
+    #[arg(long, value_enum, default_value = "jpg")]
+    pub dream_format: DreamFormat,
+}
+
+crate::default_from_flags!(Dreaming);
 
 pub const DEFAULT_GENERATION_DIR: &str = "generations";
 pub const DEFAULT_TEACHER: &str = "logs/msmt17";
 
-impl Default for InvertPlan {
-    fn default() -> Self {
-        Self {
-            gpu: vec!["0".into()],
-            seed: None,
-            bs: 64,
-            generation_dir: DEFAULT_GENERATION_DIR.into(),
-            shots: 10,
-            iters: 320,
-            resume: None,
-            teacher: DEFAULT_TEACHER.into(),
-            model: ModelChoice::default(),
-            coefficients: Coefficients::default(),
-            stages: Stages::default(),
-            height: 256,
-            width: 128,
-            format: DreamFormat::Jpeg,
-            shard: None,
-            compute: ComputeChoice::default(),
-        }
-    }
-}
+crate::default_from_flags!(InvertPlan);
 
-/// The flags of the inversion's schedule and loss weights that differ from the
-/// reference's defaults (shared by `agd invert` and `agd sequence`).
-pub fn render_dreaming(argv: &mut Argv, s: &Stages, c: &Coefficients) {
-    let (ds, dc) = (Stages::default(), Coefficients::default());
-    argv.differs("--low-res-iters", &s.low_res_iters, &ds.low_res_iters)
-        .differs("--full-res-iters", &s.full_res_iters, &ds.full_res_iters)
-        .differs("--warmup-iters", &s.warmup_iters, &ds.warmup_iters)
-        .differs("--jitter", &s.jitter, &ds.jitter)
-        .differs("--coarse", &s.coarse, &ds.coarse)
-        .differs("--lr", &s.lr, &ds.lr)
-        .differs("--r-feature", &c.r_feature, &dc.r_feature)
-        .differs(
-            "--first-bn-multiplier",
-            &c.first_bn_multiplier,
-            &dc.first_bn_multiplier,
-        )
-        .differs(
-            "--main-loss-multiplier",
-            &c.main_loss_multiplier,
-            &dc.main_loss_multiplier,
-        )
-        .differs("--tv-l1", &c.prior.tv_l1, &dc.prior.tv_l1)
-        .differs("--tv-l2", &c.prior.tv_l2, &dc.prior.tv_l2)
-        .differs("--l2", &c.prior.l2, &dc.prior.l2);
+impl StagePlan for InvertPlan {
+    const SUBCOMMAND: &'static str = "invert";
 }
 
 impl InvertPlan {
+    /// Where the dreamed images go: `--generation-dir`, else the folder `--resume`
+    /// completes (the library refuses two different ones), else `generations`.
+    pub fn generation_dir(&self) -> PathBuf {
+        self.generation_dir
+            .clone()
+            .or_else(|| self.resume.clone())
+            .unwrap_or_else(|| DEFAULT_GENERATION_DIR.into())
+    }
+
     /// Checks that need no file, so a mistyped number fails at once.
     pub fn validate(&self) -> Result<()> {
-        if self.shots == 0 {
+        if self.dreaming.shots == 0 {
             bad_setting!(
                 Setting::Shots,
                 0,
                 "at least one image per identity is needed"
             );
         }
-        if self.bs == 0 {
+        if self.dreaming.bs == 0 {
             bad_setting!(
                 Setting::InversionBatch,
                 0,
@@ -114,39 +109,39 @@ impl InvertPlan {
                 bad_setting!(Setting::Shard, s, "expected K/N with 1 ≤ K ≤ N, e.g. 1/4");
             }
         }
-        if self.stages.full_res_iters == 0 {
+        if self.dreaming.stages.full_res_iters == 0 {
             bad_setting!(
                 Setting::FullResIters,
                 0,
                 "images are kept from the full-size stage, which needs at least one iteration"
             );
         }
-        let coarse = self.stages.coarse;
-        if coarse == 1 || coarse > self.height.min(self.width) {
+        let coarse = self.dreaming.stages.coarse;
+        if coarse == 1 || coarse > self.size.height.min(self.size.width) {
             bad_setting!(
                 Setting::Coarse,
                 coarse,
                 "expected 0 (the reference's 2×2-pooled stage) or a block size from 2 to the \
                  image's smaller side ({})",
-                self.height.min(self.width)
+                self.size.height.min(self.size.width)
             );
         }
-        if self.stages.warmup_iters == 0 {
+        if self.dreaming.stages.warmup_iters == 0 {
             bad_setting!(
                 Setting::WarmupIters,
                 0,
                 "a stage warms up for at least one iteration"
             );
         }
-        crate::model::validate_input_size(self.height, self.width)?;
-        if !(self.stages.lr > 0.0 && self.stages.lr.is_finite()) {
+        crate::model::validate_input_size(self.size.height, self.size.width)?;
+        if !(self.dreaming.stages.lr > 0.0 && self.dreaming.stages.lr.is_finite()) {
             bad_setting!(
                 Setting::ImageLr,
-                self.stages.lr,
+                self.dreaming.stages.lr,
                 "must be a positive number"
             );
         }
-        let c = &self.coefficients;
+        let c = &self.dreaming.coefficients;
         let coefficients = [
             (Setting::RFeature, c.r_feature),
             (Setting::FirstBnMultiplier, c.first_bn_multiplier),
@@ -161,31 +156,5 @@ impl InvertPlan {
             }
         }
         Ok(())
-    }
-
-    pub fn argv(&self) -> Argv {
-        let d = Self::default();
-        // The command line's generation folder defaults to the folder it resumes.
-        let implied = self
-            .resume
-            .as_ref()
-            .map_or(DEFAULT_GENERATION_DIR.into(), |r| r.to_string_lossy());
-        let mut argv = Argv::new("invert");
-        argv.list("-g", &self.gpu, &d.gpu)
-            .opt("-s", self.seed)
-            .path("--teacher", &self.teacher, DEFAULT_TEACHER)
-            .path("--generation-dir", &self.generation_dir, &implied)
-            .opt_path("--resume", self.resume.as_deref())
-            .differs("--shots", &self.shots, &d.shots)
-            .differs("--bs", &self.bs, &d.bs)
-            .differs("--iters", &self.iters, &d.iters);
-        render_dreaming(&mut argv, &self.stages, &self.coefficients);
-        argv.differs("--height", &self.height, &d.height)
-            .differs("--width", &self.width, &d.width)
-            .differs("--dream-format", &self.format, &d.format)
-            .opt("--shard", self.shard);
-        self.compute.render(&mut argv);
-        crate::train::plan::render_model(&mut argv, &self.model);
-        argv
     }
 }

@@ -1,15 +1,21 @@
-//! DeepInversion's image priors (SPEC §7): total variation over the four neighbour
+//! DeepInversion's image priors (docs/method.md §7): total variation over the four neighbour
 //! directions, in an L1 and an L2 (Frobenius) flavour, and the mean L2 norm of the images.
 //! They keep the dreamed images smooth and bounded; the statistics loss alone would let
 //! high-frequency noise satisfy the teacher.
 
 use tch::Tensor;
 
-/// Weights of the three priors in the total (`--tv-l1`, `--tv-l2`, `--l2`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Weights of the three priors in the total.
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PriorWeights {
+    /// Total-variation L1 coefficient.
+    #[arg(long, default_value_t = 0.0)]
     pub tv_l1: f64,
+    /// Total-variation L2 coefficient.
+    #[arg(long, default_value_t = 0.0001)]
     pub tv_l2: f64,
+    /// Image L2 coefficient.
+    #[arg(long, default_value_t = 0.00001)]
     pub l2: f64,
 }
 

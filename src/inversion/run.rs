@@ -1,4 +1,4 @@
-//! `agd invert` as a library stage: DeepInversion of the task-1 model (SPEC §7). Batches
+//! `agd invert` as a library stage: DeepInversion of the task-1 model (docs/method.md §7). Batches
 //! of `bs` targets are dreamed until every identity has `shots` images or `iters` batches
 //! were made; the images go to `generation_dir` as `<pid>_b<batch>_<slot>.jpg` beside a
 //! `log.txt`.
@@ -18,7 +18,7 @@ use crate::error::{AboutExt, BadSetting, Setting};
 use crate::logging::Logger;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
-use crate::stage::open_log;
+use crate::stage::{open_log, StagePlan};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -35,7 +35,7 @@ fn load_teacher(plan: &InvertPlan, device: tch::Device, log: &Logger) -> Result<
         .context("not a checkpoint agd can read")
         .about_value(Setting::Teacher, path.display())?;
     let mut model = ReidModel::from_checkpoint(&ck, &plan.model, device).about(Setting::Teacher)?;
-    model.compute = plan.compute.on(device);
+    model.compute = plan.device.compute.on(device);
     if let Some(line) = model.compute.describe() {
         log.line(line);
     }
@@ -74,10 +74,10 @@ fn progress_text(p: &Progress) -> String {
 /// batches were made.
 pub fn run(args: &InvertPlan) -> Result<()> {
     args.validate()?;
-    let device = crate::device::select(&args.gpu)?;
+    let (device, determinism) = args.device.select()?;
     // The teacher must exist before anything is created on disk.
     resolve(&args.teacher, Setting::Teacher)?;
-    let dir = &args.generation_dir;
+    let dir = &args.generation_dir();
     if let Some(from) = &args.resume {
         if !from.is_dir() {
             bad_setting!(Setting::InversionResume, from.display(), "no such folder");
@@ -101,6 +101,9 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let log = open_log(&journal, &args.argv(), true)
         .context("cannot write there")
         .about_value(Setting::GenerationDir, dir.display())?;
+    if let Some(note) = determinism {
+        log.line(note);
+    }
     let moved = recover(dir, &journal).about_value(Setting::GenerationDir, dir.display())?;
     if moved > 0 {
         log.line(format!(
@@ -127,15 +130,15 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         None => vec![tag, b],
     };
 
-    let mut bags = Bags::of(classes, ids.clone(), args.shots);
+    let mut bags = Bags::of(classes, ids.clone(), args.dreaming.shots);
     match &args.resume {
         Some(from) => {
-            if let Some((name, other)) = other_format_in(from, args.format)
+            if let Some((name, other)) = other_format_in(from, args.dreaming.dream_format)
                 .about_value(Setting::InversionResume, from.display())?
             {
                 return Err(BadSetting::new(
                     Setting::DreamFormat,
-                    args.format,
+                    args.dreaming.dream_format,
                     format!(
                         "{} holds {name}, dreamed as {other}: complete it as {other}, or dream into a new folder",
                         from.display()
@@ -150,12 +153,12 @@ pub fn run(args: &InvertPlan) -> Result<()> {
                 "resume: {n} images in {}; {} identities still short of {} images",
                 from.display(),
                 bags.identities_left(),
-                args.shots
+                args.dreaming.shots
             ));
         }
         None => {
             // Only a note: without --resume the folder's contents are not this run's concern.
-            let n = Bags::of(classes, ids.clone(), args.shots)
+            let n = Bags::of(classes, ids.clone(), args.dreaming.shots)
                 .count_existing(dir)
                 .unwrap_or(0);
             if n > 0 {
@@ -173,11 +176,11 @@ pub fn run(args: &InvertPlan) -> Result<()> {
          {} + {} iterations each, on {}",
         bags.images_left(),
         bags.identities_left(),
-        args.shots,
-        args.bs,
-        args.iters,
-        args.stages.low_res_iters,
-        args.stages.full_res_iters,
+        args.dreaming.shots,
+        args.dreaming.bs,
+        args.dreaming.iters,
+        args.dreaming.stages.low_res_iters,
+        args.dreaming.stages.full_res_iters,
         crate::device::describe(device)
     ));
     if let Some(s) = args.shard {
@@ -189,21 +192,25 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         ));
     }
 
-    let inverter = Inverter::new(&teacher, args.coefficients);
-    let stages = args.stages;
-    let per_batch = (args.stages.low_res_iters + args.stages.full_res_iters) as u64;
+    let inverter = Inverter::new(&teacher, args.dreaming.coefficients);
+    let stages = args.dreaming.stages;
+    let per_batch =
+        (args.dreaming.stages.low_res_iters + args.dreaming.stages.full_res_iters) as u64;
     let started = Instant::now();
     // The folder's batches so far: this run's are numbered, and seeded, after them.
     let before = batches_of(dir, &ids).about_value(Setting::GenerationDir, dir.display())?;
     let mut batches = 0;
     let mut written = 0;
-    while !bags.is_done() && batches < args.iters {
+    while !bags.is_done() && batches < args.dreaming.iters {
         let b = before + batches as u64 + 1;
-        let targets = bags.draw_targets(args.bs, &mut stream(seed, &key(tag::INVERT_TARGETS, b)));
+        let targets = bags.draw_targets(
+            args.dreaming.bs,
+            &mut stream(seed, &key(tag::INVERT_TARGETS, b)),
+        );
         let mut batch = DreamBatch::seeded(
             &targets,
-            args.height,
-            args.width,
+            args.size.height,
+            args.size.width,
             device,
             &mut stream(seed, &key(tag::INVERT_NOISE, b)),
         );
@@ -233,7 +240,14 @@ pub fn run(args: &InvertPlan) -> Result<()> {
         pb.finish_and_clear();
         let accuracy = inverter.accuracy(&kept, &batch.targets);
         let best = batch.best().map_or(f64::NAN, |(l, _)| l);
-        let paths = bags.save(dir, &journal, b, &targets, &denormalize(&kept), args.format)?;
+        let paths = bags.save(
+            dir,
+            &journal,
+            b,
+            &targets,
+            &denormalize(&kept),
+            args.dreaming.dream_format,
+        )?;
         written += paths.len();
         batches += 1;
         log.line(format!(
@@ -248,7 +262,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     if written > 0 || args.resume.is_some() {
-        let sheet = contact_sheet(dir, 8, args.shots.min(10), 128, 64)?;
+        let sheet = contact_sheet(dir, 8, args.dreaming.shots.min(10), 128, 64)?;
         let path = dir.join(CONTACT_SHEET);
         crate::io::create_dir(path.parent().expect("a subfolder"))?;
         crate::io::write_png(&path, &sheet)?;
@@ -262,14 +276,14 @@ pub fn run(args: &InvertPlan) -> Result<()> {
                 Some(s) => format!(" of shard {s} ({}..{})", ids.start, ids.end),
                 None => String::new(),
             },
-            args.shots,
+            args.dreaming.shots,
             dir.display()
         ));
     } else {
         log.line(format!(
             "stopped after --iters {} batches ({elapsed:.1} s, {written} images written): {} images of {} identities still missing; \
              run again with --resume {} to complete them",
-            args.iters,
+            args.dreaming.iters,
             bags.images_left(),
             bags.identities_left(),
             dir.display()

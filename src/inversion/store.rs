@@ -1,4 +1,4 @@
-//! The generation folder's bookkeeping (SPEC §7): which identities still need images, the
+//! The generation folder's bookkeeping (docs/method.md §7): which identities still need images, the
 //! targets of the next batch, and the dreamed images on disk as `<pid>_b<batch>_<slot>.jpg`
 //! (`.png` with `--dream-format png`)
 //! — the `<pid>_<unique>.jpg` names `--inversion-dir` reads back
@@ -30,15 +30,10 @@ pub enum DreamFormat {
     Png,
 }
 
-impl DreamFormat {
-    /// The flag's value and the files' extension.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DreamFormat::Jpeg => "jpg",
-            DreamFormat::Png => "png",
-        }
-    }
+// The flag's value and the files' extension.
+crate::named_values!(DreamFormat { Jpeg => "jpg" | "jpeg", Png => "png" });
 
+impl DreamFormat {
     /// `pixels` (h×w×3 RGB bytes) encoded as a file of this format.
     pub fn encode(self, pixels: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
         match self {
@@ -60,7 +55,7 @@ impl std::fmt::Display for DreamFormat {
 }
 
 /// `pixels` (h×w×3 RGB bytes) as the reference's `PIL.Image.save(path)` encodes them with
-/// its defaults (SPEC §7): baseline libjpeg at quality 75 — Annex K tables scaled by
+/// its defaults (docs/method.md §7): baseline libjpeg at quality 75 — Annex K tables scaled by
 /// libjpeg's quality rule, the standard Huffman tables — and 4:2:0 chroma subsampling by
 /// 2×2 box average, as libjpeg's `h2v2_downsample`. The `image` crate's encoder writes
 /// 4:4:4 only: its chroma is sharper than the files the reference's students train on.

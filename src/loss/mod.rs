@@ -1,4 +1,4 @@
-//! Losses of SPEC §4. Each works in the dtype of its inputs, so the fixture tests can run
+//! Losses of docs/method.md §4. Each works in the dtype of its inputs, so the fixture tests can run
 //! them in float64 against the reference's golden values.
 
 pub mod distill;
@@ -22,7 +22,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     logits.cross_entropy_loss(targets, None::<Tensor>, Reduction::Mean, -100, 0.0)
 }
 
-/// TriHard+ with soft margin 0 on `global` (SPEC §4): for each anchor the hardest positive
+/// TriHard+ with soft margin 0 on `global` (docs/method.md §4): for each anchor the hardest positive
 /// (itself included) and hardest negative under `euclid`;
 /// t = (|g_p|² − |g_n|² + 2 g_a·g_n − 2 g_a·g_p) / (d_ap + d_an), loss = mean log(1 + eᵗ).
 /// t equals d_ap − d_an, but the gradient flows through this exact expression, as the

@@ -13,6 +13,8 @@ pub enum Depth {
     R50,
 }
 
+crate::named_values!(Depth { R34 => "34", R50 => "50" });
+
 impl Depth {
     /// Width of layer4's output, which the embedding must equal.
     pub fn feature_width(self) -> i64 {

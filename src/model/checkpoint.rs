@@ -503,6 +503,44 @@ pub const CHECKPOINT_EXTENSIONS: [&str; 3] = [".safetensors", ".pth.tar", ".pdpa
 /// Paddle reproduction keeps the same weights (`resnet50-19c8e357.pdparams`).
 const WEIGHT_EXTENSIONS: [&str; 4] = [".safetensors", ".pth", ".pt", ".pdparams"];
 
+/// The `--pretrained` value that asks for random initialisation.
+pub const RANDOM_INIT: &str = "none";
+
+impl Pretrained {
+    /// What `--pretrained` asks for: `none` random initialisation, an empty value the
+    /// default file, anything else this file.
+    pub fn from_flag(value: &str) -> Result<Self, std::convert::Infallible> {
+        Ok(match value {
+            "" => Pretrained::Found,
+            RANDOM_INIT => Pretrained::Random,
+            path => Pretrained::File(path.into()),
+        })
+    }
+
+    /// The flag's value: none for the default file.
+    fn flag(&self) -> Option<String> {
+        match self {
+            Pretrained::Found => None,
+            Pretrained::Random => Some(RANDOM_INIT.to_string()),
+            Pretrained::File(p) => Some(p.display().to_string()),
+        }
+    }
+}
+
+/// As the flag: absent (null) for the default file, `none`, or the file's path.
+impl serde::Serialize for Pretrained {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.flag(), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pretrained {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let flag = <Option<String> as serde::Deserialize>::deserialize(d)?;
+        Ok(Pretrained::from_flag(flag.as_deref().unwrap_or("")).unwrap_or_default())
+    }
+}
+
 impl Pretrained {
     /// The weights file to load into a fresh ResNet of `depth`; `None` for random
     /// initialisation. A missing default file is an error naming what was looked for.

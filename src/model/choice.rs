@@ -8,17 +8,29 @@ use super::checkpoint::Checkpoint;
 use super::{Compute, Depth, ModelConfig, Pooling, ReidModel};
 use crate::error::{BadSetting, Setting};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tch::Device;
 
-/// The model shape a run asks for; `None` leaves a value to the checkpoint, or to the
-/// reference's default for a fresh model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The model shape a run asks for (docs/method.md §3); `None` leaves a value to the checkpoint, or to
+/// the reference's default for a fresh model. The same flags for every stage: a stage that
+/// starts from a checkpoint needs them only for the reference's files, which do not record
+/// last stride and pooling, and a value that contradicts the checkpoint is an error.
+#[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelChoice {
+    /// ResNet depth [default: the checkpoint's; 50 for a new model].
+    #[arg(long, value_enum)]
     pub depth: Option<Depth>,
-    pub last_stride: Option<i64>,
-    pub pooling: Option<Pooling>,
+    /// Embedding width; must equal the backbone's feature width [default: the
+    /// checkpoint's; for a new model its backbone's, 2048 for 50 and 512 for 34].
+    #[arg(long)]
     pub embedding: Option<i64>,
+    /// Stride of layer4 [default: the checkpoint's, else 2].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=2))]
+    pub last_stride: Option<i64>,
+    /// Global pooling of layer4 [default: the checkpoint's, else avg].
+    #[arg(long = "last-pooling", value_enum)]
+    pub pooling: Option<Pooling>,
 }
 
 /// The reference's model: ResNet-50, last stride 2, average pooling.
@@ -196,24 +208,22 @@ pub enum MemoryFormat {
     Nhwc,
 }
 
-impl MemoryFormat {
-    pub const fn name(self) -> &'static str {
-        match self {
-            MemoryFormat::Nchw => "nchw",
-            MemoryFormat::Nhwc => "nhwc",
-        }
-    }
-}
+crate::named_values!(MemoryFormat {
+    Nchw => "nchw",
+    Nhwc => "nhwc" | "channels_last" | "channels-last",
+});
 
 /// How a run asks its models to compute (`--amp`, `--memory-format`), the same for every
 /// stage that runs a model; [`ComputeChoice::on`] resolves it for the run's device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeChoice {
-    /// Mixed precision (`--amp`): the ResNet trunk in bfloat16, BatchNorm statistics, the
-    /// head and every loss in float32. Not in the reference (it computes in float32).
+    /// Mixed precision: the ResNet trunk in bfloat16; BatchNorm statistics, the head and
+    /// the losses in float32. Not in the reference (it computes in float32).
+    #[arg(long)]
     pub amp: bool,
-    /// The trunk's activation layout; `None`: NHWC on CUDA (cuDNN's fast convolutions),
-    /// NCHW on the CPU (faster there only by a few percent at most, and the reference's).
+    /// Activation layout of the trunk [default: nhwc on CUDA, nchw on the CPU, where NHWC
+    /// is faster only by a few percent at most and NCHW is the reference's].
+    #[arg(long, value_enum)]
     pub memory_format: Option<MemoryFormat>,
 }
 
@@ -227,14 +237,6 @@ impl ComputeChoice {
                 None => device.is_cuda(),
             },
         }
-    }
-
-    /// The flags that ask for this choice (none for the defaults).
-    pub fn render(&self, argv: &mut crate::stage::Argv) {
-        argv.switch("--amp", self.amp).opt(
-            "--memory-format",
-            self.memory_format.map(MemoryFormat::name),
-        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! The two layers the ResNet needs beyond what libtorch computes directly: a bias-free
 //! convolution and a BatchNorm that can report the statistics of its *input* (DeepInversion
-//! matches them to the running statistics, SPEC §7).
+//! matches them to the running statistics, docs/method.md §7).
 
 use super::params::Scope;
 use tch::Kind;
@@ -167,7 +167,7 @@ impl BatchNorm {
     pub const MOMENTUM: f64 = 0.1;
     pub const EPS: f64 = 1e-5;
 
-    /// Weight 1, bias 0, both trained. That includes the ReID head's (SPEC §3): the
+    /// Weight 1, bias 0, both trained. That includes the ReID head's (docs/method.md §3): the
     /// reference's constructor freezes its bias, but every trainer calls
     /// `requires_grad_(True)` on the whole network each epoch, so the bias does train.
     pub fn new(s: &mut Scope, channels: i64) -> Self {

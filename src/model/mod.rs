@@ -1,4 +1,4 @@
-//! The ReID model (SPEC §3): ResNet backbone, BN head, classifier, and their checkpoints.
+//! The ReID model (docs/method.md §3): ResNet backbone, BN head, classifier, and their checkpoints.
 //!
 //! One forward serves training, evaluation and inversion: it returns `embedding`, `global`,
 //! the four `maps` and the logits, and can also report every BatchNorm's input statistics.
@@ -30,21 +30,8 @@ pub enum Pooling {
     Max,
 }
 
-impl Pooling {
-    /// The flag's and the checkpoint metadata's spelling.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Pooling::Avg => "avg",
-            Pooling::Max => "max",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Pooling::Avg, Pooling::Max]
-            .into_iter()
-            .find(|p| p.name() == name)
-    }
-}
+// The flag's and the checkpoint metadata's spelling.
+crate::named_values!(Pooling { Avg => "avg", Max => "max" });
 
 /// The smallest image side the ResNet takes: its stem and stages halve each side five
 /// times, so from 16 pixels down layer3 and layer4 see a single position, and below
@@ -195,7 +182,7 @@ impl ReidModel {
     }
 
     /// Prepends `n` fresh classes (N(0, 0.001) rows): W' = [new; old], so new-task classes
-    /// are 0..n−1 and the old ones follow (SPEC §3).
+    /// are 0..n−1 and the old ones follow (docs/method.md §3).
     pub fn expand_classifier(&mut self, n: i64) {
         let fresh = Scope::normal(&[n, self.config.embedding], 0.001).to_device(self.device());
         tch::no_grad(|| {

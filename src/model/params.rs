@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-/// Optimiser parameter group (SPEC §3): backbone base lr×1, the rest of the backbone (the
+/// Optimiser parameter group (docs/method.md §3): backbone base lr×1, the rest of the backbone (the
 /// BN head) lr×10, classifier lr×10.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Group {

@@ -16,8 +16,8 @@ use crate::inversion::InvertPlan;
 use crate::logging::Logger;
 use crate::loss::distill::Distillation;
 use crate::model::checkpoint::LATEST;
-use crate::stage::Argv;
-use crate::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
+use crate::stage::{Argv, StagePlan};
+use crate::train::plan::{BasePlan, IncrementalPlan, LoopPlan};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -196,7 +196,7 @@ impl<'a> Engine<'a> {
     /// previous run left there).
     pub fn invert(&self, teacher: &Path, dir: &Path) -> Result<()> {
         let plan = InvertPlan {
-            generation_dir: dir.to_path_buf(),
+            generation_dir: Some(dir.to_path_buf()),
             resume: dir.is_dir().then(|| dir.to_path_buf()),
             teacher: teacher.to_path_buf(),
             ..self.templates.invert.clone()
@@ -236,12 +236,17 @@ impl<'a> Engine<'a> {
             peers: if method.augmented { t.peers } else { 1 },
             ..t.clone()
         };
-        let learning = match (&method.config, dreams) {
-            (None, _) => Learning::Finetune,
-            (Some(config), Some(dreams)) => Learning::Distill {
-                algo_config: self.config_path(config)?,
-                old_images: OldImages::Dreamed(dreams.to_path_buf()),
+        let defaults = IncrementalPlan::defaults(method.augmented);
+        let plan = match (&method.config, dreams) {
+            (None, _) => IncrementalPlan {
+                finetune: true,
+                ..defaults
+            },
+            (Some(config), Some(dreams)) => IncrementalPlan {
+                algo_config: Some(self.config_path(config)?),
+                inversion_dir: dreams.to_path_buf(),
                 exemplars: self.templates.exemplars,
+                ..defaults
             },
             (Some(_), None) => {
                 anyhow::bail!("{}: a distilling method needs dreamed images", method.name)
@@ -249,11 +254,8 @@ impl<'a> Engine<'a> {
         };
         let plan = IncrementalPlan {
             run,
-            augmented: method.augmented,
             previous: previous.to_path_buf(),
-            learning,
-            old_dataset: None,
-            warnings: Vec::new(),
+            ..plan
         };
         self.announce(&plan.argv());
         crate::train::run_incremental(&plan)?;

@@ -28,109 +28,110 @@ use crate::bad_setting;
 use crate::data::ReidDataset;
 use crate::error::{BadSetting, Setting};
 use crate::eval::EvalPlan;
-use crate::inversion::plan::render_dreaming;
-use crate::inversion::store::DreamFormat;
-use crate::inversion::{Coefficients, InvertPlan, Stages};
+use crate::inversion::plan::Dreaming;
+use crate::inversion::InvertPlan;
 use crate::model::checkpoint::{Pretrained, LATEST};
 use crate::model::ModelChoice;
-use crate::stage::Argv;
+use crate::options::{self, AugmentOptions, DataOptions, DeviceOptions};
+use crate::stage::StagePlan;
 use crate::train::optimizer::OptimizerKind;
-use crate::train::plan::{render_model, render_pretrained, BasePlan, LoopPlan};
+use crate::train::plan::{BasePlan, LoopPlan};
 use anyhow::{Context, Result};
+use clap::{Args, Command};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// What `agd sequence` runs. Values the stages share are given once; where the base and
-/// the incremental stages' reference defaults differ (batch size, warm-up), `None`
-/// keeps each stage's own.
-#[derive(Clone, Debug, PartialEq)]
+/// What `agd sequence` runs. The stages' flags keep their names and reference defaults;
+/// values the stages share are given once, and where the base and the incremental stages'
+/// reference defaults differ (batch size, warm-up) a flag sets both and its absence keeps
+/// each stage's own.
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SequencePlan {
-    /// The datasets, learnt in this order; the first trains the base model.
+    /// Datasets to learn, in this order (folders under --data-root); the first trains the
+    /// base model.
+    #[arg(long, num_args = 1.., required = true, value_name = "NAME")]
     pub datasets: Vec<String>,
     /// Datasets never learnt, evaluated after every step (generalisation).
+    #[arg(long, num_args = 0.., value_name = "NAME")]
     pub unseen: Vec<String>,
-    /// A preset (`agd`, `gd`, `simgd`, `finetune`) or a distillation config's path.
+    /// How each new dataset is learnt: agd (configs/inverXion.yaml, incremental-x with
+    /// --peers views), gd (res-triangle), simgd (sim-res-triangle), finetune (no
+    /// distillation), or a distillation config's path (incremental-x when it has
+    /// `cross_factor`, else incremental).
+    #[arg(long, value_name = "agd|gd|simgd|finetune|CONFIG", default_value = DEFAULT_METHOD)]
     pub method: String,
+    /// Where every step's folder and the results go.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LOGS_DIR)]
     pub logs_dir: PathBuf,
-    pub gpu: Vec<String>,
-    /// None: every stage draws (and logs) its own.
+    #[command(flatten)]
+    pub device: DeviceOptions,
+    /// Seed of every stage; without it each stage draws and logs one.
+    #[arg(short = 's', long)]
     pub seed: Option<u64>,
-    pub data_root: PathBuf,
-    pub height: usize,
-    pub width: usize,
+    #[command(flatten)]
+    pub data: DataOptions,
+    /// Epochs of the base model on the first dataset.
+    #[arg(long, default_value_t = 90)]
     pub base_epochs: usize,
+    /// Epochs of the base model at which the learning rate is multiplied by 0.1.
+    #[arg(long, num_args = 0.., default_values_t = [61])]
     pub base_epochs_decay: Vec<usize>,
     /// Epochs of every incremental step.
+    #[arg(long, default_value_t = 80)]
     pub epochs: usize,
+    /// Epochs of an incremental step at which the learning rate is multiplied by 0.1.
+    #[arg(long, num_args = 0.., default_values_t = [41])]
     pub epochs_decay: Vec<usize>,
+    /// Batch size of every training stage (P identities × 4 images) [default: 128 for the
+    /// base model, 64 for the incremental steps].
+    #[arg(short = 'b', long)]
     pub batch_size: Option<usize>,
+    /// Warm-up epochs of every training stage [default: 10 for the base model, 0 for the
+    /// incremental steps].
+    #[arg(long)]
     pub warmup: Option<usize>,
+    #[arg(long, value_enum, default_value = "SGD")]
     pub optimizer: OptimizerKind,
+    /// Base learning rate of every training stage.
+    #[arg(long, default_value_t = 0.01)]
     pub learning_rate: f64,
-    /// Training stages evaluate every this many epochs (0: never; the sequence evaluates
-    /// every step's model anyway).
+    /// Training stages evaluate every this many epochs (0: never; every step's model is
+    /// evaluated on all datasets seen so far anyway).
+    #[arg(long, default_value_t = 10)]
     pub evaluate: usize,
-    /// Views of an augmented method (AGD); the others see one.
+    /// Views of each sample for an augmented method (AGD); the others see one.
+    #[arg(long, default_value_t = 2)]
     pub peers: usize,
-    pub re: f64,
-    pub re_area: f64,
-    /// The base model's shape; later stages read it from the checkpoints.
+    #[command(flatten)]
+    pub augment: AugmentOptions,
+    /// The base model's shape; every later stage reads it from the checkpoints.
+    #[command(flatten)]
     pub model: ModelChoice,
+    /// ImageNet weights of the base model's ResNet, or `none` (as `agd train`).
+    #[arg(long, value_name = "FILE|none", default_value = "", hide_default_value = true,
+          value_parser = Pretrained::from_flag)]
     pub pretrained: Pretrained,
     /// Dreamed images used per old identity.
+    #[arg(long, default_value_t = crate::train::plan::DEFAULT_EXEMPLARS)]
     pub exemplars: usize,
-    /// Inversion: images optimised together, images per identity, most batches.
-    pub bs: usize,
-    pub shots: usize,
-    pub iters: usize,
-    pub coefficients: Coefficients,
-    pub stages: Stages,
-    /// How dreamed images are written (the reference: JPEG).
-    pub dream_format: DreamFormat,
+    #[command(flatten)]
+    pub dreaming: Dreaming,
 }
 
 pub const DEFAULT_LOGS_DIR: &str = "logs/sequence";
 pub const DEFAULT_METHOD: &str = "agd";
 
+impl StagePlan for SequencePlan {
+    const SUBCOMMAND: &'static str = "sequence";
+}
+
 impl Default for SequencePlan {
-    /// The stages' reference defaults.
+    /// The stages' reference defaults, with no dataset yet.
     fn default() -> Self {
-        let base = LoopPlan::base_defaults();
-        let inc = LoopPlan::incremental_defaults(true);
-        let inv = InvertPlan::default();
-        Self {
-            datasets: Vec::new(),
-            unseen: Vec::new(),
-            method: DEFAULT_METHOD.into(),
-            logs_dir: DEFAULT_LOGS_DIR.into(),
-            gpu: base.gpu,
-            seed: None,
-            data_root: base.data_root,
-            height: base.height,
-            width: base.width,
-            base_epochs: base.epochs,
-            base_epochs_decay: base.epochs_decay,
-            epochs: inc.epochs,
-            epochs_decay: inc.epochs_decay,
-            batch_size: None,
-            warmup: None,
-            optimizer: base.optimizer,
-            learning_rate: base.learning_rate,
-            evaluate: base.evaluate,
-            peers: inc.peers,
-            re: base.re,
-            re_area: base.re_area,
-            model: ModelChoice::default(),
-            pretrained: Pretrained::Found,
-            exemplars: crate::train::plan::DEFAULT_EXEMPLARS,
-            bs: inv.bs,
-            shots: inv.shots,
-            iters: inv.iters,
-            coefficients: inv.coefficients,
-            stages: inv.stages,
-            dream_format: inv.format,
-        }
+        options::parse_defaults(
+            Self::augment_args(Command::new("sequence")).mut_arg("datasets", |a| a.required(false)),
+        )
     }
 }
 
@@ -143,11 +144,9 @@ impl SequencePlan {
     /// The plan templates of the stages, from the shared settings.
     pub fn templates(&self) -> Templates {
         let shared = |d: LoopPlan, epochs: usize, epochs_decay: &[usize]| LoopPlan {
-            gpu: self.gpu.clone(),
+            device: self.device.clone(),
             seed: self.seed,
-            data_root: self.data_root.clone(),
-            height: self.height,
-            width: self.width,
+            data: self.data.clone(),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             epochs,
             epochs_decay: epochs_decay.to_vec(),
@@ -155,8 +154,7 @@ impl SequencePlan {
             optimizer: self.optimizer,
             learning_rate: self.learning_rate,
             evaluate: self.evaluate,
-            re: self.re,
-            re_area: self.re_area,
+            augment: self.augment,
             ..d
         };
         let base = BasePlan {
@@ -179,23 +177,15 @@ impl SequencePlan {
             )
         };
         let invert = InvertPlan {
-            gpu: self.gpu.clone(),
+            device: self.device.clone(),
             seed: self.seed,
-            bs: self.bs,
-            shots: self.shots,
-            iters: self.iters,
-            coefficients: self.coefficients,
-            stages: self.stages,
-            height: self.height,
-            width: self.width,
-            format: self.dream_format,
+            dreaming: self.dreaming,
+            size: self.data.size,
             ..InvertPlan::default()
         };
         let eval = EvalPlan {
-            gpu: self.gpu.clone(),
-            data_root: self.data_root.clone(),
-            height: self.height,
-            width: self.width,
+            device: self.device.clone(),
+            data: self.data.clone(),
             ..EvalPlan::default()
         };
         Templates {
@@ -225,47 +215,6 @@ impl SequencePlan {
         self.logs_dir
             .join("evaluations")
             .join(format!("step{step}-{name}.json"))
-    }
-
-    /// The command line that reruns the sequence (flags at their defaults left out).
-    pub fn argv(&self) -> Argv {
-        let d = Self::default();
-        let mut argv = Argv::new("sequence");
-        argv.list("--datasets", &self.datasets, &[])
-            .list("--unseen", &self.unseen, &[])
-            .differs("--method", &self.method, &d.method)
-            .path("--logs-dir", &self.logs_dir, DEFAULT_LOGS_DIR)
-            .list("-g", &self.gpu, &d.gpu)
-            .opt("-s", self.seed)
-            .path("--data-root", &self.data_root, "data")
-            .differs("--height", &self.height, &d.height)
-            .differs("--width", &self.width, &d.width)
-            .differs("--base-epochs", &self.base_epochs, &d.base_epochs)
-            .list(
-                "--base-epochs-decay",
-                &self.base_epochs_decay,
-                &d.base_epochs_decay,
-            )
-            .differs("--epochs", &self.epochs, &d.epochs)
-            .list("--epochs-decay", &self.epochs_decay, &d.epochs_decay)
-            .opt("-b", self.batch_size)
-            .opt("--warmup", self.warmup)
-            .differs("--optimizer", &self.optimizer.name(), &d.optimizer.name())
-            .differs("--learning-rate", &self.learning_rate, &d.learning_rate)
-            .differs("--evaluate", &self.evaluate, &d.evaluate)
-            .differs("--peers", &self.peers, &d.peers)
-            .differs("--re", &self.re, &d.re)
-            .differs("--re-area", &self.re_area, &d.re_area);
-        // The embedding width follows the depth unless given.
-        render_model(&mut argv, &self.model);
-        render_pretrained(&mut argv, &self.pretrained);
-        argv.differs("--exemplars", &self.exemplars, &d.exemplars)
-            .differs("--bs", &self.bs, &d.bs)
-            .differs("--shots", &self.shots, &d.shots)
-            .differs("--iters", &self.iters, &d.iters);
-        render_dreaming(&mut argv, &self.stages, &self.coefficients);
-        argv.differs("--dream-format", &self.dream_format, &d.dream_format);
-        argv
     }
 
     /// Everything that can be checked before any work: the datasets (at least two, none
@@ -321,10 +270,10 @@ impl SequencePlan {
                 );
             }
         }
-        if !self.data_root.is_dir() {
+        if !self.data.data_root.is_dir() {
             bad_setting!(
                 Setting::DataRoot,
-                self.data_root.display(),
+                self.data.data_root.display(),
                 "folder not found (expected one folder per dataset inside it)"
             );
         }
@@ -334,7 +283,7 @@ impl SequencePlan {
             .map(|d| (Setting::Datasets, d))
             .chain(self.unseen.iter().map(|d| (Setting::Unseen, d)));
         for (setting, name) in named {
-            let dir = self.data_root.join(name);
+            let dir = self.data.data_root.join(name);
             if name.is_empty() || !dir.is_dir() {
                 bad_setting!(
                     setting,
@@ -346,7 +295,7 @@ impl SequencePlan {
             // The listing only (no image is decoded): a malformed dataset fails now, not
             // after hours of training on the ones before it.
             // Its errors name the dataset; said of this plan's setting.
-            ReidDataset::load(&self.data_root, name).map_err(|e| {
+            ReidDataset::load(&self.data.data_root, name).map_err(|e| {
                 match e.downcast::<BadSetting>() {
                     Ok(b) if b.setting == Setting::Dataset => {
                         BadSetting::new(setting, b.value, b.reason).into()
@@ -457,7 +406,7 @@ pub fn run(plan: &SequencePlan) -> Result<Vec<StepResult>> {
     let started = Instant::now();
     let method = plan.validate()?;
     // Checked before any folder is created: a typo leaves nothing behind.
-    crate::device::select(&plan.gpu)?;
+    plan.device.select()?;
     let log = crate::stage::open_log(&plan.logs_dir, &plan.argv(), true)?;
     let n = plan.datasets.len();
     log.line(format!(

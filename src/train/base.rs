@@ -1,4 +1,4 @@
-//! The base training step (SPEC §1 `train`): cross-entropy + triplet on one view.
+//! The base training step (docs/method.md §1 `train`): cross-entropy + triplet on one view.
 
 use super::fit::{reported, Step};
 use super::optimizer::Optimizer;

@@ -1,7 +1,7 @@
-//! The incremental steps (SPEC §5, §6): new data plus images of the old identities
+//! The incremental steps (docs/method.md §5, §6): new data plus images of the old identities
 //! (dreamed, or real exemplars for the upper bound), with the old model's geometry on them
 //! distilled into the student ([`IncrementalStep`]); and the baseline that distils on the
-//! new batch alone ([`NewDataStep`], SPEC §4 last paragraph).
+//! new batch alone ([`NewDataStep`], docs/method.md §4 last paragraph).
 //!
 //! Each step serves both subcommands: `incremental` sees one view and distils from the
 //! teacher's outputs on it; `incremental-x` sees `peers` views and, on view i, mixes the
@@ -70,7 +70,7 @@ fn uploaded(batch: &Batch, device: Device) -> Vec<Tensor> {
     batch.views.iter().map(|x| to_input(x, device)).collect()
 }
 
-/// factor · the distillation term of SPEC §5/§6 for the student's view `i`.
+/// factor · the distillation term of docs/method.md §5/§6 for the student's view `i`.
 ///
 /// The teacher side is the old model with its classifier (always-be-dreaming applies that
 /// classifier to the student's embeddings).

@@ -13,14 +13,7 @@ pub enum OptimizerKind {
     Adam,
 }
 
-impl OptimizerKind {
-    pub const fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Sgd => "SGD",
-            OptimizerKind::Adam => "Adam",
-        }
-    }
-}
+crate::named_values!(OptimizerKind { Sgd => "SGD" | "sgd", Adam => "Adam" | "adam" });
 
 pub const MOMENTUM: f64 = 0.9;
 pub const WEIGHT_DECAY: f64 = 5e-4;

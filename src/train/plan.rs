@@ -8,79 +8,77 @@ use crate::bad_setting;
 use crate::data::{Erasing, LoaderConfig, TrainTransform};
 use crate::error::Setting;
 use crate::model::checkpoint::Pretrained;
-use crate::model::{ComputeChoice, Depth, ModelChoice, Pooling};
-use crate::stage::Argv;
-use anyhow::Result;
-use std::path::PathBuf;
+use crate::model::ModelChoice;
+use crate::options::{self, AugmentOptions, DataOptions, DeviceOptions};
+use crate::stage::StagePlan;
+use anyhow::{Context, Result};
+use clap::{Args, Command};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
-/// The training loop shared by every training stage.
-#[derive(Clone, Debug, PartialEq)]
+/// The training loop shared by every training stage. Its defaults are `main.py`'s (the
+/// base model); the incremental steps' differ where [`LoopPlan::incremental_defaults`]
+/// says.
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoopPlan {
-    /// `-g` values: GPU ids, or `cpu`.
-    pub gpu: Vec<String>,
-    /// None: drawn and logged.
+    #[command(flatten)]
+    pub device: DeviceOptions,
+    /// Seed of every random stream; without it a seed is drawn and logged.
+    #[arg(short = 's', long)]
     pub seed: Option<u64>,
-    pub data_root: PathBuf,
+    #[command(flatten)]
+    pub data: DataOptions,
+    /// Dataset name (a folder under --data-root).
+    #[arg(long, default_value = "msmt17")]
     pub dataset: String,
-    pub height: usize,
-    pub width: usize,
+    /// Batch size (P identities × 4 images).
+    #[arg(short = 'b', long, default_value_t = 128)]
     pub batch_size: usize,
-    /// A checkpoint (file or logs folder) to continue from.
+    /// Checkpoint (file or logs folder) to continue from.
+    #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
+    /// Number of epochs.
+    #[arg(long, default_value_t = 90)]
     pub epochs: usize,
     /// Epochs at which the learning rate is multiplied by 0.1.
+    #[arg(long, num_args = 0.., default_values_t = [61])]
     pub epochs_decay: Vec<usize>,
+    /// Where checkpoints and logs go.
+    #[arg(long, value_name = "PATH", default_value = "logs")]
     pub logs_dir: PathBuf,
     /// Keep a numbered checkpoint every this many epochs.
+    #[arg(long, default_value_t = 1000)]
     pub save_freq: usize,
+    #[arg(long, value_enum, default_value = "SGD")]
     pub optimizer: OptimizerKind,
+    /// Warm-up epochs.
+    #[arg(long, default_value_t = 10)]
     pub warmup: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.01)]
     pub learning_rate: f64,
     /// Evaluate every this many epochs (0: never).
+    #[arg(long, default_value_t = 10)]
     pub evaluate: usize,
     /// Independently augmented views of each sample.
+    #[arg(long, default_value_t = 1)]
     pub peers: usize,
-    /// Random-erasing probability and largest area.
-    pub re: f64,
-    pub re_area: f64,
+    #[command(flatten)]
+    pub augment: AugmentOptions,
+    #[command(flatten)]
     pub model: ModelChoice,
-    /// `--amp`, `--memory-format`.
-    pub compute: ComputeChoice,
-    /// `--deterministic`: deterministic ATen and cuDNN algorithms, cuDNN benchmark off
-    /// ([`crate::device::set_deterministic`]).
-    pub deterministic: bool,
 }
+
+crate::default_from_flags!(LoopPlan);
 
 impl LoopPlan {
     /// `main.py`'s defaults (the base model).
     pub fn base_defaults() -> Self {
-        Self {
-            gpu: vec!["0".into()],
-            seed: None,
-            data_root: "data".into(),
-            dataset: "msmt17".into(),
-            height: 256,
-            width: 128,
-            batch_size: 128,
-            resume: None,
-            epochs: 90,
-            epochs_decay: vec![61],
-            logs_dir: "logs".into(),
-            save_freq: 1000,
-            optimizer: OptimizerKind::Sgd,
-            warmup: 10,
-            learning_rate: 0.01,
-            evaluate: 10,
-            peers: 1,
-            re: 0.5,
-            re_area: 0.4,
-            model: ModelChoice::default(),
-            compute: ComputeChoice::default(),
-            deterministic: false,
-        }
+        Self::default()
     }
 
-    /// `main_incremental*.py`'s defaults, where they differ from `main.py`'s.
+    /// `main_incremental*.py`'s defaults, where they differ from `main.py`'s. The
+    /// incremental subcommands' flags default to these ([`options::with_defaults`]).
     pub fn incremental_defaults(augmented: bool) -> Self {
         Self {
             dataset: "market".into(),
@@ -90,14 +88,14 @@ impl LoopPlan {
             save_freq: 100,
             warmup: 0,
             peers: if augmented { 2 } else { 1 },
-            ..Self::base_defaults()
+            ..Self::default()
         }
     }
 
     pub fn loader_config(&self, seed: u64) -> LoaderConfig {
         let erasing = Erasing {
-            probability: self.re,
-            max_area: self.re_area,
+            probability: self.augment.re,
+            max_area: self.augment.re_area,
         };
         LoaderConfig::new(
             self.batch_size,
@@ -120,7 +118,7 @@ impl LoopPlan {
                 "must be a positive number"
             );
         }
-        crate::model::validate_input_size(self.height, self.width)?;
+        crate::model::validate_input_size(self.data.size.height, self.data.size.width)?;
         let k = crate::data::INSTANCES;
         if self.batch_size == 0 || !self.batch_size.is_multiple_of(k) {
             bad_setting!(
@@ -132,105 +130,42 @@ impl LoopPlan {
         if self.peers == 0 {
             bad_setting!(Setting::Peers, 0, "a sample needs at least one view");
         }
-        if !(0.0..=1.0).contains(&self.re) {
+        if !(0.0..=1.0).contains(&self.augment.re) {
             bad_setting!(
                 Setting::RandomErasing,
-                self.re,
+                self.augment.re,
                 "a probability must be in [0, 1]"
             );
         }
-        if !(Erasing::MIN_AREA..=1.0).contains(&self.re_area) {
+        if !(Erasing::MIN_AREA..=1.0).contains(&self.augment.re_area) {
             bad_setting!(
                 Setting::RandomErasingArea,
-                self.re_area,
+                self.augment.re_area,
                 "must be in [{}, 1]",
                 Erasing::MIN_AREA
             );
         }
         Ok(())
     }
-
-    /// The loop's flags that differ from `defaults`. For a `fresh` model (`agd train`),
-    /// another depth also gets its embedding width spelt out: the flag's default is
-    /// ResNet-50's 2048.
-    fn render(&self, argv: &mut Argv, d: &Self, fresh: bool) {
-        argv.list("-g", &self.gpu, &d.gpu)
-            .opt("-s", self.seed)
-            .path("--data-root", &self.data_root, "data")
-            .differs("--dataset", &self.dataset, &d.dataset)
-            .differs("--height", &self.height, &d.height)
-            .differs("--width", &self.width, &d.width)
-            .differs("-b", &self.batch_size, &d.batch_size)
-            .opt_path("--resume", self.resume.as_deref())
-            .differs("--epochs", &self.epochs, &d.epochs)
-            .list("--epochs-decay", &self.epochs_decay, &d.epochs_decay)
-            .path("--logs-dir", &self.logs_dir, "logs")
-            .differs("--save-freq", &self.save_freq, &d.save_freq)
-            .differs("--optimizer", &self.optimizer.name(), &d.optimizer.name())
-            .differs("--warmup", &self.warmup, &d.warmup)
-            .differs("--learning-rate", &self.learning_rate, &d.learning_rate)
-            .differs("--evaluate", &self.evaluate, &d.evaluate)
-            .differs("--peers", &self.peers, &d.peers)
-            .differs("--re", &self.re, &d.re)
-            .differs("--re-area", &self.re_area, &d.re_area)
-            .switch("--deterministic", self.deterministic);
-        self.compute.render(argv);
-        let mut model = self.model;
-        if fresh && model.embedding.is_none() {
-            model.embedding = model.depth.map(Depth::feature_width);
-        }
-        render_model(argv, &model);
-    }
 }
 
-/// The model flags a choice gives.
-pub fn render_model(argv: &mut Argv, m: &ModelChoice) {
-    argv.opt("--depth", m.depth.map(Depth::number))
-        .opt("--embedding", m.embedding)
-        .opt("--last-stride", m.last_stride)
-        .opt("--last-pooling", m.pooling.map(Pooling::name));
-}
-
-/// The `--pretrained` value that asks for random initialisation.
-pub const RANDOM_INIT: &str = "none";
-
-/// `--pretrained` when the weights are not the ones found in `backbone_weights/`.
-pub fn render_pretrained(argv: &mut Argv, pretrained: &Pretrained) {
-    match pretrained {
-        Pretrained::Found => {}
-        Pretrained::Random => {
-            argv.flag("--pretrained", RANDOM_INIT);
-        }
-        Pretrained::File(p) => {
-            argv.flag("--pretrained", p.display());
-        }
-    }
-}
-
-/// `agd train`: the base model on task 1 (SPEC §1).
-#[derive(Clone, Debug, PartialEq)]
+/// `agd train`: the base model on task 1 (docs/method.md §1).
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BasePlan {
+    #[command(flatten)]
     pub run: LoopPlan,
-    /// Where the fresh ResNet's weights come from.
+    /// ImageNet weights for the ResNet (safetensors, torch .pth/.pt or Paddle .pdparams
+    /// state dict with torchvision names), or `none` for random initialisation; default: a
+    /// `resnet<depth>*` file in backbone_weights/, and an error when there is none.
+    #[arg(long, value_name = "FILE|none", default_value = "", hide_default_value = true,
+          value_parser = Pretrained::from_flag)]
     pub pretrained: Pretrained,
 }
 
-impl Default for BasePlan {
-    fn default() -> Self {
-        Self {
-            run: LoopPlan::base_defaults(),
-            pretrained: Pretrained::Found,
-        }
-    }
-}
+crate::default_from_flags!(BasePlan);
 
-impl BasePlan {
-    pub fn argv(&self) -> Argv {
-        let mut argv = Argv::new("train");
-        self.run.render(&mut argv, &LoopPlan::base_defaults(), true);
-        render_pretrained(&mut argv, &self.pretrained);
-        argv
-    }
+impl StagePlan for BasePlan {
+    const SUBCOMMAND: &'static str = "train";
 }
 
 /// How task 2 is learnt.
@@ -266,20 +201,51 @@ pub enum OldImages {
     Real(String),
 }
 
-/// `agd incremental` / `agd incremental-x` (SPEC §5, §6).
-#[derive(Clone, Debug, PartialEq)]
+/// `agd incremental` / `agd incremental-x` (docs/method.md §5, §6): the flags as given; how the new
+/// task is learnt follows from them ([`IncrementalPlan::learning`]).
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IncrementalPlan {
+    #[command(flatten)]
     pub run: LoopPlan,
-    /// Augmented distillation across `peers` views (`incremental-x`, AGD).
+    /// Augmented distillation across the views (`incremental-x`, AGD): the subcommand, not
+    /// a flag.
+    #[arg(skip)]
+    #[serde(default)]
     pub augmented: bool,
     /// The task-1 checkpoint (file or logs folder).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PREVIOUS)]
     pub previous: PathBuf,
-    pub learning: Learning,
-    /// Also evaluate on the old task's dataset.
+    /// Distillation config (YAML, see configs/).
+    #[arg(long, value_name = "PATH")]
+    pub algo_config: Option<PathBuf>,
+    /// The forgetting baseline (the reference's `main_finetune.py`): learn the new task
+    /// from the old model with no dreamed images and no distillation.
+    #[arg(long)]
+    pub finetune: bool,
+    /// Distil on the new batch alone (the reference's IncrementalTrainer): the old model
+    /// and the student see only the new images, no dreamed or real old ones. The data-free
+    /// baseline without dreaming (how LwF and PODNet were first run); needs --algo-config.
+    #[arg(
+        long,
+        conflicts_with_all = ["inversion_dir", "exemplars", "exemplar_dataset", "finetune"]
+    )]
+    pub new_data_distillation: bool,
+    /// Folder of dreamed images (`<pid>_<anything>.jpg`).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_INVERSION_DIR)]
+    pub inversion_dir: PathBuf,
+    /// Real training images of the old task's dataset (a folder under --data-root, labelled
+    /// as `agd train --dataset NAME` labelled them) in place of dreamed images, --exemplars
+    /// per identity chosen by --seed: the upper bound a data-free method is compared with.
+    // Defaults are not conflicts in clap: only an --inversion-dir given too is refused.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["inversion_dir", "finetune"])]
+    pub exemplar_dataset: Option<String>,
+    /// Images per old identity: dreamed ones from --inversion-dir, or real ones with
+    /// --exemplar-dataset.
+    #[arg(long, default_value_t = DEFAULT_EXEMPLARS)]
+    pub exemplars: usize,
+    /// Also evaluate on the old task's dataset when its data is available.
+    #[arg(long, value_name = "NAME")]
     pub old_dataset: Option<String>,
-    /// What the plan's maker dropped (flags `--finetune` does not use): printed and kept
-    /// in the run's `log.txt`, where a reader of the run looks for why a flag had no effect.
-    pub warnings: Vec<String>,
 }
 
 /// Defaults of the reference's `main_incremental.py` for these paths.
@@ -288,6 +254,27 @@ pub const DEFAULT_INVERSION_DIR: &str = "data/generations_r50_msmt17";
 pub const DEFAULT_EXEMPLARS: usize = 40;
 
 impl IncrementalPlan {
+    /// The defaults of `agd incremental` (`augmented`: `agd incremental-x`).
+    pub fn defaults(augmented: bool) -> Self {
+        Self {
+            augmented,
+            ..options::parse_defaults(Self::subcommand_of(augmented))
+        }
+    }
+
+    /// The subcommand with its reference defaults (`main_incremental*.py`'s).
+    pub fn subcommand_of(augmented: bool) -> Command {
+        let name = if augmented {
+            "incremental-x"
+        } else {
+            "incremental"
+        };
+        options::with_defaults(
+            Self::augment_args(Command::new(name)),
+            &LoopPlan::incremental_defaults(augmented),
+        )
+    }
+
     pub fn subcommand(&self) -> &'static str {
         if self.augmented {
             "incremental-x"
@@ -296,40 +283,100 @@ impl IncrementalPlan {
         }
     }
 
-    pub fn argv(&self) -> Argv {
-        let mut argv = Argv::new(self.subcommand());
-        self.run.render(
-            &mut argv,
-            &LoopPlan::incremental_defaults(self.augmented),
-            false,
-        );
-        argv.path("--previous", &self.previous, DEFAULT_PREVIOUS);
-        match &self.learning {
-            Learning::Finetune => {
-                argv.switch("--finetune", true);
-            }
-            Learning::NewData { algo_config } => {
-                argv.flag("--algo-config", algo_config.display())
-                    .switch("--new-data-distillation", true);
-            }
-            Learning::Distill {
-                algo_config,
-                old_images,
-                exemplars,
-            } => {
-                argv.flag("--algo-config", algo_config.display());
-                match old_images {
-                    OldImages::Dreamed(dir) => {
-                        argv.path("--inversion-dir", dir, DEFAULT_INVERSION_DIR);
-                    }
-                    OldImages::Real(dataset) => {
-                        argv.flag("--exemplar-dataset", dataset);
-                    }
-                }
-                argv.differs("--exemplars", exemplars, &DEFAULT_EXEMPLARS);
-            }
+    /// How the new task is learnt, from the flags.
+    pub fn learning(&self) -> Result<Learning> {
+        if self.finetune {
+            return Ok(Learning::Finetune);
         }
-        argv.opt("--old-dataset", self.old_dataset.as_deref());
-        argv
+        let example = if self.augmented {
+            "inverXion"
+        } else {
+            "res-triangle"
+        };
+        let algo_config = self.algo_config.clone().with_context(|| {
+            format!("--algo-config is required: a distillation config such as configs/{example}.yaml (or --finetune for the baseline without distillation)")
+        })?;
+        if self.new_data_distillation {
+            return Ok(Learning::NewData { algo_config });
+        }
+        let old_images = match &self.exemplar_dataset {
+            Some(name) => OldImages::Real(name.clone()),
+            None => OldImages::Dreamed(self.inversion_dir.clone()),
+        };
+        Ok(Learning::Distill {
+            algo_config,
+            old_images,
+            exemplars: self.exemplars,
+        })
+    }
+
+    /// The flags given with `--finetune` that it does not use (it learns from the new data
+    /// alone): printed and kept in the run's `log.txt`, where a reader of the run looks for
+    /// why a flag had no effect.
+    pub fn warnings(&self) -> Vec<String> {
+        if !self.finetune {
+            return Vec::new();
+        }
+        let mut ignored = Vec::new();
+        if let Some(c) = &self.algo_config {
+            ignored.push(format!("--algo-config {}", c.display()));
+        }
+        if self.inversion_dir != Path::new(DEFAULT_INVERSION_DIR) {
+            ignored.push(format!("--inversion-dir {}", self.inversion_dir.display()));
+        }
+        if self.exemplars != DEFAULT_EXEMPLARS {
+            ignored.push(format!("--exemplars {}", self.exemplars));
+        }
+        ignored
+            .into_iter()
+            .map(|flag| format!("--finetune learns from the new data alone: ignoring {flag}"))
+            .collect()
+    }
+}
+
+impl StagePlan for IncrementalPlan {
+    const SUBCOMMAND: &'static str = "incremental";
+
+    fn command(&self) -> Command {
+        Self::subcommand_of(self.augmented)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{try_parse_from, Command};
+
+    fn incremental(args: &[&str]) -> super::IncrementalPlan {
+        let argv = ["agd", "incremental"].iter().chain(args);
+        match try_parse_from(argv).unwrap().command {
+            Command::Incremental(plan) => plan,
+            _ => unreachable!("an incremental command line"),
+        }
+    }
+
+    #[test]
+    fn flags_finetuning_does_not_use_are_reported() {
+        let plan = incremental(&[
+            "--finetune",
+            "--algo-config",
+            "x.yaml",
+            "--inversion-dir",
+            "d",
+        ]);
+        let ignoring =
+            |flag: &str| format!("--finetune learns from the new data alone: ignoring {flag}");
+        assert_eq!(
+            plan.warnings(),
+            [
+                ignoring("--algo-config x.yaml"),
+                ignoring("--inversion-dir d")
+            ]
+        );
+        assert!(incremental(&["--finetune"]).warnings().is_empty());
+        assert!(
+            incremental(&["--algo-config", "x.yaml", "--inversion-dir", "d"])
+                .warnings()
+                .is_empty()
+        );
     }
 }

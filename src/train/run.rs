@@ -16,7 +16,7 @@ use crate::logging::Logger;
 use crate::loss::distill::Distillation;
 use crate::model::checkpoint::{resolve, Checkpoint, LATEST};
 use crate::model::ReidModel;
-use crate::stage::{open_log, Argv};
+use crate::stage::{open_log, Argv, StagePlan};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use tch::Device;
@@ -24,17 +24,10 @@ use tch::Device;
 /// What every training stage does once its inputs are read: pick the device, open the log
 /// (recording the command line), seed the run, keep freed memory.
 fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
-    let device = crate::device::select(&r.gpu)?;
+    let (device, determinism) = r.device.select()?;
     let log = open_log(&r.logs_dir, argv, true)?;
-    if r.deterministic {
-        let d = crate::device::set_deterministic(true);
-        log.line(format!(
-            "deterministic: ATen algorithms {} (ops without a deterministic kernel warn), cuDNN deterministic {}, benchmark {}, CUBLAS_WORKSPACE_CONFIG={}",
-            d.algorithms,
-            d.cudnn,
-            d.benchmark,
-            std::env::var("CUBLAS_WORKSPACE_CONFIG").unwrap_or_default()
-        ));
+    if let Some(note) = determinism {
+        log.line(note);
     }
     crate::alloc::retain_freed_memory();
     let seed = crate::stage::seed(r.seed, &log);
@@ -43,7 +36,7 @@ fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
 
 /// How the run's models compute, logged when it is not float32 NCHW.
 fn compute(r: &LoopPlan, device: Device, log: &Logger) -> crate::model::Compute {
-    let c = r.compute.on(device);
+    let c = r.device.compute.on(device);
     if let Some(line) = c.describe() {
         log.line(line);
     }
@@ -131,7 +124,7 @@ fn test_sets(r: &LoopPlan, datasets: &[&ReidDataset]) -> Result<Vec<TestSet>> {
     }
     datasets
         .iter()
-        .map(|d| TestSet::load(d, r.height, r.width))
+        .map(|d| TestSet::load(d, r.data.size.height, r.data.size.width))
         .collect()
 }
 
@@ -170,13 +163,13 @@ fn loader(
     stream_id: u64,
     what: &str,
 ) -> Result<TrainLoader> {
-    let store = ImageStore::load(records, r.height, r.width, what)?;
+    let store = ImageStore::load(records, r.data.size.height, r.data.size.width, what)?;
     let mut cfg = r.loader_config(seed);
     cfg.pin = Some(device).filter(|d| d.is_cuda());
     TrainLoader::new(Arc::new(records.to_vec()), Arc::new(store), cfg, stream_id)
 }
 
-/// `agd train`: the base model on task 1 (SPEC §1).
+/// `agd train`: the base model on task 1 (docs/method.md §1).
 /// Returns the last evaluation (none when the plan does not evaluate).
 pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
@@ -185,7 +178,7 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     let resumed = resumed(r)?;
     check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
-    let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
+    let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
     let (device, log, seed) = start(r, &argv)?;
     log.line(describe(&dataset, device));
     let classes = dataset.num_train_ids as i64;
@@ -222,9 +215,12 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
 }
 
 /// The distillation config and how views are mixed, checked before any data is read.
-fn distillation(plan: &IncrementalPlan) -> Result<Option<(Distillation, Views)>> {
+fn distillation(
+    plan: &IncrementalPlan,
+    learning: &Learning,
+) -> Result<Option<(Distillation, Views)>> {
     let r = &plan.run;
-    let algo_config = match &plan.learning {
+    let algo_config = match learning {
         Learning::Distill { algo_config, .. } | Learning::NewData { algo_config } => algo_config,
         Learning::Finetune => {
             if plan.augmented {
@@ -300,7 +296,7 @@ fn old_images(
             Ok(dreamed.records)
         }
         OldImages::Real(name) => {
-            let real = Exemplars::load(&r.data_root, name, exemplars, seed)?;
+            let real = Exemplars::load(&r.data.data_root, name, exemplars, seed)?;
             // Labels are the old classes only if the old model learnt this very dataset.
             if real.num_ids as i64 != old_classes {
                 bad_setting!(
@@ -324,23 +320,24 @@ fn old_images(
 
 /// `agd incremental` / `agd incremental-x`: the student starts as the old model with its
 /// classifier expanded by the new classes and learns the new task while the old model's
-/// geometry on the dreamed images is distilled into it (SPEC §5, §6) — or, for the
-/// baselines (SPEC §4 last paragraph), on real exemplars of the old task, on the new batch
+/// geometry on the dreamed images is distilled into it (docs/method.md §5, §6) — or, for the
+/// baselines (docs/method.md §4 last paragraph), on real exemplars of the old task, on the new batch
 /// alone, or not at all (fine-tuning).
 /// Returns the last evaluation (none when the plan does not evaluate).
 pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
     r.validate()?;
     let argv = plan.argv();
-    let distill = distillation(plan)?;
+    let learning = plan.learning()?;
+    let distill = distillation(plan, &learning)?;
     let previous = Checkpoint::load(&resolve(&plan.previous, Setting::Previous)?)?;
     let old_config = r.model.for_checkpoint(&previous).about(Setting::Previous)?;
     let resumed = resumed(r)?;
     check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
-    let dataset = ReidDataset::load(&r.data_root, &r.dataset)?;
+    let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
     let (device, log, seed) = start(r, &argv)?;
-    for warning in &plan.warnings {
+    for warning in &plan.warnings() {
         log.line(format!("warning: {warning}"));
     }
     log.line(describe(&dataset, device));
@@ -367,7 +364,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
         return Ok(all_done(r, &log));
     }
     let old_dataset = match &plan.old_dataset {
-        Some(name) => Some(ReidDataset::load(&r.data_root, name)?),
+        Some(name) => Some(ReidDataset::load(&r.data.data_root, name)?),
         None => None,
     };
     let mut evaluated = vec![&dataset];
@@ -375,7 +372,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let test_sets = test_sets(r, &evaluated)?;
     let new_loader = loader(r, device, &dataset.train, seed, 0, "train")?;
     let fit_cfg = fit_config(r, start_epoch, &argv);
-    let eval = match (distill, &plan.learning) {
+    let eval = match (distill, &learning) {
         (
             Some((distillation, views)),
             Learning::Distill {

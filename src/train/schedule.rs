@@ -1,4 +1,4 @@
-//! The learning-rate schedule of SPEC §3, set at the start of each epoch.
+//! The learning-rate schedule of docs/method.md §3, set at the start of each epoch.
 
 use crate::error::Setting;
 

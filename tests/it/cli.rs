@@ -1,7 +1,8 @@
 //! The `agd` command line as a user meets it.
 
 use super::util::agd_output as agd;
-use agd::cli::{args::Depth, try_parse_from, Command};
+use agd::cli::{try_parse_from, Command};
+use agd::model::{Depth, Pooling};
 
 #[test]
 fn help_lists_every_subcommand() {
@@ -44,12 +45,24 @@ fn reference_defaults_per_script() {
         ("msmt17", 0.01, 10, 1)
     );
     assert_eq!(
-        (r.data.height, r.data.width, r.augment.re, r.augment.re_area),
+        (
+            r.data.size.height,
+            r.data.size.width,
+            r.augment.re,
+            r.augment.re_area
+        ),
         (256, 128, 0.5, 0.4)
     );
+    // A new model's shape: the reference's ResNet-50, last stride 2, average pooling.
+    let fresh = r.model.fresh(10);
     assert_eq!(
-        (r.model.depth, r.model.last_stride, r.model.embedding),
-        (Depth::R50, 2, 2048)
+        (
+            fresh.depth,
+            fresh.last_stride,
+            fresh.embedding,
+            fresh.pooling
+        ),
+        (Depth::R50, 2, 2048, Pooling::Avg)
     );
     assert_eq!(r.device.gpu, vec!["0".to_string()]);
 
@@ -80,12 +93,12 @@ fn reference_defaults_per_script() {
     };
     assert_eq!(
         (
-            v.bs,
-            v.shots,
-            v.iters,
-            v.weights.low_res_iters,
-            v.weights.full_res_iters,
-            v.weights.warmup_iters
+            v.dreaming.bs,
+            v.dreaming.shots,
+            v.dreaming.iters,
+            v.dreaming.stages.low_res_iters,
+            v.dreaming.stages.full_res_iters,
+            v.dreaming.stages.warmup_iters
         ),
         (64, 10, 320, 2000, 1000, 100)
     );
@@ -96,12 +109,12 @@ fn reference_defaults_per_script() {
     assert!(err.contains("--warmup-iters"), "{err}");
     assert_eq!(
         (
-            v.weights.r_feature,
-            v.weights.first_bn_multiplier,
-            v.weights.tv_l1,
-            v.weights.tv_l2,
-            v.weights.l2,
-            v.weights.lr
+            v.dreaming.coefficients.r_feature,
+            v.dreaming.coefficients.first_bn_multiplier,
+            v.dreaming.coefficients.prior.tv_l1,
+            v.dreaming.coefficients.prior.tv_l2,
+            v.dreaming.coefficients.prior.l2,
+            v.dreaming.stages.lr
         ),
         (0.01, 10.0, 0.0, 1e-4, 1e-5, 0.2)
     );
@@ -109,7 +122,7 @@ fn reference_defaults_per_script() {
     let Command::Evaluate(e) = try_parse_from(["agd", "evaluate"]).unwrap().command else {
         panic!()
     };
-    assert_eq!(e.dataset, vec!["market", "duke", "msmt17"]);
+    assert_eq!(e.datasets, vec!["market", "duke", "msmt17"]);
     assert!(!e.re_ranking && !e.output && !e.recursive);
 }
 
@@ -214,10 +227,10 @@ fn reference_readme_commands_parse_including_underscore_spellings() {
     };
     assert_eq!(
         (
-            v.weights.r_feature,
-            v.weights.first_bn_multiplier,
-            v.weights.tv_l2,
-            v.weights.main_loss_multiplier
+            v.dreaming.coefficients.r_feature,
+            v.dreaming.coefficients.first_bn_multiplier,
+            v.dreaming.coefficients.prior.tv_l2,
+            v.dreaming.coefficients.main_loss_multiplier
         ),
         (0.05, 3.0, 0.5, 2.0)
     );

@@ -1,4 +1,4 @@
-//! The data pipeline of SPEC §2: layouts, names, sampler, transforms, loaders, bad input.
+//! The data pipeline of docs/method.md §2: layouts, names, sampler, transforms, loaders, bad input.
 
 use agd::data::dataset::{parse_dreamed_name, parse_market_name, Layout};
 use agd::data::loader::INSTANCES;

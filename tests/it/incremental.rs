@@ -1,5 +1,5 @@
-//! `agd incremental` / `incremental-x` (SPEC §5, §6): class expansion and the pid shift,
-//! every shipped config learning on tiny data, cross-view mixing, the baselines of SPEC §4
+//! `agd incremental` / `incremental-x` (docs/method.md §5, §6): class expansion and the pid shift,
+//! every shipped config learning on tiny data, cross-view mixing, the baselines of docs/method.md §4
 //! (distillation on the new data only, real exemplars), the command end to end, and its
 //! errors.
 
@@ -449,7 +449,7 @@ fn neck_bias(logs: &Path) -> Tensor {
     ck.tensors["backbone.bn.bias"].shallow_clone()
 }
 
-/// SPEC §3: the neck's bias trains in every training script (base, incremental,
+/// docs/method.md §3: the neck's bias trains in every training script (base, incremental,
 /// incremental-x, fine-tuning), starting from 0.
 fn assert_bias_trained(before: &Tensor, logs: &Path) {
     let moved = (neck_bias(logs) - before).abs().max().double_value(&[]);

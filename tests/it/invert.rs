@@ -1,4 +1,4 @@
-//! `agd invert` (DeepInversion, SPEC §7): the BatchNorm statistics loss, the image
+//! `agd invert` (DeepInversion, docs/method.md §7): the BatchNorm statistics loss, the image
 //! optimiser, a frozen teacher, the command's errors, and a tiny end-to-end run on a small
 //! synthetic teacher with resume. The image priors are checked against the reference's
 //! golden values in `tests/fixtures.rs`.

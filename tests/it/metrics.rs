@@ -1,4 +1,4 @@
-//! SPEC §8 metrics: mAP and CMC against the reference's golden values, hand-made rankings
+//! docs/method.md §8 metrics: mAP and CMC against the reference's golden values, hand-made rankings
 //! with known answers, scikit-learn's tie handling, bad input, and the distances.
 
 use agd::eval::metrics::{

@@ -1,4 +1,4 @@
-//! The ReID model of SPEC §3: torchvision's layout, shapes, classifier expansion, losses.
+//! The ReID model of docs/method.md §3: torchvision's layout, shapes, classifier expansion, losses.
 
 use agd::model::{Depth, Group, ModelConfig, Pooling, ReidModel, Role};
 use agd::train::schedule::learning_rate;
@@ -55,7 +55,7 @@ fn parameter_names_and_counts_equal_torchvision() {
         vec![2048, 1024, 1, 1]
     );
     assert_eq!(p("classifier.W"), vec![10, 2048]);
-    // The head's weight and bias both train, in the head's lr×10 group (SPEC §3).
+    // The head's weight and bias both train, in the head's lr×10 group (docs/method.md §3).
     let role = |n: &str| {
         m.params
             .entries()

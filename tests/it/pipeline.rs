@@ -9,8 +9,10 @@ use agd::eval::EvalPlan;
 use agd::inversion::InvertPlan;
 use agd::model::checkpoint::{Checkpoint, Pretrained};
 use agd::model::{Depth, ModelChoice, Pooling};
+use agd::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
+use agd::stage::StagePlan;
 use agd::train::optimizer::OptimizerKind;
-use agd::train::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
+use agd::train::plan::{BasePlan, IncrementalPlan, LoopPlan};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -27,11 +29,10 @@ fn plan_of(line: &str) -> Plan {
     assert_eq!(words[0], "agd", "{line}");
     let cli = try_parse_from(&words).unwrap_or_else(|e| panic!("{line}: {e}"));
     match cli.command {
-        Command::Train(a) => Plan::Base(a.plan()),
-        Command::Incremental(a) => Plan::Incremental(a.plan(false).unwrap()),
-        Command::IncrementalX(a) => Plan::Incremental(a.plan(true).unwrap()),
-        Command::Invert(a) => Plan::Invert(a.plan()),
-        Command::Evaluate(a) => Plan::Eval(a.plan()),
+        Command::Train(p) => Plan::Base(p),
+        Command::Incremental(p) | Command::IncrementalX(p) => Plan::Incremental(p),
+        Command::Invert(p) => Plan::Invert(p),
+        Command::Evaluate(p) => Plan::Eval(p),
         _ => panic!("{line}: not a stage"),
     }
 }
@@ -45,15 +46,31 @@ fn every_model_value() -> ModelChoice {
     }
 }
 
+/// Every device option off its default.
+fn every_device_value() -> DeviceOptions {
+    DeviceOptions {
+        gpu: vec!["cpu".into()],
+        compute: agd::model::ComputeChoice {
+            amp: true,
+            memory_format: Some(agd::model::MemoryFormat::Nhwc),
+        },
+        deterministic: true,
+    }
+}
+
 /// A loop plan with every value off its default.
 fn custom_loop() -> LoopPlan {
     LoopPlan {
-        gpu: vec!["cpu".into()],
+        device: every_device_value(),
         seed: Some(7),
-        data_root: "/data with space/root".into(),
+        data: DataOptions {
+            data_root: "/data with space/root".into(),
+            size: ImageSize {
+                height: 64,
+                width: 32,
+            },
+        },
         dataset: "task-b".into(),
-        height: 64,
-        width: 32,
         batch_size: 16,
         resume: Some("logs/it's here".into()),
         epochs: 3,
@@ -65,115 +82,132 @@ fn custom_loop() -> LoopPlan {
         learning_rate: 0.0003,
         evaluate: 0,
         peers: 3,
-        re: 0.25,
-        re_area: 0.3,
-        model: every_model_value(),
-        compute: agd::model::ComputeChoice {
-            amp: true,
-            memory_format: Some(agd::model::MemoryFormat::Nhwc),
+        augment: AugmentOptions {
+            re: 0.25,
+            re_area: 0.3,
+            preload: false,
         },
-        deterministic: true,
+        model: every_model_value(),
     }
+}
+
+/// `plan` rendered, and the line parsed back, is `plan` again.
+fn round_trips<P: StagePlan + std::fmt::Debug + PartialEq>(plan: &P, back: fn(Plan) -> Option<P>) {
+    let line = plan.argv().command_line();
+    let parsed = back(plan_of(&line)).unwrap_or_else(|| panic!("{line}: another stage"));
+    assert_eq!(&parsed, plan, "{line}");
 }
 
 #[test]
 fn every_plan_renders_a_command_line_that_parses_back_to_it() {
-    let mut bases = vec![BasePlan::default()];
-    bases.push(BasePlan {
-        // A fresh model's embedding is its backbone's width unless a flag says otherwise.
-        run: LoopPlan {
-            model: ModelChoice {
-                embedding: None,
-                ..every_model_value()
+    let base = |p| match p {
+        Plan::Base(b) => Some(b),
+        _ => None,
+    };
+    round_trips(&BasePlan::default(), base);
+    round_trips(
+        &BasePlan {
+            // A new model's embedding is its backbone's width unless a flag says otherwise.
+            run: LoopPlan {
+                model: ModelChoice {
+                    embedding: None,
+                    ..every_model_value()
+                },
+                ..custom_loop()
             },
-            ..custom_loop()
+            pretrained: Pretrained::File("backbone_weights/resnet34.pth".into()),
         },
-        pretrained: Pretrained::File("backbone_weights/resnet34.pth".into()),
-    });
-    bases.push(BasePlan {
-        pretrained: Pretrained::Random,
-        ..BasePlan::default()
-    });
-    for plan in bases {
-        let line = plan.argv().command_line();
-        match plan_of(&line) {
-            Plan::Base(back) => assert_eq!(back, plan, "{line}"),
-            _ => panic!("{line}"),
-        }
-    }
-    let distill = Learning::Distill {
-        algo_config: "configs/inverXion.yaml".into(),
-        old_images: OldImages::Dreamed("gen".into()),
+        base,
+    );
+    round_trips(
+        &BasePlan {
+            pretrained: Pretrained::Random,
+            ..BasePlan::default()
+        },
+        base,
+    );
+    // Every way of learning the new task: fine-tuning, distillation on dreams or real
+    // exemplars (with and without the default count), on the new data alone.
+    let finetune = |p: IncrementalPlan| IncrementalPlan {
+        finetune: true,
+        ..p
+    };
+    let distill = |p: IncrementalPlan| IncrementalPlan {
+        algo_config: Some("configs/inverXion.yaml".into()),
+        inversion_dir: "gen".into(),
         exemplars: 6,
+        ..p
     };
-    let real = Learning::Distill {
-        algo_config: "configs/inverXion.yaml".into(),
-        old_images: OldImages::Real("task-a".into()),
+    let real = |p: IncrementalPlan| IncrementalPlan {
+        algo_config: Some("configs/inverXion.yaml".into()),
+        exemplar_dataset: Some("task-a".into()),
         exemplars: 3,
+        ..p
     };
-    let real_default = Learning::Distill {
-        algo_config: "configs/res-triangle.yaml".into(),
-        old_images: OldImages::Real("task-a".into()),
-        exemplars: agd::train::plan::DEFAULT_EXEMPLARS,
+    let real_default = |p: IncrementalPlan| IncrementalPlan {
+        algo_config: Some("configs/res-triangle.yaml".into()),
+        exemplar_dataset: Some("task-a".into()),
+        ..p
     };
-    let new_data = Learning::NewData {
-        algo_config: "configs/LwF.yaml".into(),
+    let new_data = |p: IncrementalPlan| IncrementalPlan {
+        algo_config: Some("configs/LwF.yaml".into()),
+        new_data_distillation: true,
+        ..p
     };
+    let learnings: [fn(IncrementalPlan) -> IncrementalPlan; 5] =
+        [finetune, distill, real, real_default, new_data];
     for augmented in [false, true] {
-        for learning in [
-            Learning::Finetune,
-            distill.clone(),
-            real.clone(),
-            real_default.clone(),
-            new_data.clone(),
-        ] {
-            if augmented && learning == Learning::Finetune {
+        for (i, learning) in learnings.iter().enumerate() {
+            if augmented && i == 0 {
                 continue;
             }
             for run in [LoopPlan::incremental_defaults(augmented), custom_loop()] {
-                let plan = IncrementalPlan {
+                let plan = learning(IncrementalPlan {
                     run,
-                    augmented,
                     previous: "logs/base".into(),
-                    learning: learning.clone(),
                     old_dataset: Some("task-a".into()),
-                    warnings: Vec::new(),
-                };
-                let line = plan.argv().command_line();
-                match plan_of(&line) {
-                    Plan::Incremental(back) => assert_eq!(back, plan, "{line}"),
-                    _ => panic!("{line}"),
-                }
+                    ..IncrementalPlan::defaults(augmented)
+                });
+                round_trips(&plan, |p| match p {
+                    Plan::Incremental(i) => Some(i),
+                    _ => None,
+                });
             }
         }
     }
     let mut invert = InvertPlan {
-        gpu: vec!["cpu".into()],
+        device: every_device_value(),
         seed: Some(3),
-        bs: 8,
-        generation_dir: "gen dir".into(),
-        shots: 4,
-        iters: 9,
+        generation_dir: Some("gen dir".into()),
         resume: Some("gen dir".into()),
         teacher: "logs/base".into(),
         model: every_model_value(),
-        height: 64,
-        width: 32,
+        size: ImageSize {
+            height: 64,
+            width: 32,
+        },
+        shard: Some("2/3".parse().unwrap()),
         ..InvertPlan::default()
     };
-    invert.coefficients.prior.tv_l2 = 0.003;
-    invert.coefficients.r_feature = 0.05;
-    invert.stages.low_res_iters = 30;
-    invert.stages.warmup_iters = 10;
+    invert.dreaming.bs = 8;
+    invert.dreaming.shots = 4;
+    invert.dreaming.iters = 9;
+    invert.dreaming.coefficients.prior.tv_l2 = 0.003;
+    invert.dreaming.coefficients.prior.l2 = 1e-6;
+    invert.dreaming.coefficients.r_feature = 0.05;
+    invert.dreaming.stages.low_res_iters = 30;
+    invert.dreaming.stages.warmup_iters = 10;
+    invert.dreaming.stages.coarse = 4;
+    invert.dreaming.stages.jitter = 2;
+    invert.dreaming.dream_format = agd::inversion::store::DreamFormat::Png;
     for plan in [InvertPlan::default(), invert] {
-        let line = plan.argv().command_line();
-        match plan_of(&line) {
-            Plan::Invert(back) => assert_eq!(back, plan, "{line}"),
-            _ => panic!("{line}"),
-        }
+        round_trips(&plan, |p| match p {
+            Plan::Invert(i) => Some(i),
+            _ => None,
+        });
     }
     let eval = EvalPlan {
-        gpu: vec!["cpu".into()],
+        device: every_device_value(),
         datasets: vec!["a".into(), "a+b".into()],
         ckpt: "logs".into(),
         recursive: true,
@@ -183,6 +217,7 @@ fn every_plan_renders_a_command_line_that_parses_back_to_it() {
         output: true,
         rank_list: Some("ranks".into()),
         rank_list_n: 4,
+        output_feature: agd::eval::features::OutputFeature::Global,
         model: ModelChoice {
             last_stride: Some(1),
             ..ModelChoice::default()
@@ -190,11 +225,10 @@ fn every_plan_renders_a_command_line_that_parses_back_to_it() {
         ..EvalPlan::default()
     };
     for plan in [EvalPlan::default(), eval] {
-        let line = plan.argv().command_line();
-        match plan_of(&line) {
-            Plan::Eval(back) => assert_eq!(back, plan, "{line}"),
-            _ => panic!("{line}"),
-        }
+        round_trips(&plan, |p| match p {
+            Plan::Eval(e) => Some(e),
+            _ => None,
+        });
     }
 }
 
@@ -263,7 +297,7 @@ fn the_demo_prints_and_logs_one_reproducible_command_per_stage() {
                 assert_eq!(p.run.logs_dir.display().to_string(), folder);
                 assert_eq!(p.run.model, ModelChoice::default(), "{line}");
             }
-            Plan::Invert(p) => assert_eq!(p.generation_dir.display().to_string(), folder),
+            Plan::Invert(p) => assert_eq!(p.generation_dir().display().to_string(), folder),
             Plan::Eval(_) => panic!("{line}"),
         }
     }

@@ -55,7 +55,7 @@ fn reference_checkpoint_pth_tar_loads_into_the_model() {
     };
     tch::manual_seed(7);
     let original = ReidModel::new(cfg, Device::Cpu).unwrap();
-    // The reference trains the neck's bias (SPEC §3): its checkpoints hold a non-zero one.
+    // The reference trains the neck's bias (docs/method.md §3): its checkpoints hold a non-zero one.
     let trained_bias = Tensor::randn([512], (Kind::Float, Device::Cpu));
     tch::no_grad(|| {
         original

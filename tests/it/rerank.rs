@@ -1,4 +1,4 @@
-//! SPEC §8 re-ranking: the reference's golden values, its chunked evaluation, a literal
+//! docs/method.md §8 re-ranking: the reference's golden values, its chunked evaluation, a literal
 //! dense rendering of the reference's algorithm on a gallery large enough for the sparse,
 //! shared-gallery path to matter, a hand-made case where re-ranking repairs a ranking, and
 //! bad input.

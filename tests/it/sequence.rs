@@ -6,12 +6,15 @@
 use super::util::{agd, configs_dir, strings};
 use agd::cli::{try_parse_from, Command};
 use agd::data::synth::{generate, Style, SynthConfig};
+use agd::inversion::plan::Dreaming;
 use agd::inversion::prior::PriorWeights;
 use agd::inversion::store::DreamFormat;
 use agd::inversion::{Coefficients, Stages};
 use agd::model::checkpoint::Pretrained;
 use agd::model::{Depth, ModelChoice, Pooling};
+use agd::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
 use agd::sequence::{forgetting, Method, SequencePlan, StepResult};
+use agd::stage::StagePlan;
 use agd::train::optimizer::OptimizerKind;
 use std::path::Path;
 
@@ -21,7 +24,7 @@ fn plan_of(line: &str) -> SequencePlan {
         .unwrap_or_else(|e| panic!("{line}: {e}"))
         .command
     {
-        Command::Sequence(a) => a.plan(),
+        Command::Sequence(plan) => plan,
         _ => panic!("{line}: not agd sequence"),
     }
 }
@@ -39,11 +42,18 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
         unseen: strings(&["cuhk03"]),
         method: "configs/my config.yaml".into(),
         logs_dir: "out/it's here".into(),
-        gpu: strings(&["cpu"]),
+        device: DeviceOptions {
+            gpu: strings(&["cpu"]),
+            ..DeviceOptions::default()
+        },
         seed: Some(3),
-        data_root: "/data root".into(),
-        height: 64,
-        width: 32,
+        data: DataOptions {
+            data_root: "/data root".into(),
+            size: ImageSize {
+                height: 64,
+                width: 32,
+            },
+        },
         base_epochs: 2,
         base_epochs_decay: vec![2],
         epochs: 1,
@@ -54,8 +64,11 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
         learning_rate: 0.0003,
         evaluate: 0,
         peers: 3,
-        re: 0.25,
-        re_area: 0.3,
+        augment: AugmentOptions {
+            re: 0.25,
+            re_area: 0.3,
+            preload: false,
+        },
         model: ModelChoice {
             depth: Some(Depth::R34),
             last_stride: Some(1),
@@ -64,28 +77,30 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
         },
         pretrained: Pretrained::Random,
         exemplars: 5,
-        bs: 8,
-        shots: 2,
-        iters: 9,
-        coefficients: Coefficients {
-            r_feature: 0.05,
-            first_bn_multiplier: 5.0,
-            main_loss_multiplier: 0.5,
-            prior: PriorWeights {
-                tv_l1: 0.1,
-                tv_l2: 0.003,
-                l2: 0.0,
+        dreaming: Dreaming {
+            bs: 8,
+            shots: 2,
+            iters: 9,
+            coefficients: Coefficients {
+                r_feature: 0.05,
+                first_bn_multiplier: 5.0,
+                main_loss_multiplier: 0.5,
+                prior: PriorWeights {
+                    tv_l1: 0.1,
+                    tv_l2: 0.003,
+                    l2: 0.0,
+                },
             },
+            stages: Stages {
+                lr: 0.1,
+                low_res_iters: 3,
+                full_res_iters: 4,
+                warmup_iters: 1,
+                coarse: 0,
+                jitter: 2,
+            },
+            dream_format: DreamFormat::Png,
         },
-        stages: Stages {
-            lr: 0.1,
-            low_res_iters: 3,
-            full_res_iters: 4,
-            warmup_iters: 1,
-            coarse: 0,
-            jitter: 2,
-        },
-        dream_format: DreamFormat::Png,
     };
     let with_weights = SequencePlan {
         pretrained: Pretrained::File("backbone_weights/resnet34.pth".into()),

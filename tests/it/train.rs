@@ -249,7 +249,7 @@ fn checkpoints_round_trip_and_mismatches_are_named() {
     let path: PathBuf = tmp.path().join("c.safetensors");
     tch::manual_seed(1);
     let model = ReidModel::new(small_config(7), Device::Cpu).unwrap();
-    // A trained neck bias (SPEC §3) is saved and restored like every other parameter.
+    // A trained neck bias (docs/method.md §3) is saved and restored like every other parameter.
     let trained_bias = tch::Tensor::randn([512], (tch::Kind::Float, Device::Cpu));
     tch::no_grad(|| {
         model

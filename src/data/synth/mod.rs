@@ -27,8 +27,7 @@ use rayon::prelude::*;
 use std::path::Path;
 
 /// The world the images come from; two styles give two different tasks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
     /// Outdoor daylight: warm or grey walls, pavement, sky; saturated clothing.
     Street,
@@ -36,6 +35,8 @@ pub enum Style {
     /// shopping bags and suitcases, people framed from farther away.
     Mall,
 }
+
+crate::named_values!(Style { Street => "street", Mall => "mall" });
 
 /// What `agd synth` generates.
 #[derive(Clone, Debug)]

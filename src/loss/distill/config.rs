@@ -1,4 +1,4 @@
-//! The `--algo-config` file (SPEC §4), `distillation: {type, factor, config, cross_factor?}`,
+//! The `--algo-config` file (docs/method.md §4), `distillation: {type, factor, config, cross_factor?}`,
 //! read with serde into the runtime [`Distillation`]. Unknown keys anywhere are errors, so a
 //! misspelt setting never silently falls back to a default.
 //!
@@ -68,7 +68,7 @@ impl Distillation {
     }
 }
 
-/// Every config `type`, in the order the SPEC lists them (`Type::NAMES`, so that this list,
+/// Every config `type`, in the order docs/method.md §4 lists them (`Type::NAMES`, so that this list,
 /// the parser and its "expected one of" never disagree).
 pub const TYPES: [&str; Type::NAMES.len()] = {
     let mut names = [""; Type::NAMES.len()];
@@ -99,7 +99,7 @@ enum Type {
 }
 
 impl Type {
-    /// The YAML name of each type, in the SPEC's order.
+    /// The YAML name of each type, in docs/method.md §4's order.
     const NAMES: [(&'static str, Type); 13] = [
         ("cosine", Type::Cosine),
         ("triangle", Type::Triangle),

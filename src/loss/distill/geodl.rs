@@ -1,4 +1,4 @@
-//! GeoDL (SPEC §4, the reference's `GFK` in `reid/loss/distillation.py`): the student's
+//! GeoDL (docs/method.md §4, the reference's `GFK` in `reid/loss/distillation.py`): the student's
 //! embeddings are pulled towards the teacher's along the geodesic flow between the two
 //! batches' PCA subspaces, as in GeoDL (Simon et al., "On Learning the Geodesic Path for
 //! Incremental Learning", CVPR 2021), which builds on the geodesic flow kernel (Gong et al.,

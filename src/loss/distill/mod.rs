@@ -1,11 +1,11 @@
-//! Distillation losses of SPEC §4: the maths. Their YAML config (`--algo-config`) is read into
+//! Distillation losses of docs/method.md §4: the maths. Their YAML config (`--algo-config`) is read into
 //! the [`Distillation`] defined here by `config.rs` (`Distillation::load`), kept apart so that
 //! the schema and its error messages can change without touching a loss; it also says how to
 //! add a type.
 //!
 //! Each loss compares the student's outputs with the old model's (the teacher's) on the same
 //! images; the trainers weight it by `factor` (and, in `incremental-x`, mix the same-view and
-//! cross-view teachers by `cross_factor`, SPEC §6). The teacher's tensors are detached here, so
+//! cross-view teachers by `cross_factor`, docs/method.md §6). The teacher's tensors are detached here, so
 //! a loss is differentiable w.r.t. the student only, whatever the caller did.
 //!
 //! Numerics follow the reference's PyTorch calls (`cosine_embedding_loss`'s 1e-12 on the
@@ -335,7 +335,7 @@ impl Distillation {
     }
 }
 
-/// Same-identity pairs of a batch (SPEC §4 "pairwise residuals").
+/// Same-identity pairs of a batch (docs/method.md §4 "pairwise residuals").
 pub struct Residuals {
     /// a_j − a_i for every pair i < j with y_i = y_j, pairs in row-major order of (i, j).
     pub a: Tensor,
