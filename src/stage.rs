@@ -11,7 +11,6 @@ use crate::logging::Logger;
 use crate::options::{leaves, Leaf};
 use anyhow::Result;
 use serde::Serialize;
-use std::fmt::Display;
 use std::path::Path;
 
 /// A stage's plan: its options are its fields (clap derives its flags from them), and it
@@ -96,69 +95,6 @@ impl Argv {
     /// that differ from the group's own defaults.
     pub fn group<T: clap::Args + Serialize>(&mut self, values: &T) -> &mut Self {
         self.flags_of(&T::augment_args(clap::Command::new("group")), values)
-    }
-
-    /// `name value`, always.
-    pub fn flag(&mut self, name: &str, value: impl Display) -> &mut Self {
-        self.0.push(name.to_string());
-        self.0.push(value.to_string());
-        self
-    }
-
-    /// `name value` when `value` is not the default.
-    pub fn differs<T: PartialEq + Display>(
-        &mut self,
-        name: &str,
-        value: &T,
-        default: &T,
-    ) -> &mut Self {
-        if value != default {
-            self.flag(name, value);
-        }
-        self
-    }
-
-    /// `name value` when there is a value.
-    pub fn opt<T: Display>(&mut self, name: &str, value: Option<T>) -> &mut Self {
-        if let Some(v) = value {
-            self.flag(name, v);
-        }
-        self
-    }
-
-    /// `name path` when the path is not the default.
-    pub fn path(&mut self, name: &str, value: &Path, default: &str) -> &mut Self {
-        if value != Path::new(default) {
-            self.flag(name, value.display());
-        }
-        self
-    }
-
-    /// `name path` when there is one.
-    pub fn opt_path(&mut self, name: &str, value: Option<&Path>) -> &mut Self {
-        self.opt(name, value.map(Path::display))
-    }
-
-    /// `name v1 v2 …` when the values are not the default.
-    pub fn list<T: PartialEq + Display>(
-        &mut self,
-        name: &str,
-        values: &[T],
-        default: &[T],
-    ) -> &mut Self {
-        if values != default {
-            self.0.push(name.to_string());
-            self.0.extend(values.iter().map(ToString::to_string));
-        }
-        self
-    }
-
-    /// `name` when `on`.
-    pub fn switch(&mut self, name: &str, on: bool) -> &mut Self {
-        if on {
-            self.0.push(name.to_string());
-        }
-        self
     }
 
     /// `agd …`, quoted for a POSIX shell so it can be pasted.
