@@ -178,39 +178,124 @@ fn upper_color(who: &Identity, facing: Facing, u: f32, v: f32) -> Rgb {
     }
 }
 
+/// A person's geometry in one image, in pixels: the lines and widths every body part is
+/// placed by. Worked out once from the identity and the pose, so each part's function
+/// below reads as that part's own proportions and no two parts can disagree on where, say,
+/// the shoulders are.
+#[derive(Clone, Copy)]
+struct Body {
+    cx: f32,
+    feet: f32,
+    /// Body height in pixels; proportions are fractions of it.
+    ph: f32,
+    /// Top of the head.
+    top: f32,
+    stride: f32,
+    facing: Facing,
+    slope: f32,
+    /// Seen in profile.
+    side: bool,
+    /// Walking direction in profile (−1 or +1); 0 in a front or back view.
+    dir: f32,
+    /// The side bags hang on in this view (−1 left, +1 right in the image).
+    bag_side: f32,
+    /// Build: the identity's body width multiplier.
+    wf: f32,
+    /// Half-width of the shoulders.
+    sh: f32,
+    /// Half-width of the hips.
+    hh: f32,
+    shoulder: f32,
+    hip: f32,
+    knee: f32,
+    head_cy: f32,
+    head_rx: f32,
+    head_ry: f32,
+}
+
+impl Body {
+    fn new(who: &Identity, p: &Pose) -> Body {
+        let ph = p.ph;
+        let top = p.feet - ph;
+        let at = |f: f32| top + f * ph;
+        let side = matches!(p.facing, Facing::Side(_));
+        let dir = match p.facing {
+            Facing::Side(d) => d,
+            _ => 0.0,
+        };
+        // Bags hang on the identity's side; a back view mirrors it.
+        let bag_side = if p.facing == Facing::Back {
+            -who.side
+        } else {
+            who.side
+        };
+        let bag_side = if side { -dir } else { bag_side };
+        let wf = who.width;
+        let sh = 0.125 * ph * wf * if side { 0.62 } else { 1.0 };
+        let hip = at(who.hip);
+        Body {
+            cx: p.cx,
+            feet: p.feet,
+            ph,
+            top,
+            stride: p.stride,
+            facing: p.facing,
+            slope: p.slope,
+            side,
+            dir,
+            bag_side,
+            wf,
+            sh,
+            hh: sh * 0.84,
+            shoulder: at(0.155),
+            hip,
+            knee: hip + 0.5 * (p.feet - hip),
+            head_cy: at(0.075),
+            head_rx: 0.06 * ph,
+            head_ry: 0.072 * ph,
+        }
+    }
+
+    /// The row at fraction `f` of the body height below the top of the head.
+    fn at(&self, f: f32) -> f32 {
+        self.top + f * self.ph
+    }
+}
+
 /// Draws one person. Proportions are fractions of the body height `ph`, measured from the
-/// top of the head; the order of parts depends on which way the person faces.
+/// top of the head. Each part has its own function, called here back to front: this list
+/// is the painter's order (what hides what), and each part decides from the facing whether
+/// and how it shows.
 fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
-    let ph = p.ph;
-    let top = p.feet - ph;
-    let at = |f: f32| top + f * ph;
-    let side = matches!(p.facing, Facing::Side(_));
-    let dir = match p.facing {
-        Facing::Side(d) => d,
-        _ => 0.0,
-    };
-    // Bags hang on the identity's side; a back view mirrors it.
-    let bag_side = if p.facing == Facing::Back {
-        -who.side
-    } else {
-        who.side
-    };
-    let bag_side = if side { -dir } else { bag_side };
-    let wf = who.width;
-    let sh = 0.125 * ph * wf * if side { 0.62 } else { 1.0 };
-    let hh = sh * 0.84;
-    let shoulder = at(0.155);
-    let hip = at(who.hip);
-    let knee = hip + 0.5 * (p.feet - hip);
-    let slope = p.slope;
-    let cx = p.cx;
+    let b = Body::new(who, p);
+    draw_long_hair_behind(c, who, &b);
+    draw_backpack_behind(c, who, &b);
+    draw_suitcase(c, who, &b);
+    draw_legs(c, who, &b);
+    draw_pelvis(c, who, &b);
+    draw_torso(c, who, &b);
+    draw_worn_on_torso(c, who, &b);
+    draw_long_hair_over_back(c, who, &b);
+    draw_arms(c, who, &b);
+    draw_head(c, who, &b);
+    draw_headwear(c, who, &b);
+}
 
-    let head_cy = at(0.075);
-    let head_ry = 0.072 * ph;
-    let head_rx = 0.06 * ph;
-
-    // Long hair behind the shoulders in a front view.
-    if who.hair_kind == Hair::Long && p.facing != Facing::Back {
+/// Long hair seen from the front or in profile falls behind the shoulders, so it goes
+/// first and the torso and face cover it; from behind it covers the back instead
+/// ([`draw_long_hair_over_back`]).
+fn draw_long_hair_behind(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        dir,
+        slope,
+        shoulder,
+        head_cy,
+        head_rx,
+        ..
+    } = *b;
+    if who.hair_kind == Hair::Long && b.facing != Facing::Back {
         let hair = who.hair;
         c.trapezoid(
             head_cy,
@@ -222,8 +307,22 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
             |u, _| Some(scale(hair, body_light(u, slope))),
         );
     }
-    // A backpack seen from the front or side shows behind the body.
-    if who.accessory == Accessory::Backpack && side {
+}
+
+/// A backpack seen in profile shows behind the body, so it is painted before it; from
+/// behind it covers the back ([`draw_backpack_on_back`]).
+fn draw_backpack_behind(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        dir,
+        slope,
+        sh,
+        shoulder,
+        hip,
+        ..
+    } = *b;
+    if who.accessory == Accessory::Backpack && b.side {
         let a = who.accessory_color;
         let x = cx - dir * (sh + 0.05 * ph);
         c.trapezoid(
@@ -236,45 +335,72 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
             |u, _| Some(scale(a, body_light(u, slope))),
         );
     }
+}
+
+/// A suitcase stands on the floor beside the person, behind the legs and the hand that
+/// pulls it.
+fn draw_suitcase(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        feet,
+        ph,
+        bag_side,
+        hh,
+        ..
+    } = *b;
     if who.accessory == Accessory::Suitcase {
         let a = who.accessory_color;
         let x = cx + bag_side * (hh + 0.12 * ph);
         c.rect(
             x - 0.07 * ph,
-            p.feet - 0.3 * ph,
+            feet - 0.3 * ph,
             x + 0.07 * ph,
-            p.feet - 0.01 * ph,
+            feet - 0.01 * ph,
             scale(a, 0.9),
         );
         c.rect(
             x - 0.01 * ph,
-            p.feet - 0.42 * ph,
+            feet - 0.42 * ph,
             x + 0.01 * ph,
-            p.feet - 0.3 * ph,
+            feet - 0.3 * ph,
             [0.15, 0.15, 0.15],
         );
     }
+}
 
-    // Legs: spread in front/back views, scissored in profile.
+/// Legs and shoes: spread in front/back views, scissored in profile, where the far leg is
+/// a little darker. The lower garment's kind decides how far down the legs are covered.
+fn draw_legs(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        feet,
+        ph,
+        stride,
+        slope,
+        side,
+        dir,
+        wf,
+        hip,
+        ..
+    } = *b;
     let leg_hw_top = 0.05 * ph * wf.sqrt();
     let leg_hw_bot = 0.036 * ph * wf.sqrt();
     let legs: [(f32, f32); 2] = if side {
-        let s = p.stride * 0.13 * ph;
+        let s = stride * 0.13 * ph;
         [(cx, cx + s), (cx, cx - s)]
     } else {
-        let spread = 0.012 * ph + 0.03 * ph * p.stride.abs();
+        let spread = 0.012 * ph + 0.03 * ph * stride.abs();
         let off = 0.055 * ph * wf;
         [(cx - off, cx - off - spread), (cx + off, cx + off + spread)]
     };
     let shorts_end = 0.42;
     for (i, &(x0, x1)) in legs.iter().enumerate() {
-        // The far leg in profile is a little darker.
         let dim = if side && i == 1 { 0.8 } else { 1.0 };
         let (lower, skin) = (scale(who.lower, dim), scale(who.skin, dim));
         let kind = who.lower_kind;
         c.trapezoid(
             hip,
-            p.feet - 0.02 * ph,
+            feet - 0.02 * ph,
             x0,
             leg_hw_top,
             x1,
@@ -291,13 +417,27 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
         let fx = x1 + dir * 0.03 * ph;
         c.disc(
             fx,
-            p.feet - 0.022 * ph,
+            feet - 0.022 * ph,
             leg_hw_bot * 1.25 + side as u8 as f32 * 0.02 * ph,
             0.026 * ph,
             who.shoes,
         );
     }
-    // Pelvis in the lower garment, or the skirt.
+}
+
+/// The pelvis in the lower garment, covering the tops of the legs, or a skirt down past
+/// the knees.
+fn draw_pelvis(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        slope,
+        side,
+        hh,
+        hip,
+        knee,
+        ..
+    } = *b;
     match who.lower_kind {
         Lower::Skirt => {
             let low = who.lower;
@@ -325,17 +465,31 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
             );
         }
     }
+}
 
-    // Neck and torso.
-    let skin = who.skin;
+/// The neck, then the torso in the upper garment's pattern (which depends on the facing:
+/// a jacket's opening or a logo shows only from the front).
+fn draw_torso(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        facing,
+        slope,
+        sh,
+        hh,
+        shoulder,
+        hip,
+        head_cy,
+        head_ry,
+        ..
+    } = *b;
     c.rect(
         cx - 0.024 * ph,
         head_cy + head_ry * 0.6,
         cx + 0.024 * ph,
         shoulder + 0.02 * ph,
-        scale(skin, 0.85),
+        scale(who.skin, 0.85),
     );
-    let facing = p.facing;
     c.trapezoid(
         shoulder - 0.012 * ph,
         hip + 0.02 * ph,
@@ -345,86 +499,153 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
         hh,
         |u, v| Some(scale(upper_color(who, facing, u, v), body_light(u, slope))),
     );
+}
 
-    // Things worn on the torso.
+/// Accessories worn over the torso, painted after it and before the arms, which swing in
+/// front of them.
+fn draw_worn_on_torso(c: &mut Canvas, who: &Identity, b: &Body) {
     let acc = who.accessory_color;
     match who.accessory {
-        Accessory::Backpack if p.facing == Facing::Back => {
-            c.trapezoid(
-                shoulder + 0.03 * ph,
-                hip - 0.04 * ph,
-                cx,
-                sh * 0.72,
-                cx,
-                sh * 0.78,
-                |u, v| {
-                    let pocket = v > 0.6 && (u - 0.5).abs() < 0.3;
-                    Some(scale(
-                        acc,
-                        body_light(u, slope) * if pocket { 0.75 } else { 1.0 },
-                    ))
-                },
-            );
-        }
-        Accessory::Backpack if p.facing == Facing::Front => {
-            for s in [-1.0, 1.0] {
-                let x = cx + s * sh * 0.55;
-                c.trapezoid(
-                    shoulder - 0.01 * ph,
-                    at(0.36),
-                    x,
-                    0.018 * ph,
-                    x,
-                    0.015 * ph,
-                    |_, _| Some(acc),
-                );
-            }
-        }
-        Accessory::ShoulderBag => {
-            let from = cx - bag_side * sh * 0.7;
-            let to = cx + bag_side * hh * 1.05;
-            c.trapezoid(
-                shoulder,
-                hip - 0.02 * ph,
-                from,
-                0.014 * ph,
-                to,
-                0.014 * ph,
-                |_, _| Some(scale(acc, 0.8)),
-            );
-            let x = cx + bag_side * (hh + 0.03 * ph);
-            c.rect(
-                x - 0.055 * ph,
-                hip - 0.07 * ph,
-                x + 0.055 * ph,
-                hip + 0.06 * ph,
-                acc,
-            );
-        }
-        Accessory::Scarf => {
-            c.trapezoid(
-                shoulder - 0.035 * ph,
-                shoulder + 0.045 * ph,
-                cx,
-                sh * 0.5,
-                cx,
-                sh * 0.55,
-                |u, _| Some(scale(acc, body_light(u, slope))),
-            );
-            if p.facing == Facing::Front {
-                let x = cx + who.side * sh * 0.25;
-                c.rect(
-                    x - 0.025 * ph,
-                    shoulder,
-                    x + 0.025 * ph,
-                    at(0.36),
-                    scale(acc, 0.9),
-                );
-            }
-        }
+        Accessory::Backpack if b.facing == Facing::Back => draw_backpack_on_back(c, acc, b),
+        Accessory::Backpack if b.facing == Facing::Front => draw_backpack_straps(c, acc, b),
+        Accessory::ShoulderBag => draw_shoulder_bag(c, acc, b),
+        Accessory::Scarf => draw_scarf(c, who, b),
         _ => {}
     }
-    if who.hair_kind == Hair::Long && p.facing == Facing::Back {
+}
+
+/// A backpack seen from behind covers most of the back; its lower pocket is darker.
+fn draw_backpack_on_back(c: &mut Canvas, acc: Rgb, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        slope,
+        sh,
+        shoulder,
+        hip,
+        ..
+    } = *b;
+    c.trapezoid(
+        shoulder + 0.03 * ph,
+        hip - 0.04 * ph,
+        cx,
+        sh * 0.72,
+        cx,
+        sh * 0.78,
+        |u, v| {
+            let pocket = v > 0.6 && (u - 0.5).abs() < 0.3;
+            Some(scale(
+                acc,
+                body_light(u, slope) * if pocket { 0.75 } else { 1.0 },
+            ))
+        },
+    );
+}
+
+/// From the front a backpack shows only as its two shoulder straps.
+fn draw_backpack_straps(c: &mut Canvas, acc: Rgb, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        sh,
+        shoulder,
+        ..
+    } = *b;
+    for s in [-1.0, 1.0] {
+        let x = cx + s * sh * 0.55;
+        c.trapezoid(
+            shoulder - 0.01 * ph,
+            b.at(0.36),
+            x,
+            0.018 * ph,
+            x,
+            0.015 * ph,
+            |_, _| Some(acc),
+        );
+    }
+}
+
+/// A shoulder bag: the strap across the torso from the far shoulder, and the bag at the
+/// hip on the bag's side.
+fn draw_shoulder_bag(c: &mut Canvas, acc: Rgb, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        bag_side,
+        sh,
+        hh,
+        shoulder,
+        hip,
+        ..
+    } = *b;
+    let from = cx - bag_side * sh * 0.7;
+    let to = cx + bag_side * hh * 1.05;
+    c.trapezoid(
+        shoulder,
+        hip - 0.02 * ph,
+        from,
+        0.014 * ph,
+        to,
+        0.014 * ph,
+        |_, _| Some(scale(acc, 0.8)),
+    );
+    let x = cx + bag_side * (hh + 0.03 * ph);
+    c.rect(
+        x - 0.055 * ph,
+        hip - 0.07 * ph,
+        x + 0.055 * ph,
+        hip + 0.06 * ph,
+        acc,
+    );
+}
+
+/// A scarf round the neck; from the front one end hangs down the chest on the identity's
+/// side.
+fn draw_scarf(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        slope,
+        sh,
+        shoulder,
+        ..
+    } = *b;
+    let acc = who.accessory_color;
+    c.trapezoid(
+        shoulder - 0.035 * ph,
+        shoulder + 0.045 * ph,
+        cx,
+        sh * 0.5,
+        cx,
+        sh * 0.55,
+        |u, _| Some(scale(acc, body_light(u, slope))),
+    );
+    if b.facing == Facing::Front {
+        let x = cx + who.side * sh * 0.25;
+        c.rect(
+            x - 0.025 * ph,
+            shoulder,
+            x + 0.025 * ph,
+            b.at(0.36),
+            scale(acc, 0.9),
+        );
+    }
+}
+
+/// Long hair seen from behind covers the upper back and whatever is worn there, so it
+/// comes after the torso's accessories; other views paint it first
+/// ([`draw_long_hair_behind`]).
+fn draw_long_hair_over_back(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        slope,
+        shoulder,
+        head_cy,
+        head_rx,
+        ..
+    } = *b;
+    if who.hair_kind == Hair::Long && b.facing == Facing::Back {
         let hair = who.hair;
         c.trapezoid(
             head_cy,
@@ -436,16 +657,31 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
             |u, _| Some(scale(hair, body_light(u, slope))),
         );
     }
+}
 
-    // Arms, with the hand and whatever it carries.
+/// Arms (sleeve, then skin below a short sleeve), hands, and whatever the hands carry. Both
+/// arms swing with the stride in front and back views; a profile shows only the near arm.
+fn draw_arms(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        stride,
+        slope,
+        side,
+        dir,
+        wf,
+        sh,
+        shoulder,
+        ..
+    } = *b;
     let arm_hw = 0.033 * ph * wf.sqrt();
-    let hand_y = at(0.53);
+    let hand_y = b.at(0.53);
     // (shoulder x, hand x, which side); a profile shows only the near arm.
     let (arms, n_arms) = if side {
-        let s = -p.stride * 0.11 * ph;
+        let s = -stride * 0.11 * ph;
         ([(cx + dir * 0.01 * ph, cx + s, 1.0), (0.0, 0.0, 0.0)], 1)
     } else {
-        let swing = p.stride * 0.02 * ph;
+        let swing = stride * 0.02 * ph;
         (
             [
                 (cx - sh + arm_hw * 0.6, cx - sh - 0.01 * ph + swing, -1.0),
@@ -470,36 +706,60 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
             },
         );
         c.disc(x1, hand_y + 0.01 * ph, arm_hw * 0.95, 0.025 * ph, skin);
-        let carries = s == bag_side || side;
-        match who.accessory {
-            Accessory::ShoppingBag if carries => {
-                c.rect(
-                    x1 - 0.004 * ph,
-                    hand_y,
-                    x1 + 0.004 * ph,
-                    hand_y + 0.04 * ph,
-                    [0.15, 0.15, 0.15],
-                );
-                let x = x1 + s * 0.02 * ph;
-                c.rect(
-                    x - 0.06 * ph,
-                    hand_y + 0.04 * ph,
-                    x + 0.06 * ph,
-                    hand_y + 0.19 * ph,
-                    acc,
-                );
-            }
-            Accessory::Handbag if carries => {
-                let y = at(0.33);
-                let x = x0 + (x1 - x0) * 0.45 + s * 0.03 * ph;
-                c.rect(x - 0.045 * ph, y, x + 0.045 * ph, y + 0.07 * ph, acc);
-            }
-            _ => {}
-        }
+        draw_carried(c, who, b, (x0, x1, s), hand_y);
     }
+}
 
-    // Head: hair cap, then the face unless seen from behind.
-    let hair = who.hair;
+/// What the arm from `x0` (shoulder) to `x1` (hand) on side `s` carries, if it is the arm
+/// on the bag's side (or the only one, in profile): a shopping bag hanging from the hand,
+/// or a handbag in the crook of the elbow. Painted right after its own arm and hand, so
+/// the bag hangs in front of them.
+fn draw_carried(c: &mut Canvas, who: &Identity, b: &Body, arm: (f32, f32, f32), hand_y: f32) {
+    let (x0, x1, s) = arm;
+    let ph = b.ph;
+    let acc = who.accessory_color;
+    let carries = s == b.bag_side || b.side;
+    match who.accessory {
+        Accessory::ShoppingBag if carries => {
+            c.rect(
+                x1 - 0.004 * ph,
+                hand_y,
+                x1 + 0.004 * ph,
+                hand_y + 0.04 * ph,
+                [0.15, 0.15, 0.15],
+            );
+            let x = x1 + s * 0.02 * ph;
+            c.rect(
+                x - 0.06 * ph,
+                hand_y + 0.04 * ph,
+                x + 0.06 * ph,
+                hand_y + 0.19 * ph,
+                acc,
+            );
+        }
+        Accessory::Handbag if carries => {
+            let y = b.at(0.33);
+            let x = x0 + (x1 - x0) * 0.45 + s * 0.03 * ph;
+            c.rect(x - 0.045 * ph, y, x + 0.045 * ph, y + 0.07 * ph, acc);
+        }
+        _ => {}
+    }
+}
+
+/// The head: a hair cap (smaller and higher when shaved), then the face unless seen from
+/// behind, where the hair covers the whole head.
+fn draw_head(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        slope,
+        dir,
+        head_cy,
+        head_rx,
+        head_ry,
+        ..
+    } = *b;
+    let (hair, skin) = (who.hair, who.skin);
     let (cap_rx, cap_ry, cap_dy) = match who.hair_kind {
         Hair::Shaved => (head_rx * 0.98, head_ry * 0.8, -0.25),
         _ => (head_rx * 1.08, head_ry * 0.95, -0.12),
@@ -511,7 +771,7 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
         cap_ry,
         hair,
     );
-    if p.facing == Facing::Back {
+    if b.facing == Facing::Back {
         c.disc(cx, head_cy + 0.1 * head_ry, head_rx, head_ry * 0.9, hair);
     } else {
         let fx = cx + dir * 0.015 * ph;
@@ -523,6 +783,22 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
             |u, _| Some(scale(skin, 0.85 + 0.15 * (1.0 - u * u) + slope * u * 0.5)),
         );
     }
+}
+
+/// Whatever is worn on the head, painted last because it covers hair and face: a cap (its
+/// visor turns with the face), a beanie, or headphones (one ear cup in profile).
+fn draw_headwear(c: &mut Canvas, who: &Identity, b: &Body) {
+    let Body {
+        cx,
+        ph,
+        side,
+        dir,
+        head_cy,
+        head_rx,
+        head_ry,
+        ..
+    } = *b;
+    let acc = who.accessory_color;
     match who.accessory {
         Accessory::Cap => {
             c.ellipse(
@@ -532,7 +808,7 @@ fn draw_person(c: &mut Canvas, who: &Identity, p: &Pose) {
                 head_ry * 0.72,
                 |_, v| (v < 0.45).then_some(acc),
             );
-            if p.facing != Facing::Back {
+            if b.facing != Facing::Back {
                 let visor = if side { dir * head_rx * 0.9 } else { 0.0 };
                 c.rect(
                     cx + visor - head_rx * 0.9,
@@ -628,6 +904,9 @@ fn draw_background(c: &mut Canvas, scene: &Scene, pan: f32, horizon_jitter: f32)
     }
 }
 
+/// Paints one background object, `pan` scene units into the camera's panorama, unless it
+/// is out of the crop; `horizon` is the floor line's row. The simple kinds (rectangles)
+/// are drawn here, the others by their own functions.
 fn draw_prop(c: &mut Canvas, p: &Prop, pan: f32, horizon: f32) {
     let (w, h) = (c.w as f32, c.h as f32);
     let x0 = (p.x - pan) * w;
@@ -647,68 +926,82 @@ fn draw_prop(c: &mut Canvas, p: &Prop, pan: f32, horizon: f32) {
             c.rect(x0 - 1.0, y0 - 1.0, x1 + 1.0, y1, p.color2);
             c.rect(x0, y0, x1, y1, p.color);
         }
-        PropKind::Tree => {
-            let trunk = (x1 - x0) * 0.08;
-            c.rect(xm - trunk, (y0 + y1) * 0.45, xm + trunk, y1, p.color2);
-            let leaf = p.color;
-            c.ellipse(
-                xm,
-                y0 + (y1 - y0) * 0.28,
-                (x1 - x0) * 0.5,
-                (y1 - y0) * 0.3,
-                |u, v| Some(scale(leaf, 0.85 + 0.2 * (0.5 - v) - 0.05 * u)),
-            );
-        }
+        PropKind::Tree => draw_tree(c, p, (x0, y0, x1, y1)),
         PropKind::Pole | PropKind::Pillar => {
             let (a, b) = (p.color, p.color2);
             c.trapezoid(y0, y1, xm, (x1 - x0) * 0.5, xm, (x1 - x0) * 0.5, |u, _| {
                 Some(lerp(a, b, (u - 0.3).abs()))
             });
         }
-        PropKind::Car => {
-            let body = p.color;
-            let glass = p.color2;
-            let mid = y0 + (y1 - y0) * 0.45;
-            c.rect(x0 + (x1 - x0) * 0.2, y0, x1 - (x1 - x0) * 0.2, mid, glass);
-            c.rect(x0, mid, x1, y1 - (y1 - y0) * 0.1, body);
-            for wx in [x0 + (x1 - x0) * 0.2, x1 - (x1 - x0) * 0.2] {
-                c.disc(
-                    wx,
-                    y1 - (y1 - y0) * 0.12,
-                    (x1 - x0) * 0.08,
-                    (y1 - y0) * 0.14,
-                    [0.08, 0.08, 0.08],
-                );
-            }
-        }
+        PropKind::Car => draw_car(c, p, (x0, y0, x1, y1)),
         PropKind::Shopfront => {
             let sign_end = y0 + (horizon - y0) * 0.18;
             c.rect(x0, y0, x1, sign_end, p.color);
             c.rect(x0 + 1.0, sign_end, x1 - 1.0, y1, p.color2);
             c.rect(xm - 0.5, sign_end, xm + 0.5, y1, scale(p.color2, 0.7));
         }
-        PropKind::Plant => {
-            let pot_top = y0 + (y1 - y0) * 0.6;
-            c.trapezoid(
-                pot_top,
-                y1,
-                xm,
-                (x1 - x0) * 0.3,
-                xm,
-                (x1 - x0) * 0.22,
-                |_, _| Some(p.color2),
-            );
-            let leaf = p.color;
-            c.ellipse(
-                xm,
-                y0 + (pot_top - y0) * 0.55,
-                (x1 - x0) * 0.5,
-                (pot_top - y0) * 0.6,
-                |u, v| Some(scale(leaf, 0.9 + 0.15 * (0.5 - v) - 0.05 * u)),
-            );
-        }
+        PropKind::Plant => draw_plant(c, p, (x0, y0, x1, y1)),
         PropKind::CeilingLight => c.rect(x0, y0, x1, y1.max(y0 + 1.5), p.color),
     }
+}
+
+/// A tree in the pixel box `(x0, y0, x1, y1)`: a trunk in `color2` under a crown in
+/// `color`, lit from above.
+fn draw_tree(c: &mut Canvas, p: &Prop, (x0, y0, x1, y1): (f32, f32, f32, f32)) {
+    let xm = (x0 + x1) * 0.5;
+    let trunk = (x1 - x0) * 0.08;
+    c.rect(xm - trunk, (y0 + y1) * 0.45, xm + trunk, y1, p.color2);
+    let leaf = p.color;
+    c.ellipse(
+        xm,
+        y0 + (y1 - y0) * 0.28,
+        (x1 - x0) * 0.5,
+        (y1 - y0) * 0.3,
+        |u, v| Some(scale(leaf, 0.85 + 0.2 * (0.5 - v) - 0.05 * u)),
+    );
+}
+
+/// A parked car in the pixel box `(x0, y0, x1, y1)`: windows in `color2` over a body in
+/// `color`, on two wheels.
+fn draw_car(c: &mut Canvas, p: &Prop, (x0, y0, x1, y1): (f32, f32, f32, f32)) {
+    let body = p.color;
+    let glass = p.color2;
+    let mid = y0 + (y1 - y0) * 0.45;
+    c.rect(x0 + (x1 - x0) * 0.2, y0, x1 - (x1 - x0) * 0.2, mid, glass);
+    c.rect(x0, mid, x1, y1 - (y1 - y0) * 0.1, body);
+    for wx in [x0 + (x1 - x0) * 0.2, x1 - (x1 - x0) * 0.2] {
+        c.disc(
+            wx,
+            y1 - (y1 - y0) * 0.12,
+            (x1 - x0) * 0.08,
+            (y1 - y0) * 0.14,
+            [0.08, 0.08, 0.08],
+        );
+    }
+}
+
+/// A potted plant in the pixel box `(x0, y0, x1, y1)`: a tapering pot in `color2` under
+/// leaves in `color`.
+fn draw_plant(c: &mut Canvas, p: &Prop, (x0, y0, x1, y1): (f32, f32, f32, f32)) {
+    let xm = (x0 + x1) * 0.5;
+    let pot_top = y0 + (y1 - y0) * 0.6;
+    c.trapezoid(
+        pot_top,
+        y1,
+        xm,
+        (x1 - x0) * 0.3,
+        xm,
+        (x1 - x0) * 0.22,
+        |_, _| Some(p.color2),
+    );
+    let leaf = p.color;
+    c.ellipse(
+        xm,
+        y0 + (pot_top - y0) * 0.55,
+        (x1 - x0) * 0.5,
+        (pot_top - y0) * 0.6,
+        |u, v| Some(scale(leaf, 0.9 + 0.15 * (0.5 - v) - 0.05 * u)),
+    );
 }
 
 /// Something between the camera and the person: a passer-by's shoulder, a bench, a railing.

@@ -265,7 +265,9 @@ impl Identity {
     }
 
     /// Draws every attribute from its own stream: upper colour, pattern, lower garment,
-    /// skin and hair, build, accessory.
+    /// skin and hair, build, accessory. Each stream after the first has its own function
+    /// below, so what one stream decides (and so what an identity shares when it borrows
+    /// that stream from its neighbour) is in one place.
     fn draw(style: Style, streams: [ChaCha8Rng; 6]) -> Identity {
         let [mut up, mut pat, mut low, mut skin, mut build, mut acc] = streams;
         let (upper_pal, lower_pal, acc_pal) = match style {
@@ -274,71 +276,11 @@ impl Identity {
         };
         let upper = pick(&mut up, upper_pal);
         let long_sleeves = up.gen_bool(0.55);
-
-        // Pattern weights: Solid, HStripes, VStripes, Checks, TwoTone, Jacket, Logo.
-        let weights: [f32; 7] = match style {
-            Style::Street => [3.0, 2.0, 1.0, 1.5, 1.5, 0.5, 1.5],
-            Style::Mall => [4.0, 1.5, 0.3, 1.0, 0.7, 2.5, 0.5],
-        };
-        let pattern = match weighted(&mut pat, &weights) {
-            0 => Pattern::Solid,
-            1 => Pattern::HStripes(pat.gen_range(4..=7)),
-            2 => Pattern::VStripes(pat.gen_range(4..=6)),
-            3 => Pattern::Checks(pat.gen_range(3..=5)),
-            4 => Pattern::TwoTone(pat.gen_range(0.35..0.6)),
-            5 => Pattern::Jacket(pat.gen_range(0.2..0.4)),
-            _ => Pattern::Logo,
-        };
-        let upper2 = pick_other(&mut pat, upper_pal, upper);
-
-        let lower_weights: [f32; 3] = match style {
-            Style::Street => [0.55, 0.25, 0.2],
-            Style::Mall => [0.6, 0.1, 0.3],
-        };
-        let lower_kind =
-            [Lower::Trousers, Lower::Shorts, Lower::Skirt][weighted(&mut low, &lower_weights)];
-        let lower = pick(&mut low, lower_pal);
-        let shoes = pick(&mut low, &SHOES);
-
-        let t = skin.gen_range(0.0f32..1.0);
-        let skin_color = [0.96 - 0.56 * t, 0.80 - 0.54 * t, 0.68 - 0.50 * t];
-        let hair = pick(&mut skin, &HAIR);
-        let hair_kind =
-            [Hair::Short, Hair::Long, Hair::Shaved][weighted(&mut skin, &[0.5, 0.35, 0.15])];
-
-        // Mall crops are framed from farther away and show stockier people with a longer torso.
-        let (height, width, hip) = match style {
-            Style::Street => (
-                build.gen_range(0.86..0.97),
-                build.gen_range(0.85..1.12),
-                build.gen_range(0.47..0.52),
-            ),
-            Style::Mall => (
-                build.gen_range(0.76..0.88),
-                build.gen_range(1.0..1.28),
-                build.gen_range(0.50..0.56),
-            ),
-        };
-
-        let accessory = match style {
-            Style::Street => [
-                Accessory::None,
-                Accessory::Backpack,
-                Accessory::ShoulderBag,
-                Accessory::Cap,
-                Accessory::Scarf,
-            ][weighted(&mut acc, &[1.5, 1.2, 1.0, 0.8, 0.6])],
-            Style::Mall => [
-                Accessory::None,
-                Accessory::ShoppingBag,
-                Accessory::Handbag,
-                Accessory::Headphones,
-                Accessory::Beanie,
-                Accessory::Suitcase,
-            ][weighted(&mut acc, &[1.5, 1.2, 1.0, 0.6, 0.6, 0.5])],
-        };
-        let accessory_color = pick(&mut acc, acc_pal);
-        let side = if acc.gen_bool(0.5) { 1.0 } else { -1.0 };
+        let (pattern, upper2) = draw_pattern(style, &mut pat, upper_pal, upper);
+        let (lower_kind, lower, shoes) = draw_lower(style, &mut low, lower_pal);
+        let (skin_color, hair, hair_kind) = draw_skin_and_hair(&mut skin);
+        let (height, width, hip) = draw_build(style, &mut build);
+        let (accessory, accessory_color, side) = draw_accessory(style, &mut acc, acc_pal);
 
         Identity {
             upper,
@@ -359,6 +301,91 @@ impl Identity {
             side,
         }
     }
+}
+
+/// The pattern stream: the upper garment's pattern, and its second colour from `palette`,
+/// clearly different from the main colour `upper` so the pattern shows.
+fn draw_pattern(style: Style, pat: &mut ChaCha8Rng, palette: &[Rgb], upper: Rgb) -> (Pattern, Rgb) {
+    // Pattern weights: Solid, HStripes, VStripes, Checks, TwoTone, Jacket, Logo.
+    let weights: [f32; 7] = match style {
+        Style::Street => [3.0, 2.0, 1.0, 1.5, 1.5, 0.5, 1.5],
+        Style::Mall => [4.0, 1.5, 0.3, 1.0, 0.7, 2.5, 0.5],
+    };
+    let pattern = match weighted(pat, &weights) {
+        0 => Pattern::Solid,
+        1 => Pattern::HStripes(pat.gen_range(4..=7)),
+        2 => Pattern::VStripes(pat.gen_range(4..=6)),
+        3 => Pattern::Checks(pat.gen_range(3..=5)),
+        4 => Pattern::TwoTone(pat.gen_range(0.35..0.6)),
+        5 => Pattern::Jacket(pat.gen_range(0.2..0.4)),
+        _ => Pattern::Logo,
+    };
+    let upper2 = pick_other(pat, palette, upper);
+    (pattern, upper2)
+}
+
+/// The lower-garment stream: its kind, its colour from `palette`, and the shoes.
+fn draw_lower(style: Style, low: &mut ChaCha8Rng, palette: &[Rgb]) -> (Lower, Rgb, Rgb) {
+    let lower_weights: [f32; 3] = match style {
+        Style::Street => [0.55, 0.25, 0.2],
+        Style::Mall => [0.6, 0.1, 0.3],
+    };
+    let lower_kind = [Lower::Trousers, Lower::Shorts, Lower::Skirt][weighted(low, &lower_weights)];
+    let lower = pick(low, palette);
+    let shoes = pick(low, &SHOES);
+    (lower_kind, lower, shoes)
+}
+
+/// The skin-and-hair stream: a skin tone on a light-to-dark ramp, the hair colour and cut.
+/// The same in both styles.
+fn draw_skin_and_hair(skin: &mut ChaCha8Rng) -> (Rgb, Rgb, Hair) {
+    let t = skin.gen_range(0.0f32..1.0);
+    let skin_color = [0.96 - 0.56 * t, 0.80 - 0.54 * t, 0.68 - 0.50 * t];
+    let hair = pick(skin, &HAIR);
+    let hair_kind = [Hair::Short, Hair::Long, Hair::Shaved][weighted(skin, &[0.5, 0.35, 0.15])];
+    (skin_color, hair, hair_kind)
+}
+
+/// The build stream: height, width and hip line (the fields of [`Identity`] of those names).
+/// Mall crops are framed from farther away and show stockier people with a longer torso.
+fn draw_build(style: Style, build: &mut ChaCha8Rng) -> (f32, f32, f32) {
+    match style {
+        Style::Street => (
+            build.gen_range(0.86..0.97),
+            build.gen_range(0.85..1.12),
+            build.gen_range(0.47..0.52),
+        ),
+        Style::Mall => (
+            build.gen_range(0.76..0.88),
+            build.gen_range(1.0..1.28),
+            build.gen_range(0.50..0.56),
+        ),
+    }
+}
+
+/// The accessory stream: which accessory (each style has its own vocabulary), its colour
+/// from `palette`, and the side bags hang on.
+fn draw_accessory(style: Style, acc: &mut ChaCha8Rng, palette: &[Rgb]) -> (Accessory, Rgb, f32) {
+    let accessory = match style {
+        Style::Street => [
+            Accessory::None,
+            Accessory::Backpack,
+            Accessory::ShoulderBag,
+            Accessory::Cap,
+            Accessory::Scarf,
+        ][weighted(acc, &[1.5, 1.2, 1.0, 0.8, 0.6])],
+        Style::Mall => [
+            Accessory::None,
+            Accessory::ShoppingBag,
+            Accessory::Handbag,
+            Accessory::Headphones,
+            Accessory::Beanie,
+            Accessory::Suitcase,
+        ][weighted(acc, &[1.5, 1.2, 1.0, 0.6, 0.6, 0.5])],
+    };
+    let accessory_color = pick(acc, palette);
+    let side = if acc.gen_bool(0.5) { 1.0 } else { -1.0 };
+    (accessory, accessory_color, side)
 }
 
 /// Background objects; positions are in scene units where the crop shows 1 unit of a
@@ -472,210 +499,247 @@ impl Scene {
     /// The scene and look of camera `camera` (1-based) under `cfg`'s seed and style.
     pub fn of(cfg: &SynthConfig, camera: usize) -> Scene {
         let mut r = stream(cfg, &[tag::CAMERA, camera as u64]);
-        let look = match cfg.style {
-            Style::Street => Look {
-                gain: r.gen_range(1.0..1.22),
-                cast: [
-                    r.gen_range(1.0..1.08),
-                    r.gen_range(0.98..1.03),
-                    r.gen_range(0.86..0.97),
-                ],
-                contrast: r.gen_range(1.05..1.3),
-                saturation: r.gen_range(1.0..1.25),
-                blur: r.gen_range(0..=2),
-                noise: r.gen_range(1.5..5.0),
-                slope: r.gen_range(-0.25..0.25),
-                vignette: r.gen_range(0.0..0.1),
-                scale: r.gen_range(0.9..1.04),
-                facing: [
-                    r.gen_range(0.5..2.0),
-                    r.gen_range(0.5..2.0),
-                    r.gen_range(0.3..1.2),
-                ],
-            },
-            Style::Mall => Look {
-                gain: r.gen_range(0.85..1.05),
-                cast: [
-                    r.gen_range(0.88..0.97),
-                    r.gen_range(0.97..1.05),
-                    r.gen_range(1.03..1.15),
-                ],
-                contrast: r.gen_range(0.85..1.0),
-                saturation: r.gen_range(0.75..0.95),
-                blur: r.gen_range(0..=2),
-                noise: r.gen_range(3.0..8.0),
-                slope: r.gen_range(-0.06..0.06),
-                vignette: r.gen_range(0.05..0.25),
-                scale: r.gen_range(0.88..1.04),
-                facing: [
-                    r.gen_range(0.5..2.0),
-                    r.gen_range(0.5..2.0),
-                    r.gen_range(0.3..1.2),
-                ],
-            },
-        };
-        let mut props = [None; 6];
+        // One stream for both: the look is drawn first, then the scene.
         match cfg.style {
             Style::Street => {
-                let wall = pick(&mut r, &STREET_WALLS);
-                let floor = pick(&mut r, &STREET_FLOORS);
-                let sky = if r.gen_bool(0.5) {
-                    r.gen_range(0.08..0.25)
-                } else {
-                    0.0
-                };
-                let horizon = r.gen_range(0.55..0.72);
-                for slot in props.iter_mut().take(r.gen_range(3..=6)) {
-                    let x = r.gen_range(-0.2..1.5);
-                    let kind = [
-                        PropKind::Window,
-                        PropKind::Door,
-                        PropKind::Tree,
-                        PropKind::Pole,
-                        PropKind::Car,
-                    ][weighted(&mut r, &[2.0, 1.0, 1.2, 1.0, 0.8])];
-                    *slot = Some(match kind {
-                        PropKind::Window => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.2..0.4),
-                            y0: sky + r.gen_range(0.03..0.12),
-                            y1: horizon * r.gen_range(0.45..0.7),
-                            color: [0.18, 0.23, 0.30],
-                            color2: shade(wall, 1.25),
-                        },
-                        PropKind::Door => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.25..0.35),
-                            y0: horizon * r.gen_range(0.3..0.5),
-                            y1: horizon,
-                            color: pick(
-                                &mut r,
-                                &[[0.35, 0.22, 0.12], [0.15, 0.25, 0.20], [0.30, 0.30, 0.35]],
-                            ),
-                            color2: shade(wall, 0.7),
-                        },
-                        PropKind::Tree => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.35..0.6),
-                            y0: r.gen_range(0.0..0.15),
-                            y1: horizon + r.gen_range(0.02..0.08),
-                            color: pick(
-                                &mut r,
-                                &[[0.20, 0.45, 0.15], [0.30, 0.50, 0.20], [0.15, 0.35, 0.12]],
-                            ),
-                            color2: [0.30, 0.20, 0.12],
-                        },
-                        PropKind::Pole => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.04..0.08),
-                            y0: r.gen_range(0.0..0.2),
-                            y1: horizon + r.gen_range(0.05..0.15),
-                            color: [0.22, 0.23, 0.24],
-                            color2: [0.22, 0.23, 0.24],
-                        },
-                        _ => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.6..0.9),
-                            y0: horizon - r.gen_range(0.12..0.18),
-                            y1: horizon + r.gen_range(0.02..0.06),
-                            color: pick(&mut r, &STREET_UPPER),
-                            color2: [0.12, 0.14, 0.18],
-                        },
-                    });
-                }
-                Scene {
-                    sky,
-                    sky_color: [
-                        r.gen_range(0.5..0.65),
-                        r.gen_range(0.68..0.78),
-                        r.gen_range(0.88..0.98),
-                    ],
-                    horizon,
-                    wall_top: shade(wall, r.gen_range(0.85..1.1)),
-                    wall,
-                    floor_far: shade(floor, 0.9),
-                    floor_near: shade(floor, r.gen_range(1.0..1.2)),
-                    tile: if r.gen_bool(0.5) {
-                        r.gen_range(0.2..0.35)
-                    } else {
-                        0.0
-                    },
-                    props,
-                    look,
-                }
+                let look = Look::street(&mut r);
+                Scene::street(&mut r, look)
             }
             Style::Mall => {
-                let wall = pick(&mut r, &MALL_WALLS);
-                let floor = pick(&mut r, &MALL_FLOORS);
-                let horizon = r.gen_range(0.5..0.66);
-                for slot in props.iter_mut().take(r.gen_range(3..=6)) {
-                    let x = r.gen_range(-0.2..1.5);
-                    let kind = [
-                        PropKind::Shopfront,
-                        PropKind::Pillar,
-                        PropKind::Plant,
-                        PropKind::CeilingLight,
-                    ][weighted(&mut r, &[2.0, 1.2, 0.8, 1.0])];
-                    *slot = Some(match kind {
-                        PropKind::Shopfront => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.5..0.9),
-                            y0: r.gen_range(0.05..0.15),
-                            y1: horizon,
-                            color: pick(&mut r, &SIGNS),
-                            color2: [0.62, 0.72, 0.78],
-                        },
-                        PropKind::Pillar => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.12..0.2),
-                            y0: 0.0,
-                            y1: horizon + r.gen_range(0.02..0.05),
-                            color: shade(wall, r.gen_range(1.0..1.1)),
-                            color2: shade(wall, 0.8),
-                        },
-                        PropKind::Plant => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.2..0.3),
-                            y0: horizon - r.gen_range(0.2..0.3),
-                            y1: horizon + r.gen_range(0.03..0.08),
-                            color: [0.18, 0.50, 0.25],
-                            color2: pick(
-                                &mut r,
-                                &[[0.85, 0.85, 0.85], [0.45, 0.30, 0.20], [0.20, 0.20, 0.22]],
-                            ),
-                        },
-                        _ => Prop {
-                            kind,
-                            x,
-                            w: r.gen_range(0.2..0.4),
-                            y0: 0.0,
-                            y1: r.gen_range(0.03..0.06),
-                            color: [1.0, 0.98, 0.92],
-                            color2: [1.0, 0.98, 0.92],
-                        },
-                    });
-                }
-                Scene {
-                    sky: 0.0,
-                    sky_color: [0.0; 3],
-                    horizon,
-                    wall_top: shade(wall, r.gen_range(0.8..0.95)),
-                    wall,
-                    floor_far: shade(floor, 0.95),
-                    floor_near: shade(floor, r.gen_range(1.0..1.1)),
-                    tile: r.gen_range(0.15..0.3),
-                    props,
-                    look,
-                }
+                let look = Look::mall(&mut r);
+                Scene::mall(&mut r, look)
             }
+        }
+    }
+
+    /// An outdoor scene: a wall (with sky above it half the time), a pavement that may be
+    /// tiled, and 3 to 6 street props.
+    fn street(r: &mut ChaCha8Rng, look: Look) -> Scene {
+        let wall = pick(r, &STREET_WALLS);
+        let floor = pick(r, &STREET_FLOORS);
+        let sky = if r.gen_bool(0.5) {
+            r.gen_range(0.08..0.25)
+        } else {
+            0.0
+        };
+        let horizon = r.gen_range(0.55..0.72);
+        let mut props = [None; 6];
+        for slot in props.iter_mut().take(r.gen_range(3..=6)) {
+            *slot = Some(Prop::street(r, wall, sky, horizon));
+        }
+        Scene {
+            sky,
+            sky_color: [
+                r.gen_range(0.5..0.65),
+                r.gen_range(0.68..0.78),
+                r.gen_range(0.88..0.98),
+            ],
+            horizon,
+            wall_top: shade(wall, r.gen_range(0.85..1.1)),
+            wall,
+            floor_far: shade(floor, 0.9),
+            floor_near: shade(floor, r.gen_range(1.0..1.2)),
+            tile: if r.gen_bool(0.5) {
+                r.gen_range(0.2..0.35)
+            } else {
+                0.0
+            },
+            props,
+            look,
+        }
+    }
+
+    /// An indoor scene: a wall without sky, a tiled floor, and 3 to 6 mall props.
+    fn mall(r: &mut ChaCha8Rng, look: Look) -> Scene {
+        let wall = pick(r, &MALL_WALLS);
+        let floor = pick(r, &MALL_FLOORS);
+        let horizon = r.gen_range(0.5..0.66);
+        let mut props = [None; 6];
+        for slot in props.iter_mut().take(r.gen_range(3..=6)) {
+            *slot = Some(Prop::mall(r, wall, horizon));
+        }
+        Scene {
+            sky: 0.0,
+            sky_color: [0.0; 3],
+            horizon,
+            wall_top: shade(wall, r.gen_range(0.8..0.95)),
+            wall,
+            floor_far: shade(floor, 0.95),
+            floor_near: shade(floor, r.gen_range(1.0..1.1)),
+            tile: r.gen_range(0.15..0.3),
+            props,
+            look,
+        }
+    }
+}
+
+impl Look {
+    /// Daylight: warm, contrasty and saturated, with a strong side light and little noise.
+    fn street(r: &mut ChaCha8Rng) -> Look {
+        Look {
+            gain: r.gen_range(1.0..1.22),
+            cast: [
+                r.gen_range(1.0..1.08),
+                r.gen_range(0.98..1.03),
+                r.gen_range(0.86..0.97),
+            ],
+            contrast: r.gen_range(1.05..1.3),
+            saturation: r.gen_range(1.0..1.25),
+            blur: r.gen_range(0..=2),
+            noise: r.gen_range(1.5..5.0),
+            slope: r.gen_range(-0.25..0.25),
+            vignette: r.gen_range(0.0..0.1),
+            scale: r.gen_range(0.9..1.04),
+            facing: [
+                r.gen_range(0.5..2.0),
+                r.gen_range(0.5..2.0),
+                r.gen_range(0.3..1.2),
+            ],
+        }
+    }
+
+    /// Artificial light: cool, flat and muted, evenly lit, noisier, with more vignetting.
+    fn mall(r: &mut ChaCha8Rng) -> Look {
+        Look {
+            gain: r.gen_range(0.85..1.05),
+            cast: [
+                r.gen_range(0.88..0.97),
+                r.gen_range(0.97..1.05),
+                r.gen_range(1.03..1.15),
+            ],
+            contrast: r.gen_range(0.85..1.0),
+            saturation: r.gen_range(0.75..0.95),
+            blur: r.gen_range(0..=2),
+            noise: r.gen_range(3.0..8.0),
+            slope: r.gen_range(-0.06..0.06),
+            vignette: r.gen_range(0.05..0.25),
+            scale: r.gen_range(0.88..1.04),
+            facing: [
+                r.gen_range(0.5..2.0),
+                r.gen_range(0.5..2.0),
+                r.gen_range(0.3..1.2),
+            ],
+        }
+    }
+}
+
+impl Prop {
+    /// One street prop: a window, door, tree, pole or car, placed by the scene's `sky` and
+    /// `horizon` and coloured after its `wall` where it belongs to the building.
+    fn street(r: &mut ChaCha8Rng, wall: Rgb, sky: f32, horizon: f32) -> Prop {
+        let x = r.gen_range(-0.2..1.5);
+        let kind = [
+            PropKind::Window,
+            PropKind::Door,
+            PropKind::Tree,
+            PropKind::Pole,
+            PropKind::Car,
+        ][weighted(r, &[2.0, 1.0, 1.2, 1.0, 0.8])];
+        match kind {
+            PropKind::Window => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.2..0.4),
+                y0: sky + r.gen_range(0.03..0.12),
+                y1: horizon * r.gen_range(0.45..0.7),
+                color: [0.18, 0.23, 0.30],
+                color2: shade(wall, 1.25),
+            },
+            PropKind::Door => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.25..0.35),
+                y0: horizon * r.gen_range(0.3..0.5),
+                y1: horizon,
+                color: pick(
+                    r,
+                    &[[0.35, 0.22, 0.12], [0.15, 0.25, 0.20], [0.30, 0.30, 0.35]],
+                ),
+                color2: shade(wall, 0.7),
+            },
+            PropKind::Tree => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.35..0.6),
+                y0: r.gen_range(0.0..0.15),
+                y1: horizon + r.gen_range(0.02..0.08),
+                color: pick(
+                    r,
+                    &[[0.20, 0.45, 0.15], [0.30, 0.50, 0.20], [0.15, 0.35, 0.12]],
+                ),
+                color2: [0.30, 0.20, 0.12],
+            },
+            PropKind::Pole => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.04..0.08),
+                y0: r.gen_range(0.0..0.2),
+                y1: horizon + r.gen_range(0.05..0.15),
+                color: [0.22, 0.23, 0.24],
+                color2: [0.22, 0.23, 0.24],
+            },
+            _ => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.6..0.9),
+                y0: horizon - r.gen_range(0.12..0.18),
+                y1: horizon + r.gen_range(0.02..0.06),
+                color: pick(r, &STREET_UPPER),
+                color2: [0.12, 0.14, 0.18],
+            },
+        }
+    }
+
+    /// One mall prop: a shopfront, pillar, potted plant or ceiling light, placed by the
+    /// scene's `horizon`; pillars take the `wall`'s colour.
+    fn mall(r: &mut ChaCha8Rng, wall: Rgb, horizon: f32) -> Prop {
+        let x = r.gen_range(-0.2..1.5);
+        let kind = [
+            PropKind::Shopfront,
+            PropKind::Pillar,
+            PropKind::Plant,
+            PropKind::CeilingLight,
+        ][weighted(r, &[2.0, 1.2, 0.8, 1.0])];
+        match kind {
+            PropKind::Shopfront => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.5..0.9),
+                y0: r.gen_range(0.05..0.15),
+                y1: horizon,
+                color: pick(r, &SIGNS),
+                color2: [0.62, 0.72, 0.78],
+            },
+            PropKind::Pillar => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.12..0.2),
+                y0: 0.0,
+                y1: horizon + r.gen_range(0.02..0.05),
+                color: shade(wall, r.gen_range(1.0..1.1)),
+                color2: shade(wall, 0.8),
+            },
+            PropKind::Plant => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.2..0.3),
+                y0: horizon - r.gen_range(0.2..0.3),
+                y1: horizon + r.gen_range(0.03..0.08),
+                color: [0.18, 0.50, 0.25],
+                color2: pick(
+                    r,
+                    &[[0.85, 0.85, 0.85], [0.45, 0.30, 0.20], [0.20, 0.20, 0.22]],
+                ),
+            },
+            _ => Prop {
+                kind,
+                x,
+                w: r.gen_range(0.2..0.4),
+                y0: 0.0,
+                y1: r.gen_range(0.03..0.06),
+                color: [1.0, 0.98, 0.92],
+                color2: [1.0, 0.98, 0.92],
+            },
         }
     }
 }

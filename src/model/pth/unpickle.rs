@@ -50,14 +50,16 @@ pub(crate) trait Resolver {
     /// REDUCE of the global `name` (`module.name`) with `args` (usually a tuple).
     fn reduce(&mut self, name: &str, args: &Value<Self::Host>) -> Result<Reduced<Self::Host>>;
 
-    /// BUILD of a host value with `state`; `false` leaves it to the machine, which ignores a
+    /// BUILD of a host value with `state`; `false` leaves it to the machine, which ignores
+    /// a
     /// state without host values in it and refuses any other.
     fn build(&mut self, _target: &Self::Host, _state: &Value<Self::Host>) -> Result<bool> {
         Ok(false)
     }
 }
 
-/// An instance of a class the reader does not know, kept so its attributes can still be named.
+/// An instance of a class the reader does not know, kept so its attributes can still be
+/// named.
 pub(crate) struct Object<H> {
     /// `module.name` of the class or function that made it.
     pub(crate) class: Rc<str>,
@@ -72,7 +74,8 @@ pub(crate) struct Object<H> {
 /// A dict entry, key and value.
 pub(crate) type Pair<H> = (Value<H>, Value<H>);
 
-/// A pickled value. Containers are shared (`Rc`), as in Python, so that a memo reference sees
+/// A pickled value. Containers are shared (`Rc`), as in Python, so that a memo reference
+/// sees
 /// later additions.
 #[derive(Clone)]
 pub(crate) enum Value<H> {
@@ -179,7 +182,8 @@ impl<H: Host> Value<H> {
     }
 }
 
-/// Nesting deeper than this is refused (no torch file comes close; it guards the recursion).
+/// Nesting deeper than this is refused (no torch file comes close; it guards the
+/// recursion).
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// The most values one walk over the unpickled object visits. Containers shared through the
@@ -320,6 +324,9 @@ impl<'a, R: Resolver> Unpickler<'a, R> {
         Ok(())
     }
 
+    /// Executes opcode `op`, reading its operands from the data. One function despite its
+    /// length: one match arm per opcode reads like the pickle spec's opcode table, and
+    /// splitting it would scatter the VM state (stack, marks, memo) across helpers.
     fn step(&mut self, op: u8) -> Result<()> {
         match op {
             0x80 => {
@@ -569,7 +576,8 @@ impl<'a, R: Resolver> Unpickler<'a, R> {
         Ok(())
     }
 
-    /// REDUCE: the resolver's functions, Python's dicts; anything else becomes an [`Object`].
+    /// REDUCE: the resolver's functions, Python's dicts; anything else becomes an
+    /// [`Object`].
     fn call(&mut self, callable: &Value<R::Host>, args: Value<R::Host>) -> Result<Value<R::Host>> {
         let Value::Global(name) = callable else {
             return Ok(object("<call>".into(), args));
@@ -640,6 +648,8 @@ fn new_object<H>(class: &Value<H>, args: Value<H>) -> Value<H> {
 }
 
 /// A readable name for an opcode in error messages.
+///
+/// Long because it is the opcode table.
 fn opcode_name(op: u8) -> String {
     let name = match op {
         0x80 => "PROTO",
@@ -728,9 +738,11 @@ mod tests {
     use crate::model::pth::flatten::flatten;
     use crate::model::pth::Scalar;
 
-    /// `pickle.dumps({'layer': {'w': array([1., 2.], dtype=float32)}, 'step': 3}, protocol=4)`,
+    /// `pickle.dumps({'layer': {'w': array([1., 2.], dtype=float32)}, 'step': 3},
+    /// protocol=4)`,
     /// the shape of a Paddle `.pdparams` file. Written by Python with stand-ins for numpy's
-    /// `ndarray` and `dtype` whose `__reduce__` return what numpy's do, as numpy is not at hand.
+    /// `ndarray` and `dtype` whose `__reduce__` return what numpy's do, as numpy is not at
+    /// hand.
     const NUMPY_PICKLE: &[u8] =
         b"\x80\x04\x95\xac\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x05layer\x94}\x94\
         \x8c\x01w\x94\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\
