@@ -161,6 +161,9 @@ fn model() -> ModelChoice {
 }
 
 /// The demo's stage templates, run by the [`Engine`] that `agd sequence` uses.
+///
+/// Long because it is the demo's whole recipe in one place: every value that differs from
+/// the reference's stages is set here, each with the measurement that chose it.
 fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
     let s = &plan.sizes;
     let data = || DataOptions {
@@ -482,22 +485,7 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
     log.line("3. dreaming task A's identities back out of the base model (DeepInversion)");
     let dreamed = plan.out.join("dreamed");
     engine.invert(&base, &dreamed)?;
-    let dreams = fidelity::measure(&run.data_root, TASK_A, &dreamed, HEIGHT, WIDTH)?;
-    log.line(dreams_line(&dreams));
-    let sheet = fidelity::beside_real_sheet(
-        &run.data_root,
-        TASK_A,
-        &dreamed,
-        8,
-        3,
-        (2 * HEIGHT as u32, 2 * WIDTH as u32),
-    )?;
-    let beside_real = plan.out.join(BESIDE_REAL);
-    crate::io::write_png(&beside_real, &sheet)?;
-    log.line(format!(
-        "  the first 8 identities, 3 real images then their dreams: {}",
-        beside_real.display()
-    ));
+    let dreams = run.judge_dreams(&dreamed)?;
 
     log.line("4. task B, four ways: fine-tuning, GD, simGD, AGD");
     let mut learnt = Vec::new();
@@ -515,64 +503,95 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
         let rank_lists = matches!(name.as_str(), "finetune" | "agd");
         rows.push(evaluate(&engine, &plan.out, name, logs, rank_lists)?);
     }
-
-    let seconds = start.elapsed().as_secs_f64();
-    let table = crate::report::table(
-        [
-            "method",
-            "A (old) mAP",
-            "A (old) R1",
-            "B (new) mAP",
-            "B (new) R1",
-        ],
-        rows.iter().map(|r| {
-            vec![
-                label(&r.method).to_string(),
-                percent(r.old_map),
-                percent(r.old_rank1),
-                percent(r.new_map),
-                percent(r.new_rank1),
-            ]
-        }),
-    );
-    log.line(table.to_string());
     let results = DemoResults {
         rows,
         dreams,
-        wall_seconds: seconds,
+        wall_seconds: start.elapsed().as_secs_f64(),
         quick: plan.quick,
     };
-    for m in DISTILLATIONS {
-        if let Some(margin) = results.margin(m) {
-            log.line(format!(
-                "  {}: task A mAP {margin:+.1} points against fine-tuning",
-                label(m)
-            ));
-        }
-    }
-    crate::io::write_atomic(
-        &plan.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?.as_bytes(),
-    )?;
-    crate::io::write_atomic(
-        &plan.out.join("results.md"),
-        markdown(&results.rows, &dreams, &sizes, seconds).as_bytes(),
-    )?;
-    crate::plot::results_chart(
-        &results.rows,
-        "A (old)",
-        "B (new)",
-        &plan.out.join("results.png"),
-    )?;
-    log.line(format!(
-        "results: {0}/results.md, {0}/results.png, {0}/results.json; rank lists in \
-         {0}/rank-lists; dreamed images in {0}/dreamed/{1}, beside the real ones in \
-         {0}/{BESIDE_REAL}; curves.png in every run's folder ({seconds:.0} s)",
-        plan.out.display(),
-        crate::inversion::store::CONTACT_SHEET
-    ));
+    run.report(&results)?;
     log.succeeded();
     Ok(results)
+}
+
+impl Run<'_> {
+    /// How far the dreams carry task A's identities ([`fidelity::measure`]), and the
+    /// picture of the first identities' real images beside their dreams.
+    fn judge_dreams(&self, dreamed: &Path) -> Result<HistogramReport> {
+        let dreams = fidelity::measure(&self.data_root, TASK_A, dreamed, HEIGHT, WIDTH)?;
+        self.log.line(dreams_line(&dreams));
+        let sheet = fidelity::beside_real_sheet(
+            &self.data_root,
+            TASK_A,
+            dreamed,
+            8,
+            3,
+            (2 * HEIGHT as u32, 2 * WIDTH as u32),
+        )?;
+        let beside_real = self.plan.out.join(BESIDE_REAL);
+        crate::io::write_png(&beside_real, &sheet)?;
+        self.log.line(format!(
+            "  the first 8 identities, 3 real images then their dreams: {}",
+            beside_real.display()
+        ));
+        Ok(dreams)
+    }
+
+    /// The results: the table and each distillation's margin over fine-tuning in the log,
+    /// and `results.{json,md,png}` in the demo folder.
+    fn report(&self, results: &DemoResults) -> Result<()> {
+        let (out, log) = (&self.plan.out, self.log);
+        let table = crate::report::table(
+            [
+                "method",
+                "A (old) mAP",
+                "A (old) R1",
+                "B (new) mAP",
+                "B (new) R1",
+            ],
+            results.rows.iter().map(|r| {
+                vec![
+                    label(&r.method).to_string(),
+                    percent(r.old_map),
+                    percent(r.old_rank1),
+                    percent(r.new_map),
+                    percent(r.new_rank1),
+                ]
+            }),
+        );
+        log.line(table.to_string());
+        for m in DISTILLATIONS {
+            if let Some(margin) = results.margin(m) {
+                log.line(format!(
+                    "  {}: task A mAP {margin:+.1} points against fine-tuning",
+                    label(m)
+                ));
+            }
+        }
+        let seconds = results.wall_seconds;
+        crate::io::write_atomic(
+            &out.join("results.json"),
+            serde_json::to_string_pretty(results)?.as_bytes(),
+        )?;
+        crate::io::write_atomic(
+            &out.join("results.md"),
+            markdown(&results.rows, &results.dreams, &self.plan.sizes, seconds).as_bytes(),
+        )?;
+        crate::plot::results_chart(
+            &results.rows,
+            "A (old)",
+            "B (new)",
+            &out.join("results.png"),
+        )?;
+        log.line(format!(
+            "results: {0}/results.md, {0}/results.png, {0}/results.json; rank lists in \
+             {0}/rank-lists; dreamed images in {0}/dreamed/{1}, beside the real ones in \
+             {0}/{BESIDE_REAL}; curves.png in every run's folder ({seconds:.0} s)",
+            out.display(),
+            crate::inversion::store::CONTACT_SHEET
+        ));
+        Ok(())
+    }
 }
 
 /// The distillations whose margins over fine-tuning the seeds' table reports.

@@ -1,8 +1,8 @@
-//! Errors about values a caller chose, in the library's own terms. The library does not
-//! know the command line: it says "batch size 18: …"; the CLI ([`crate::cli::message`])
-//! finds these errors in a chain and names the flag that carried the value instead
-//! ("--batch-size 18: …"), so a user reads the flag to change and a library caller reads
-//! the setting.
+//! The errors the library reports about values a caller chose, in the library's own terms:
+//! "batch size 18: …". They are one type, [`Error`], so that the CLI finds it in an error's
+//! chain with one look and renders it naming the flag that carried each setting instead
+//! ("--batch-size 18: …", [`Error::describe`]): a user reads the flag to change, and a
+//! library caller the setting. Everything else stays anyhow's, with its context.
 
 use std::fmt;
 
@@ -57,15 +57,15 @@ settings! {
     FeatureFile => "feature file", features;
     FirstBnMultiplier => "first BN multiplier", first_bn_multiplier;
     FullResIters => "full-size iterations", full_res_iters;
-    GenerationDir => "generation folder", generation_dir;
+    GenerationDir => "dreams folder", generation_dir;
     Gpu => "device", gpu;
     Height => "height", height;
     Ids => "identities", ids;
     ImagesPerId => "images per identity", images_per_id;
     ImageLr => "image learning rate", lr;
-    InversionBatch => "inversion batch", bs;
-    InversionDir => "dreamed images folder", inversion_dir;
-    InversionResume => "generation folder to complete", resume;
+    InversionBatch => "inversion batch size", bs;
+    InversionDir => "dreams folder", inversion_dir;
+    InversionResume => "dreams folder to complete", resume;
     L2 => "L2 coefficient", l2;
     LastPooling => "pooling", pooling;
     LastStride => "last stride", last_stride;
@@ -112,12 +112,63 @@ pub struct BadSetting {
     pub reason: String,
 }
 
-impl BadSetting {
-    pub fn new(setting: Setting, value: impl fmt::Display, reason: impl Into<String>) -> Self {
-        Self {
+/// The errors that name what a caller chose. Each kind is its own struct (so it can be
+/// matched and read), and only ever made as this enum: the CLI looks for this one type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    BadSetting(#[from] BadSetting),
+    #[error(transparent)]
+    About(#[from] About),
+    #[error(transparent)]
+    AnotherRun(#[from] AnotherRun),
+    #[error(transparent)]
+    Occupied(#[from] Occupied),
+    #[error(transparent)]
+    Contradiction(#[from] crate::model::choice::Contradiction),
+    #[error(transparent)]
+    CheckpointsFailed(#[from] crate::eval::CheckpointsFailed),
+}
+
+impl Error {
+    /// The message with every setting called as `name` calls it (the CLI: by its flag), and
+    /// errors it holds (several checkpoints' failures) rendered by `render`.
+    pub fn describe(
+        &self,
+        name: impl Fn(Setting) -> String,
+        render: impl Fn(&anyhow::Error) -> String,
+    ) -> String {
+        match self {
+            Error::BadSetting(b) => format!("{} {}: {}", name(b.setting), b.value, b.reason),
+            Error::About(a) => match &a.value {
+                Some(v) => format!("{} {v}", name(a.setting)),
+                None => name(a.setting),
+            },
+            Error::AnotherRun(r) => r.describe(&name(Setting::Resume), &name(Setting::LogsDir)),
+            Error::Occupied(o) => o.describe(&name(o.setting)),
+            Error::Contradiction(c) => c.describe(&name(c.setting)),
+            Error::CheckpointsFailed(f) => f.describe(render),
+        }
+    }
+
+    /// A setting's value that cannot work, and why.
+    pub fn bad_setting(
+        setting: Setting,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::BadSetting(BadSetting {
             setting,
             value: value.to_string(),
             reason: reason.into(),
+        })
+    }
+
+    /// The [`BadSetting`] `err` is, if it is one.
+    pub fn as_bad_setting(err: &anyhow::Error) -> Option<&BadSetting> {
+        match err.downcast_ref::<Error>() {
+            Some(Error::BadSetting(b)) => Some(b),
+            _ => None,
         }
     }
 }
@@ -158,22 +209,22 @@ pub trait AboutExt<T> {
 impl<T, E: Into<anyhow::Error>> AboutExt<T> for Result<T, E> {
     fn about(self, setting: Setting) -> anyhow::Result<T> {
         self.map_err(|e| {
-            About {
+            Error::from(About {
                 setting,
                 value: None,
                 source: e.into(),
-            }
+            })
             .into()
         })
     }
 
     fn about_value(self, setting: Setting, value: impl fmt::Display) -> anyhow::Result<T> {
         self.map_err(|e| {
-            About {
+            Error::from(About {
                 setting,
                 value: Some(value.to_string()),
                 source: e.into(),
-            }
+            })
             .into()
         })
     }
@@ -229,6 +280,6 @@ impl AnotherRun {
 #[macro_export]
 macro_rules! bad_setting {
     ($setting:expr, $value:expr, $($reason:tt)+) => {
-        return Err($crate::error::BadSetting::new($setting, $value, format!($($reason)+)).into())
+        return Err($crate::error::Error::bad_setting($setting, $value, format!($($reason)+)).into())
     };
 }

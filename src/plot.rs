@@ -210,6 +210,9 @@ fn render_png(
 
 /// Draws `out_png` (1200×400) from a run's `metrics.csv`: loss terms, learning rate, and
 /// mAP / rank-1 per test set over the epochs.
+///
+/// One function because it draws one figure top to bottom (axes, then each panel's series,
+/// then the legend), each block reading the `metrics.csv` columns it plots.
 pub fn training_curves(metrics_csv: &Path, out_png: &Path) -> Result<()> {
     let m = MetricsCsv::read(metrics_csv)?;
     if m.rows.is_empty() {
@@ -331,6 +334,9 @@ pub struct ResultRow {
 
 /// Draws a results table (methods such as base, finetune, gd, simgd, agd) as a grouped
 /// bar chart: per method, mAP and rank-1 on the old and on the new task, in %.
+///
+/// One function because it draws one figure: bars per method and task, then labels and
+/// legend.
 pub fn results_chart(
     rows: &[ResultRow],
     old_task: &str,
@@ -432,6 +438,8 @@ fn viridis(t: f64) -> RGBColor {
 /// Draws a matrix of fractions in [0, 1] as a heat map (0 → 100 % on the viridis scale),
 /// each cell labelled with its value in %; `None` cells (not evaluated) stay light grey.
 /// Rows run top to bottom in the order given (a lifelong sequence's steps).
+///
+/// One function because it draws one figure: cells, their labels, then the axes' labels.
 pub fn heat_map(
     title: &str,
     rows: &[String],

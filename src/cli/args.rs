@@ -1,10 +1,22 @@
-//! Flags of the subcommands that are not a library stage's plan: `synth`, `demo` and
-//! `plot`. The stages' flags are their plans' fields ([`crate::options`]).
+//! Flags of the subcommands that are not a library stage's plan (`synth`, `demo`, `plot`)
+//! and of how results are printed (`evaluate --json`). The stages' flags are their plans'
+//! fields ([`crate::options`]).
 
 use crate::data::synth::Style;
+use crate::eval::EvalPlan;
 use crate::options::DeviceOptions;
 use clap::Args;
 use std::path::PathBuf;
+
+/// `agd evaluate`: the stage's plan, and how its results are printed.
+#[derive(Args, Clone, Debug)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub plan: EvalPlan,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `agd synth`: a Market-style dataset of rendered people.
 #[derive(Args, Clone, Debug)]

@@ -1,22 +1,30 @@
-//! `agd evaluate`: the stage runs in [`crate::eval::run`], which
-//! prints its tables; `--json` prints the rows here.
+//! `agd evaluate`: the stage runs in [`crate::eval::run`]; its tables, or with `--json`
+//! its rows, are printed here.
 
-use crate::eval::{CheckpointsFailed, EvalPlan};
+use super::args::EvaluateArgs;
+use crate::error::Error;
+use crate::eval::EvalRow;
 use anyhow::Result;
 
-/// Runs the plan; `--json` prints the rows. When some checkpoints of several failed, the
-/// JSON still lists the others' rows, plus one `{checkpoint, error}` row per failed one,
-/// and the command then fails naming them.
-pub fn run(plan: &EvalPlan) -> Result<()> {
-    match crate::eval::run(plan) {
+/// Runs the plan, printing each checkpoint's table as it comes, or with `--json` all rows
+/// at the end. When some checkpoints of several failed, the JSON still lists the others'
+/// rows, plus one `{checkpoint, error}` row per failed one, and the command then fails
+/// naming them.
+pub fn run(args: &EvaluateArgs) -> Result<()> {
+    let mut print = |title: &str, rows: &[EvalRow]| {
+        if !args.json {
+            println!("{}", crate::eval::table(title, rows));
+        }
+    };
+    match crate::eval::run(&args.plan, &mut print) {
         Ok(rows) => {
-            if plan.json {
+            if args.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             }
             Ok(())
         }
         Err(e) => {
-            if let (true, Some(f)) = (plan.json, e.downcast_ref::<CheckpointsFailed>()) {
+            if let (true, Some(Error::CheckpointsFailed(f))) = (args.json, e.downcast_ref()) {
                 let mut rows = serde_json::to_value(&f.rows)?
                     .as_array()
                     .cloned()

@@ -6,10 +6,8 @@ pub mod evaluate;
 mod plot;
 mod synth;
 
-use crate::error::{About, AnotherRun, BadSetting, Occupied, Setting};
-use crate::eval::{CheckpointsFailed, EvalPlan};
+use crate::error::Setting;
 use crate::inversion::InvertPlan;
-use crate::model::choice::Contradiction;
 use crate::options::with_defaults;
 use crate::sequence::SequencePlan;
 use crate::train::plan::{BasePlan, IncrementalPlan, LoopPlan};
@@ -40,7 +38,7 @@ pub enum Command {
     #[command(name = "incremental-x")]
     IncrementalX(IncrementalPlan),
     /// mAP and CMC of checkpoints on one or more datasets, optionally re-ranked.
-    Evaluate(EvalPlan),
+    Evaluate(EvaluateArgs),
     /// Write a synthetic Market-style dataset of rendered people.
     Synth(SynthArgs),
     /// The whole method on synthetic data: base, invert, finetune/GD/simGD/AGD, evaluate.
@@ -119,7 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Incremental(plan) | Command::IncrementalX(plan) => {
             crate::train::run_incremental(&plan).map(drop)
         }
-        Command::Evaluate(plan) => evaluate::run(&plan),
+        Command::Evaluate(args) => evaluate::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Demo(args) => match &args.seeds {
             Some(seeds) => crate::demo::run_seeds(&args.plan(), seeds).map(drop),
@@ -175,25 +173,9 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
 /// joins them, with every setting the library names replaced by the flag that carried it.
 pub fn message(err: &anyhow::Error) -> String {
     err.chain()
-        .map(|e| {
-            if let Some(b) = e.downcast_ref::<BadSetting>() {
-                format!("{} {}: {}", flag(b.setting), b.value, b.reason)
-            } else if let Some(a) = e.downcast_ref::<About>() {
-                match &a.value {
-                    Some(v) => format!("{} {v}", flag(a.setting)),
-                    None => flag(a.setting).to_string(),
-                }
-            } else if let Some(r) = e.downcast_ref::<AnotherRun>() {
-                r.describe(flag(Setting::Resume), flag(Setting::LogsDir))
-            } else if let Some(o) = e.downcast_ref::<Occupied>() {
-                o.describe(flag(o.setting))
-            } else if let Some(c) = e.downcast_ref::<Contradiction>() {
-                c.describe(flag(c.setting))
-            } else if let Some(f) = e.downcast_ref::<CheckpointsFailed>() {
-                f.describe(message)
-            } else {
-                e.to_string()
-            }
+        .map(|e| match e.downcast_ref::<crate::error::Error>() {
+            Some(e) => e.describe(|s| flag(s).to_string(), message),
+            None => e.to_string(),
         })
         .collect::<Vec<_>>()
         .join(": ")

@@ -86,11 +86,9 @@ pub fn is_image(path: &Path) -> bool {
     )
 }
 
-/// The images of a folder, in sorted path order; a missing or empty folder is an error.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        bail!("{}: folder not found", dir.display());
-    }
+/// The image files directly in `dir`, in no particular order (any name: the callers
+/// judge the names).
+pub fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry
@@ -100,6 +98,15 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
             paths.push(path);
         }
     }
+    Ok(paths)
+}
+
+/// The images of a folder, in sorted path order; a missing or empty folder is an error.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("{}: folder not found", dir.display());
+    }
+    let mut paths = images_in(dir)?;
     if paths.is_empty() {
         bail!("{}: no .jpg or .png images in this folder", dir.display());
     }

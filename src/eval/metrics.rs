@@ -140,7 +140,7 @@ pub fn evaluate_features(
         gallery.size()[0]
     );
     if !on_cpu || double {
-        return evaluate_on_device(query, gallery, kind, query_labels, gallery_labels, topk);
+        return evaluate_on_device([query, gallery], kind, [query_labels, gallery_labels], topk);
     }
     let q = Operand::new(query, kind)?;
     let g = Operand::new(gallery, kind)?;
@@ -191,11 +191,9 @@ pub fn evaluate_features(
 /// block's rows are the full matrix's), computed on the features' device, then copied to
 /// the host and scored there.
 fn evaluate_on_device(
-    query: &Tensor,
-    gallery: &Tensor,
+    [query, gallery]: [&Tensor; 2],
     kind: Distance,
-    query_labels: Labels,
-    gallery_labels: Labels,
+    [query_labels, gallery_labels]: [Labels; 2],
     topk: usize,
 ) -> Result<Metrics> {
     let (nq, ng) = (query_labels.pids.len(), gallery_labels.pids.len());

@@ -11,7 +11,7 @@ mod run;
 pub mod union;
 
 pub use plan::EvalPlan;
-pub use run::{run, CheckpointsFailed, EvalRow};
+pub use run::{run, table, CheckpointsFailed, EvalRow, OnRows};
 
 use crate::data::{ImageStore, Record, ReidDataset};
 use crate::model::ReidModel;

@@ -47,9 +47,6 @@ pub struct EvalPlan {
     /// Append results to eval.txt beside each checkpoint.
     #[arg(short = 'o', long, conflicts_with = "features")]
     pub output: bool,
-    /// Print results as JSON.
-    #[arg(long)]
-    pub json: bool,
     /// Write each query set's features and labels to this safetensors file. Several query
     /// sets (several datasets, or `a+b`) get one file each, named by appending the query
     /// set to the stem: `F-a.safetensors`, and `F-a-in-a+b.safetensors` for a's queries
@@ -135,6 +132,8 @@ impl EvalPlan {
     /// size or count of zero (libtorch would abort with a backtrace deep in the first
     /// forward pass), a dataset named twice, and outputs that could only fail once the
     /// whole evaluation is done.
+    ///
+    /// Long because it is a list of independent checks, each with its own message.
     pub fn validate(&self) -> Result<()> {
         for (setting, value) in [
             (Setting::Height, self.data.size.height),

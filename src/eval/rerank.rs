@@ -110,6 +110,10 @@ pub fn rerank_chunked(q: &Tensor, g: &Tensor, p: RerankParams, chunk: usize) -> 
 
 /// [`rerank_chunked`] with the gallery neighbours selected as `selection` says (both run
 /// on every device; the choice only moves where the work is done).
+///
+/// One function because it follows the k-reciprocal algorithm's steps in their published
+/// order (docs/method.md §8), after checking its inputs, sharing their intermediate
+/// matrices.
 pub fn rerank_selecting(
     q: &Tensor,
     g: &Tensor,

@@ -196,11 +196,12 @@ struct Loaded {
     gallery: Arc<ImageStore>,
 }
 
-fn print_rows(args: &EvalPlan, title: &str, rows: &[EvalRow]) {
-    if args.json {
-        return;
-    }
-    println!("{title}");
+/// What [`run`] reports as it goes: each checkpoint's (or feature file's) rows under a
+/// title naming it. The caller decides how to show them ([`table`]).
+pub type OnRows<'a> = &'a mut dyn FnMut(&str, &[EvalRow]);
+
+/// The rows as a text table under their title: the CLI's and the pipeline logs' form.
+pub fn table(title: &str, rows: &[EvalRow]) -> String {
     let table = crate::report::table(
         [
             "dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20", "queries",
@@ -221,7 +222,7 @@ fn print_rows(args: &EvalPlan, title: &str, rows: &[EvalRow]) {
             ]
         }),
     );
-    println!("{table}");
+    format!("{title}\n{table}")
 }
 
 /// Appends the results to `eval.txt` beside the checkpoint (rewritten atomically).
@@ -244,7 +245,7 @@ fn append_eval_txt(ck: &Checkpoint, rows: &[EvalRow]) -> Result<()> {
     crate::io::write_atomic(&path, text.as_bytes())
 }
 
-fn run_features_file(args: &EvalPlan, file: &Path) -> Result<Vec<EvalRow>> {
+fn run_features_file(args: &EvalPlan, file: &Path, on_rows: OnRows) -> Result<Vec<EvalRow>> {
     let f = FeatureFile::load(file)?;
     let split = EvalSplit {
         query: f.query,
@@ -259,7 +260,7 @@ fn run_features_file(args: &EvalPlan, file: &Path) -> Result<Vec<EvalRow>> {
         .to_string_lossy()
         .to_string();
     let rows = vec![EvalRow::new("", &name, &m, args.re_ranking)];
-    print_rows(args, &format!("features {}", file.display()), &rows);
+    on_rows(&format!("features {}", file.display()), &rows);
     Ok(rows)
 }
 
@@ -310,20 +311,20 @@ impl std::fmt::Display for CheckpointsFailed {
 
 impl std::error::Error for CheckpointsFailed {}
 
-/// `agd evaluate`: every checkpoint on every dataset (or a feature file), printed as
-/// tables as it goes (unless `json`); returns the rows. The plan is checked first
+/// `agd evaluate`: every checkpoint on every dataset (or a feature file), each one's rows
+/// given to `on_rows` as they come; returns all rows. The plan is checked first
 /// ([`EvalPlan::validate`]). With several checkpoints, one that fails does not stop the
 /// others: the error is then a [`CheckpointsFailed`] holding their rows.
-pub fn run(args: &EvalPlan) -> Result<Vec<EvalRow>> {
+pub fn run(args: &EvalPlan, on_rows: OnRows) -> Result<Vec<EvalRow>> {
     args.validate()?;
     crate::alloc::release_freed_memory();
     match &args.features {
-        Some(file) => run_features_file(args, file),
-        None => run_checkpoints(args),
+        Some(file) => run_features_file(args, file, on_rows),
+        None => run_checkpoints(args, on_rows),
     }
 }
 
-fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
+fn run_checkpoints(args: &EvalPlan, on_rows: OnRows) -> Result<Vec<EvalRow>> {
     // Evaluation keeps no log: `--deterministic` needs no note.
     let (device, _) = args.device.select()?;
     let ckpts = checkpoints(args)?;
@@ -332,18 +333,19 @@ fn run_checkpoints(args: &EvalPlan) -> Result<Vec<EvalRow>> {
     let mut failed = Vec::new();
     for ck_path in &ckpts {
         let own = (ckpts.len() > 1).then(|| args.for_one_of_several(ck_path));
-        match evaluate_checkpoint(own.as_ref().unwrap_or(args), ck_path, &loaded, device) {
+        let plan = own.as_ref().unwrap_or(args);
+        match evaluate_checkpoint(plan, ck_path, &loaded, device, &mut *on_rows) {
             Ok(rows) => all.extend(rows),
             Err(e) if ckpts.len() == 1 => return Err(e),
             Err(e) => failed.push((ck_path.clone(), e)),
         }
     }
     if !failed.is_empty() {
-        return Err(CheckpointsFailed {
+        return Err(crate::error::Error::from(CheckpointsFailed {
             rows: all,
             failed,
             total: ckpts.len(),
-        }
+        })
         .into());
     }
     Ok(all)
@@ -388,57 +390,68 @@ fn load_datasets(args: &EvalPlan) -> Result<HashMap<String, Loaded>> {
     Ok(loaded)
 }
 
-/// One checkpoint on every dataset: its rows (printed, and appended to `eval.txt` when
-/// asked), its feature files and rank lists.
+/// Query and gallery features of every loaded dataset, by name.
+fn extract_all<'a>(
+    args: &EvalPlan,
+    model: &ReidModel,
+    loaded: &'a HashMap<String, Loaded>,
+) -> Result<HashMap<&'a str, (Tensor, Tensor)>> {
+    let mut features = HashMap::new();
+    for (name, l) in loaded {
+        let side = |store, what| {
+            let what = format!("{name} {what}");
+            extract(model, store, args.batch_size, args.output_feature, &what)
+        };
+        let q = side(&l.query, "query")?;
+        let g = side(&l.gallery, "gallery")?;
+        features.insert(name.as_str(), (q, g));
+    }
+    Ok(features)
+}
+
+/// One part of a dataset spec (`a`, or `aUb`: one dataset made of several) with its
+/// features.
+fn group<'a>(
+    args: &EvalPlan,
+    part: &str,
+    loaded: &'a HashMap<String, Loaded>,
+    features: &'a HashMap<&str, (Tensor, Tensor)>,
+) -> Group {
+    let members: Vec<Part> = union::members(&args.data.data_root, part)
+        .into_iter()
+        .map(|name| {
+            let (l, (q, g)) = (&loaded[name], &features[name]);
+            Part {
+                query: &l.dataset.query,
+                gallery: &l.dataset.gallery,
+                query_features: q,
+                gallery_features: g,
+            }
+        })
+        .collect();
+    Group::of(&members)
+}
+
+/// One checkpoint on every dataset: its rows (reported to `on_rows`, and appended to
+/// `eval.txt` when asked), its feature files and rank lists.
 fn evaluate_checkpoint(
     args: &EvalPlan,
     ck_path: &Path,
     loaded: &HashMap<String, Loaded>,
     device: tch::Device,
+    on_rows: OnRows,
 ) -> Result<Vec<EvalRow>> {
     let ck = Checkpoint::load(ck_path)?;
     let mut model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
     model.compute = args.device.compute.on(device);
     let ck_name = ck_path.display().to_string();
-    let feature = args.output_feature;
-    let mut features: HashMap<&str, (Tensor, Tensor)> = HashMap::new();
-    for (name, l) in loaded {
-        let q = extract(
-            &model,
-            &l.query,
-            args.batch_size,
-            feature,
-            &format!("{name} query"),
-        )?;
-        let g = extract(
-            &model,
-            &l.gallery,
-            args.batch_size,
-            feature,
-            &format!("{name} gallery"),
-        )?;
-        features.insert(name.as_str(), (q, g));
-    }
+    let features = extract_all(args, &model, loaded)?;
     let mut rows = Vec::new();
     for spec in &args.datasets {
         let parts: Vec<&str> = spec.split('+').collect();
         let groups: Vec<Group> = parts
             .iter()
-            .map(|part| {
-                let members: Vec<Part> = union::members(&args.data.data_root, part)
-                    .into_iter()
-                    .map(|name| {
-                        let (l, (q, g)) = (&loaded[name], &features[name]);
-                        Part {
-                            query: &l.dataset.query,
-                            gallery: &l.dataset.gallery,
-                            query_features: q,
-                            gallery_features: g,
-                        }
-                    })
-                    .collect();
-                Group::of(&members)
-            })
+            .map(|part| group(args, part, loaded, &features))
             .collect();
         let union_parts: Vec<Part> = groups.iter().map(Group::part).collect();
         let (gallery_records, query_records) = union_records(&union_parts);
@@ -481,7 +494,7 @@ fn evaluate_checkpoint(
         }
         rows.extend(part_rows);
     }
-    print_rows(args, &format!("{ck_name} (epoch {})", ck.epoch), &rows);
+    on_rows(&format!("{ck_name} (epoch {})", ck.epoch), &rows);
     if args.output {
         append_eval_txt(&ck, &rows)?;
     }

@@ -125,7 +125,7 @@ pub struct StepReport {
 
 /// Where an iteration is, for progress reports.
 #[derive(Clone, Copy, Debug)]
-pub struct Progress {
+pub struct Iteration {
     pub stage: Stage,
     /// 0-based within the stage.
     pub iteration: usize,
@@ -328,7 +328,7 @@ impl<'a> Inverter<'a> {
         batch: &mut DreamBatch,
         stages: &Stages,
         rng: &mut impl Rng,
-        mut on_step: impl FnMut(&Progress),
+        mut on_step: impl FnMut(&Iteration),
     ) -> Result<Tensor> {
         let low_res = match stages.coarse {
             0 => Stage::LowRes,
@@ -363,7 +363,7 @@ impl<'a> Inverter<'a> {
                 };
                 let flip = rng.gen::<f64>() > 0.5;
                 let report = self.step(batch, stage, lr, shift, flip);
-                on_step(&Progress {
+                on_step(&Iteration {
                     stage,
                     iteration: it,
                     stage_iters: iters,

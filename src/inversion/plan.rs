@@ -26,7 +26,7 @@ pub struct InvertPlan {
     /// Where dreamed images go [default: the --resume folder, else generations].
     #[arg(long, value_name = "PATH")]
     pub generation_dir: Option<PathBuf>,
-    /// A generation folder to complete: counts what is there and writes the missing
+    /// A dreams folder to complete: counts what is there and writes the missing
     /// images into it.
     #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
@@ -35,7 +35,7 @@ pub struct InvertPlan {
     #[command(flatten)]
     pub size: ImageSize,
     /// Dream only shard K of N of the identities (e.g. `--shard 2/4`), so N processes or
-    /// GPUs fill one generation folder; each keeps its log in `<folder>/shard-K-of-N/`.
+    /// GPUs fill one dreams folder; each keeps its log in `<folder>/shard-K-of-N/`.
     /// Not in the reference.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,

@@ -11,15 +11,17 @@
 
 use super::plan::InvertPlan;
 use super::store::{batches_of, contact_sheet, other_format_in, recover, Bags, CONTACT_SHEET};
-use super::{denormalize, DreamBatch, Inverter, Progress};
+use super::{denormalize, DreamBatch, Inverter, Iteration};
 use crate::bad_setting;
 use crate::data::rng::{stream, tag};
-use crate::error::{AboutExt, BadSetting, Setting};
+use crate::error::{AboutExt, Error, Setting};
 use crate::logging::Logger;
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
+use crate::progress::Progress;
 use crate::stage::{open_log, StagePlan};
 use anyhow::{Context, Result};
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -58,7 +60,7 @@ fn same_folder(a: &Path, b: &Path) -> bool {
         )
 }
 
-fn progress_text(p: &Progress) -> String {
+fn progress_text(p: &Iteration) -> String {
     let r = &p.report;
     format!(
         "loss {:.4}  CE {:.4}  BN {:.4}  prior {:.4}  acc {:.0}%",
@@ -77,22 +79,8 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let (device, determinism) = args.device.select()?;
     // The teacher must exist before anything is created on disk.
     resolve(&args.teacher, Setting::Teacher)?;
-    let dir = &args.generation_dir();
-    if let Some(from) = &args.resume {
-        if !from.is_dir() {
-            bad_setting!(Setting::InversionResume, from.display(), "no such folder");
-        }
-        // Completing a folder means writing into it: images dreamed elsewhere would leave
-        // it as incomplete as it was, under a message saying it is complete.
-        if !same_folder(from, dir) {
-            return Err(BadSetting::new(
-                Setting::GenerationDir,
-                dir.display(),
-                "a resumed run writes into the folder it completes: name the same folder, or leave the generation folder out",
-            ))
-            .about_value(Setting::InversionResume, from.display());
-        }
-    }
+    let dir = args.generation_dir();
+    check_resume(args, &dir)?;
     // A shard's log, lock and journal are its own, so that N shards share the folder.
     let journal = match args.shard {
         Some(s) => dir.join(s.folder_name()),
@@ -104,7 +92,7 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     if let Some(note) = determinism {
         log.line(note);
     }
-    let moved = recover(dir, &journal).about_value(Setting::GenerationDir, dir.display())?;
+    let moved = recover(&dir, &journal).about_value(Setting::GenerationDir, dir.display())?;
     if moved > 0 {
         log.line(format!(
             "moved {moved} images of a batch a killed run had saved into {}",
@@ -115,62 +103,8 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     let seed = crate::stage::seed(args.seed, &log);
     let teacher = load_teacher(args, device, &log)?;
     let classes = teacher.config.classes;
-    let ids = match args.shard {
-        Some(s) if s.count as i64 > classes => bad_setting!(
-            Setting::Shard,
-            s,
-            "the teacher has {classes} identities: at most {classes} shards"
-        ),
-        Some(s) => s.identities(classes),
-        None => 0..classes,
-    };
-    // Mixes the shard into every random stream, so shards' batch 1 differ.
-    let key = |tag: u64, b: u64| match args.shard {
-        Some(s) => vec![tag, b, s.index as u64, s.count as u64],
-        None => vec![tag, b],
-    };
-
-    let mut bags = Bags::of(classes, ids.clone(), args.dreaming.shots);
-    match &args.resume {
-        Some(from) => {
-            if let Some((name, other)) = other_format_in(from, args.dreaming.dream_format)
-                .about_value(Setting::InversionResume, from.display())?
-            {
-                return Err(BadSetting::new(
-                    Setting::DreamFormat,
-                    args.dreaming.dream_format,
-                    format!(
-                        "{} holds {name}, dreamed as {other}: complete it as {other}, or dream into a new folder",
-                        from.display()
-                    ),
-                )
-                .into());
-            }
-            let n = bags
-                .count_existing(from)
-                .about_value(Setting::InversionResume, from.display())?;
-            log.line(format!(
-                "resume: {n} images in {}; {} identities still short of {} images",
-                from.display(),
-                bags.identities_left(),
-                args.dreaming.shots
-            ));
-        }
-        None => {
-            // Only a note: without --resume the folder's contents are not this run's concern.
-            let n = Bags::of(classes, ids.clone(), args.dreaming.shots)
-                .count_existing(dir)
-                .unwrap_or(0);
-            if n > 0 {
-                log.line(format!(
-                    "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them), \
-                     and the new batches are numbered after theirs",
-                    dir.display(),
-                    dir.display()
-                ));
-            }
-        }
-    }
+    let ids = identities(args, classes)?;
+    let mut bags = bags(args, &dir, classes, &ids, &log)?;
     log.line(format!(
         "dreaming {} images for {} identities short of {} shots, in batches of {} (at most {} batches), \
          {} + {} iterations each, on {}",
@@ -191,16 +125,140 @@ pub fn run(args: &InvertPlan) -> Result<()> {
             journal.display()
         ));
     }
-
-    let inverter = Inverter::new(&teacher, args.dreaming.coefficients);
-    let stages = args.dreaming.stages;
-    let per_batch =
-        (args.dreaming.stages.low_res_iters + args.dreaming.stages.full_res_iters) as u64;
     let started = Instant::now();
+    let folder = Folder {
+        dir: &dir,
+        journal: &journal,
+        ids: &ids,
+    };
+    let (batches, written) = dream(args, &teacher, &folder, &mut bags, seed, &log)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if written > 0 || args.resume.is_some() {
+        let sheet = contact_sheet(&dir, 8, args.dreaming.shots.min(10), 128, 64)?;
+        let path = dir.join(CONTACT_SHEET);
+        crate::io::create_dir(path.parent().expect("a subfolder"))?;
+        crate::io::write_png(&path, &sheet)?;
+        log.line(format!("contact sheet: {}", path.display()));
+    }
+    log.line(ending(args, &bags, &folder, batches, written, elapsed));
+    log.succeeded();
+    Ok(())
+}
+
+/// Completing a folder means writing into it: images dreamed elsewhere would leave it as
+/// incomplete as it was, under a message saying it is complete.
+fn check_resume(args: &InvertPlan, dir: &Path) -> Result<()> {
+    let Some(from) = &args.resume else {
+        return Ok(());
+    };
+    if !from.is_dir() {
+        bad_setting!(Setting::InversionResume, from.display(), "no such folder");
+    }
+    if !same_folder(from, dir) {
+        return Err(Error::bad_setting(
+            Setting::GenerationDir,
+            dir.display(),
+            "a resumed run writes into the folder it completes: name the same folder, or leave the dreams folder out",
+        ))
+        .about_value(Setting::InversionResume, from.display());
+    }
+    Ok(())
+}
+
+/// The teacher's identities this run dreams: all of them, or its shard's.
+fn identities(args: &InvertPlan, classes: i64) -> Result<Range<i64>> {
+    Ok(match args.shard {
+        Some(s) if s.count as i64 > classes => bad_setting!(
+            Setting::Shard,
+            s,
+            "the teacher has {classes} identities: at most {classes} shards"
+        ),
+        Some(s) => s.identities(classes),
+        None => 0..classes,
+    })
+}
+
+/// The images each identity still needs: with `--resume`, counting what the folder holds
+/// (in the same format); without, all of them (what is there is only noted).
+fn bags(
+    args: &InvertPlan,
+    dir: &Path,
+    classes: i64,
+    ids: &Range<i64>,
+    log: &Logger,
+) -> Result<Bags> {
+    let shots = args.dreaming.shots;
+    let format = args.dreaming.dream_format;
+    let mut bags = Bags::of(classes, ids.clone(), shots);
+    let Some(from) = &args.resume else {
+        // Only a note: without --resume the folder's contents are not this run's concern.
+        let n = Bags::of(classes, ids.clone(), shots)
+            .count_existing(dir)
+            .unwrap_or(0);
+        if n > 0 {
+            log.line(format!(
+                "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them), \
+                 and the new batches are numbered after theirs",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        return Ok(bags);
+    };
+    if let Some((name, other)) =
+        other_format_in(from, format).about_value(Setting::InversionResume, from.display())?
+    {
+        return Err(Error::bad_setting(
+            Setting::DreamFormat,
+            format,
+            format!(
+                "{} holds {name}, dreamed as {other}: complete it as {other}, or dream into a new folder",
+                from.display()
+            ),
+        )
+        .into());
+    }
+    let n = bags
+        .count_existing(from)
+        .about_value(Setting::InversionResume, from.display())?;
+    log.line(format!(
+        "resume: {n} images in {}; {} identities still short of {shots} images",
+        from.display(),
+        bags.identities_left(),
+    ));
+    Ok(bags)
+}
+
+/// Where a run writes: the dreams folder, its journal (the shard's own), and the
+/// identities it dreams.
+struct Folder<'a> {
+    dir: &'a Path,
+    journal: &'a Path,
+    ids: &'a Range<i64>,
+}
+
+/// Dreams batches until the bags are full or `iters` batches were made; returns the
+/// batches made and the images written.
+fn dream(
+    args: &InvertPlan,
+    teacher: &ReidModel,
+    folder: &Folder,
+    bags: &mut Bags,
+    seed: u64,
+    log: &Logger,
+) -> Result<(usize, usize)> {
+    // Mixes the shard into every random stream, so shards' batch 1 differ.
+    let key = |tag: u64, b: u64| match args.shard {
+        Some(s) => vec![tag, b, s.index as u64, s.count as u64],
+        None => vec![tag, b],
+    };
+    let inverter = Inverter::new(teacher, args.dreaming.coefficients);
+    let stages = args.dreaming.stages;
+    let per_batch = (stages.low_res_iters + stages.full_res_iters) as u64;
     // The folder's batches so far: this run's are numbered, and seeded, after them.
-    let before = batches_of(dir, &ids).about_value(Setting::GenerationDir, dir.display())?;
-    let mut batches = 0;
-    let mut written = 0;
+    let before = batches_of(folder.dir, folder.ids)
+        .about_value(Setting::GenerationDir, folder.dir.display())?;
+    let (mut batches, mut written) = (0, 0);
     while !bags.is_done() && batches < args.dreaming.iters {
         let b = before + batches as u64 + 1;
         let targets = bags.draw_targets(
@@ -211,38 +269,35 @@ pub fn run(args: &InvertPlan) -> Result<()> {
             &targets,
             args.size.height,
             args.size.width,
-            device,
+            teacher.device(),
             &mut stream(seed, &key(tag::INVERT_NOISE, b)),
         );
-        let pb = crate::progress::bar(per_batch, format!("batch {b}"));
+        let progress = Progress::new(log, per_batch, format!("batch {b}"));
         let t0 = Instant::now();
         let kept = inverter.dream(
             &mut batch,
             &stages,
             &mut stream(seed, &key(tag::INVERT_FLIPS, b)),
             |p| {
-                pb.set_prefix(format!("{} {}", p.stage.name(), progress_text(p)));
-                pb.inc(1);
+                progress.tick(format!("{} {}", p.stage.name(), progress_text(p)));
                 if p.iteration % LOG_EVERY == 0 || p.iteration + 1 == p.stage_iters {
-                    pb.suspend(|| {
-                        log.line(format!(
-                            "[batch {b}][{} {}/{}] lr {:.4}  {}",
-                            p.stage.name(),
-                            p.iteration + 1,
-                            p.stage_iters,
-                            p.lr,
-                            progress_text(p)
-                        ))
-                    });
+                    progress.line(format!(
+                        "[batch {b}][{} {}/{}] lr {:.4}  {}",
+                        p.stage.name(),
+                        p.iteration + 1,
+                        p.stage_iters,
+                        p.lr,
+                        progress_text(p)
+                    ));
                 }
             },
         )?;
-        pb.finish_and_clear();
+        progress.finish();
         let accuracy = inverter.accuracy(&kept, &batch.targets);
         let best = batch.best().map_or(f64::NAN, |(l, _)| l);
         let paths = bags.save(
-            dir,
-            &journal,
+            folder.dir,
+            folder.journal,
             b,
             &targets,
             &denormalize(&kept),
@@ -260,35 +315,37 @@ pub fn run(args: &InvertPlan) -> Result<()> {
             bags.identities_left()
         ));
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    if written > 0 || args.resume.is_some() {
-        let sheet = contact_sheet(dir, 8, args.dreaming.shots.min(10), 128, 64)?;
-        let path = dir.join(CONTACT_SHEET);
-        crate::io::create_dir(path.parent().expect("a subfolder"))?;
-        crate::io::write_png(&path, &sheet)?;
-        log.line(format!("contact sheet: {}", path.display()));
-    }
+    Ok((batches, written))
+}
+
+/// The run's last line: every identity done, or what is missing and how to complete it.
+fn ending(
+    args: &InvertPlan,
+    bags: &Bags,
+    folder: &Folder,
+    batches: usize,
+    written: usize,
+    elapsed: f64,
+) -> String {
     if bags.is_done() {
-        log.line(format!(
+        format!(
             "done: {written} images written in {batches} {} ({elapsed:.1} s); every identity{} has {} images in {}",
             if batches == 1 { "batch" } else { "batches" },
             match args.shard {
-                Some(s) => format!(" of shard {s} ({}..{})", ids.start, ids.end),
+                Some(s) => format!(" of shard {s} ({}..{})", folder.ids.start, folder.ids.end),
                 None => String::new(),
             },
             args.dreaming.shots,
-            dir.display()
-        ));
+            folder.dir.display()
+        )
     } else {
-        log.line(format!(
+        format!(
             "stopped after --iters {} batches ({elapsed:.1} s, {written} images written): {} images of {} identities still missing; \
              run again with --resume {} to complete them",
             args.dreaming.iters,
             bags.images_left(),
             bags.identities_left(),
-            dir.display()
-        ));
+            folder.dir.display()
+        )
     }
-    log.succeeded();
-    Ok(())
 }

@@ -32,7 +32,7 @@ impl Shard {
         bound(self.index - 1)..bound(self.index)
     }
 
-    /// The subfolder of the generation folder with this shard's log and journal.
+    /// The subfolder of the dreams folder with this shard's log and journal.
     pub fn folder_name(self) -> String {
         format!("shard-{}-of-{}", self.index, self.count)
     }

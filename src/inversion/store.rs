@@ -1,11 +1,11 @@
-//! The generation folder's bookkeeping (docs/method.md §7): which identities still need images, the
+//! The dreams folder's bookkeeping (docs/method.md §7): which identities still need images, the
 //! targets of the next batch, and the dreamed images on disk as `<pid>_b<batch>_<slot>.jpg`
 //! (`.png` with `--dream-format png`)
 //! — the `<pid>_<unique>.jpg` names `--inversion-dir` reads back
 //! ([`crate::data::dataset::parse_dreamed_name`]), with the batch number in them so that a
 //! resumed run continues the numbering (and the random streams keyed by it).
 
-use crate::data::dataset::{is_image, parse_dreamed_name};
+use crate::data::dataset::{images_in, is_image, parse_dreamed_name};
 use crate::data::images::{decode_resized, grid};
 use anyhow::{bail, Context, Result};
 use rand::Rng;
@@ -274,20 +274,6 @@ pub fn batches_of(dir: &Path, ids: &Range<i64>) -> Result<u64> {
     Ok(last.unwrap_or(0))
 }
 
-/// The image files directly in `dir` (any name: the callers judge the names).
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("cannot read {}", dir.display()))?
-            .path();
-        if path.is_file() && is_image(&path) {
-            paths.push(path);
-        }
-    }
-    Ok(paths)
-}
-
 /// Brings `dir` back to whole batches after a run was killed while saving one: a batch
 /// still being written ([`PENDING`], in `journal`) is discarded (it is dreamed again, the
 /// same way), one written whole ([`COMMITTED`]) is moved into place. Returns the images
@@ -348,7 +334,7 @@ pub fn to_hwc_bytes(images: &Tensor) -> Vec<u8> {
     out
 }
 
-/// Where `agd invert` draws its contact sheet: a subfolder, so the generation folder
+/// Where `agd invert` draws its contact sheet: a subfolder, so the dreams folder
 /// itself holds only dreamed images (every image there must be `<pid>_…`).
 pub const CONTACT_SHEET: &str = "preview/contact_sheet.png";
 
@@ -381,7 +367,7 @@ pub fn contact_sheet(
     Ok(grid(&tiles, cols, height, width))
 }
 
-/// The journal of a batch being saved, in the generation folder: its images are written
+/// The journal of a batch being saved, in the dreams folder: its images are written
 /// here first, so a run killed while writing leaves them out of the folder's count (the
 /// resumed run discards it and dreams the batch again, identically).
 pub const PENDING: &str = ".batch-pending";

@@ -6,7 +6,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::{Compute, Depth, ModelConfig, Pooling, ReidModel};
-use crate::error::{BadSetting, Setting};
+use crate::error::{Error, Setting};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -128,7 +128,7 @@ impl ModelChoice {
         // A value the checkpoint decided is no flag's fault: say where it came from, so
         // the user is not told to change a flag they never gave.
         if let Err(e) = fresh.validate() {
-            if let Some(b) = e.downcast_ref::<BadSetting>() {
+            if let Some(b) = Error::as_bad_setting(&e) {
                 let from_checkpoint = match b.setting {
                     Setting::Embedding => saved_embedding.is_some(),
                     Setting::LastStride => saved_stride.is_some(),
@@ -178,13 +178,13 @@ fn agree<T: PartialEq + Copy>(
     show: impl Fn(T) -> (String, String),
 ) -> Result<Option<T>> {
     match (saved, asked) {
-        (Some(s), Some(a)) if s != a => Err(Contradiction {
+        (Some(s), Some(a)) if s != a => Err(Error::from(Contradiction {
             path: ck.path.clone(),
             what,
             setting,
             saved: show(s).0,
             asked: show(a).1,
-        }
+        })
         .into()),
         (Some(s), _) => Ok(Some(s)),
         (None, a) => Ok(a),

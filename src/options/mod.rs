@@ -22,6 +22,27 @@ use clap::{Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// An enum's names, in order: `names!(Ty { Variant => "name", … })` gives `Ty::NAMES` (every
+/// value with its name) and `Ty::name`. For enums read from files by hand-written parsers
+/// (the distillation configs' `type`, `collapse`, `criterion`); flag values use
+/// [`named_values!`].
+#[macro_export]
+macro_rules! names {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value with its name, in order.
+            pub const NAMES: &'static [(&'static str, Self)] = &[$(($name, Self::$variant)),+];
+
+            /// The value's name.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),+
+                }
+            }
+        }
+    };
+}
+
 /// One enum, one mapping to its names. `named_values!(Ty { Variant => "name" | "alias", … })`
 /// gives `Ty::name` (the spelling of flags, checkpoint metadata and rendered plans),
 /// `Ty::from_name` (the name or an alias), clap's `ValueEnum` (the names in `--help` and in

@@ -4,7 +4,7 @@
 //! resumed the same way wherever they run.
 //!
 //! A template holds everything a stage's plan takes except what depends on where the
-//! stage sits in a run (dataset, logs folder, teacher, previous model, generation folder,
+//! stage sits in a run (dataset, logs folder, teacher, previous model, dreams folder,
 //! resume); the engine fills those in, and sets `resume` whenever the stage's own folder
 //! already holds its work, so that a second run reuses every finished stage and finishes
 //! an interrupted one (a fresh training run refuses a folder holding a checkpoint).
@@ -31,7 +31,7 @@ pub struct Templates {
     pub incremental: LoopPlan,
     /// Dreamed images used per old identity by a distilling method.
     pub exemplars: usize,
-    /// The inversion (`agd invert`); teacher, generation folder and resume are filled in.
+    /// The inversion (`agd invert`); teacher, dreams folder and resume are filled in.
     pub invert: InvertPlan,
     /// The evaluation (`agd evaluate`); checkpoint, datasets and rank lists are filled in.
     pub eval: EvalPlan,
@@ -277,10 +277,12 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Runs an evaluation plan (announced first).
+    /// Runs an evaluation plan (announced first); its tables go to the run's log.
     pub fn evaluate(&self, plan: &EvalPlan) -> Result<Vec<EvalRow>> {
         self.announce(&plan.argv());
-        crate::eval::run(plan)
+        crate::eval::run(plan, &mut |title, rows| {
+            self.log.line(crate::eval::table(title, rows))
+        })
     }
 
     /// Writes a line to the run's log.

@@ -26,7 +26,7 @@ pub use results::{forgetting, StepResult};
 
 use crate::bad_setting;
 use crate::data::ReidDataset;
-use crate::error::{BadSetting, Setting};
+use crate::error::{Error, Setting};
 use crate::eval::EvalPlan;
 use crate::inversion::plan::Dreaming;
 use crate::inversion::InvertPlan;
@@ -220,6 +220,8 @@ impl SequencePlan {
     /// Everything that can be checked before any work: the datasets (at least two, none
     /// twice, each a folder under the data root), the method, every stage's settings and
     /// the base model's ImageNet weights. Returns the method.
+    ///
+    /// Long because it is a list of independent checks, each with its own message.
     pub fn validate(&self) -> Result<Method> {
         if self.datasets.len() < 2 {
             bad_setting!(
@@ -253,12 +255,9 @@ impl SequencePlan {
         let t = self.templates();
         t.base.run.validate()?;
         t.incremental.validate()?;
-        if method.augmented && self.peers < 2 {
-            bad_setting!(
-                Setting::Peers,
-                self.peers,
-                "augmented distillation needs at least 2 views"
-            );
+        // The other methods see one view (the engine gives them 1).
+        if method.augmented {
+            crate::train::incremental::Views::check(self.peers, true)?;
         }
         if method.distills() {
             t.invert.validate()?;
@@ -295,15 +294,14 @@ impl SequencePlan {
             // The listing only (no image is decoded): a malformed dataset fails now, not
             // after hours of training on the ones before it.
             // Its errors name the dataset; said of this plan's setting.
-            ReidDataset::load(&self.data.data_root, name).map_err(|e| {
-                match e.downcast::<BadSetting>() {
-                    Ok(b) if b.setting == Setting::Dataset => {
-                        BadSetting::new(setting, b.value, b.reason).into()
+            ReidDataset::load(&self.data.data_root, name).map_err(
+                |e| match Error::as_bad_setting(&e) {
+                    Some(b) if b.setting == Setting::Dataset => {
+                        Error::bad_setting(setting, &b.value, b.reason.clone()).into()
                     }
-                    Ok(b) => b.into(),
-                    Err(e) => e,
-                }
-            })?;
+                    _ => e,
+                },
+            )?;
         }
         let model = self.model.fresh(1);
         model.validate()?;

@@ -1,17 +1,14 @@
 //! The one training loop of `train`, `incremental` and `incremental-x`: epochs, the lr
-//! schedule, progress, checkpoints (every epoch, numbered every `save_freq`), resume,
-//! periodic evaluation, `log.txt`, `metrics.csv` and its picture `curves.png`. Each
-//! subcommand supplies its step.
+//! schedule and the steps. Each subcommand supplies its step; what happens around the
+//! steps (progress and `log.txt`, periodic evaluation, checkpoints, `metrics.csv` and its
+//! picture `curves.png`) are hooks ([`super::hooks`]), as in fast-reid's trainer.
 
 pub use super::checkpoint::{restore, save_checkpoint};
-use super::metrics_csv::{self, MetricsCsv};
+pub use super::hooks::{EpochEnd, Hook, Hooks, StepEnd};
 use super::optimizer::Optimizer;
 use super::schedule::learning_rate;
-use crate::eval::{features::OutputFeature, TestSet};
-use crate::logging::Logger;
 use crate::model::ReidModel;
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::Tensor;
@@ -69,19 +66,6 @@ pub struct FitConfig {
 /// Evaluation results of one epoch on the named test sets.
 pub type EpochEval = Vec<(String, crate::eval::metrics::Metrics)>;
 
-fn bar(len: u64, epoch: usize, epochs: usize) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} [{bar:25.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    pb.set_prefix(format!("{epoch}/{epochs}"));
-    pb
-}
-
 /// The values of several steps' loss terms, read from the device in one copy.
 fn read_losses(pending: &[Vec<Tensor>]) -> Result<Vec<Vec<f64>>> {
     let Some(first) = pending.first() else {
@@ -100,121 +84,114 @@ fn read_losses(pending: &[Vec<Tensor>]) -> Result<Vec<Vec<f64>>> {
     Ok(values.chunks(terms).map(<[f64]>::to_vec).collect())
 }
 
-/// Runs epochs `start_epoch..=epochs`; `batches(e)` yields the batches of epoch e (0-based
-/// for the data streams). Returns the last evaluation, if any.
+/// One epoch's running sums, as its steps' losses are read.
+struct Epoch {
+    epoch: usize,
+    lr: f64,
+    batches: usize,
+    sums: Vec<f64>,
+    steps: usize,
+    images: usize,
+    start: Instant,
+}
+
+impl Epoch {
+    /// Adds one step's losses; a non-finite one ends the run before any checkpoint.
+    fn add(&mut self, names: &[&'static str], losses: &[f64]) -> Result<()> {
+        if let Some((name, value)) = names.iter().zip(losses).find(|(_, l)| !l.is_finite()) {
+            anyhow::bail!(
+                "epoch {} step {}: the {name} loss is {value}; training stopped, and the last \
+                 checkpoint saved (epoch {}) is kept: try a lower learning rate",
+                self.epoch,
+                self.steps + 1,
+                self.epoch - 1
+            );
+        }
+        for (s, l) in self.sums.iter_mut().zip(losses) {
+            *s += l;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn images_per_second(&self) -> f64 {
+        self.images as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs epochs `start_epoch..=epochs` of `step`; `batches(e)` yields the batches of epoch e
+/// (0-based for the data streams). Everything the loop does besides stepping (progress,
+/// evaluation, checkpoints, `metrics.csv`, curves) is a hook's ([`Hooks::standard`]), run
+/// in order after every step and epoch. Returns the last evaluation, if any.
 pub fn fit<S, I>(
     cfg: &FitConfig,
     model: &ReidModel,
     opt: &mut Optimizer,
     step: &mut S,
     mut batches: impl FnMut(u64) -> I,
-    test_sets: &[TestSet],
-    log: &Logger,
+    hooks: &mut Hooks,
 ) -> Result<Option<EpochEval>>
 where
     S: Step,
     I: ExactSizeIterator<Item = Result<S::Batch>>,
 {
     let names = step.loss_names();
-    let csv = cfg.logs_dir.join(metrics_csv::FILE);
-    let columns = MetricsCsv::columns(&names, test_sets.iter().map(|t| t.name.as_str()));
+    hooks.each(|h| h.before_train(&names))?;
     let mut last_eval = None;
     for epoch in cfg.start_epoch..=cfg.epochs {
         let lr = learning_rate(cfg.base_lr, epoch, cfg.warmup, &cfg.milestones);
         opt.set_lr(lr);
         let iter = batches(epoch as u64 - 1);
-        let pb = bar(iter.len() as u64, epoch, cfg.epochs);
-        let start = Instant::now();
-        let (mut sums, mut steps, mut images) = (vec![0.0; names.len()], 0usize, 0usize);
-        let len = iter.len();
+        let mut e = Epoch {
+            epoch,
+            lr,
+            batches: iter.len(),
+            sums: vec![0.0; names.len()],
+            steps: 0,
+            images: 0,
+            start: Instant::now(),
+        };
+        hooks.each(|h| h.before_epoch(epoch, cfg.epochs, e.batches))?;
         let every = read_every(model.device());
         let mut pending: Vec<Vec<Tensor>> = Vec::new();
         for (i, batch) in iter.enumerate() {
             let batch = batch?;
-            images += step.batch_images(&batch);
+            e.images += step.batch_images(&batch);
             pending.push(step.step(model, opt, batch)?);
-            if pending.len() < every && i + 1 < len {
+            if pending.len() < every && i + 1 < e.batches {
                 continue;
             }
             for losses in read_losses(&std::mem::take(&mut pending))? {
-                if let Some((name, value)) = names.iter().zip(&losses).find(|(_, l)| !l.is_finite())
-                {
-                    anyhow::bail!(
-                        "epoch {epoch} step {}: the {name} loss is {value}; training stopped, \
-                         and the last checkpoint saved (epoch {}) is kept: try a lower learning rate",
-                        steps + 1,
-                        epoch - 1
-                    );
-                }
-                for (s, l) in sums.iter_mut().zip(&losses) {
-                    *s += l;
-                }
-                steps += 1;
-                let rate = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                let terms: Vec<String> = names
-                    .iter()
-                    .zip(&losses)
-                    .map(|(n, l)| format!("{n} {l:.3}"))
-                    .collect();
-                let terms = terms.join(" ");
-                log.record(format!(
-                    "epoch {epoch}/{} step {steps}/{len}: {terms}",
-                    cfg.epochs
-                ));
-                pb.set_message(format!("{terms} lr {lr:.2e} {rate:.1} img/s"));
-                pb.inc(1);
+                e.add(&names, &losses)?;
+                let end = StepEnd {
+                    epoch,
+                    epochs: cfg.epochs,
+                    step: e.steps,
+                    steps: e.batches,
+                    names: &names,
+                    losses: &losses,
+                    lr,
+                    images_per_second: e.images_per_second(),
+                };
+                hooks.each(|h| h.after_step(&end))?;
             }
         }
-        pb.finish_and_clear();
-        let means: Vec<f64> = sums.iter().map(|s| s / steps.max(1) as f64).collect();
-        let terms: Vec<String> = names
-            .iter()
-            .zip(&means)
-            .map(|(n, l)| format!("{n} {l:.4}"))
-            .collect();
-        log.line(format!(
-            "epoch {epoch}/{}: {} lr {lr:.2e} ({steps} steps, {:.1} img/s, {:.1} s)",
-            cfg.epochs,
-            terms.join(" "),
-            images as f64 / start.elapsed().as_secs_f64().max(1e-9),
-            start.elapsed().as_secs_f64()
-        ));
-        let mut row = vec![Some(epoch as f64), Some(lr)];
-        row.extend(means.iter().map(|&m| Some(m)));
-        let evaluate =
-            cfg.evaluate_every > 0 && (epoch % cfg.evaluate_every == 0 || epoch == cfg.epochs);
-        if evaluate && !test_sets.is_empty() {
-            let mut results = Vec::new();
-            for t in test_sets {
-                let m = t.evaluate(model, cfg.eval_batch_size, OutputFeature::Embedding)?;
-                log.line(format!(
-                    "  {}: mAP {:.1}%  rank-1 {:.1}%  rank-5 {:.1}%  rank-10 {:.1}%  ({} queries)",
-                    t.name,
-                    100.0 * m.map,
-                    100.0 * m.rank(1),
-                    100.0 * m.rank(5),
-                    100.0 * m.rank(10),
-                    m.valid_queries
-                ));
-                row.extend([Some(m.map), Some(m.rank(1))]);
-                results.push((t.name.clone(), m));
-            }
-            last_eval = Some(results);
-        } else {
-            row.extend(vec![None; 2 * test_sets.len()]);
-        }
-        save_checkpoint(
-            cfg,
+        let mut end = EpochEnd {
+            epoch,
+            epochs: cfg.epochs,
+            lr: e.lr,
+            names: &names,
+            means: e.sums.iter().map(|s| s / e.steps.max(1) as f64).collect(),
+            steps: e.steps,
+            images_per_second: e.images_per_second(),
+            seconds: e.start.elapsed().as_secs_f64(),
             model,
             opt,
-            epoch,
-            cfg.save_freq > 0 && epoch % cfg.save_freq == 0,
-        )?;
-        MetricsCsv::record(&csv, &columns, row)?;
-        // A picture is a convenience: failing to draw it must not end a training run.
-        let curves = cfg.logs_dir.join("curves.png");
-        if let Err(err) = crate::plot::training_curves(&csv, &curves) {
-            log.line(format!("warning: no curves.png this epoch: {err:#}"));
+            eval: None,
+        };
+        hooks.each(|h| h.after_epoch(&mut end))?;
+        if end.eval.is_some() {
+            last_eval = end.eval;
         }
     }
     Ok(last_eval)

@@ -37,6 +37,38 @@ pub enum Views {
     Augmented { cross_factor: f64 },
 }
 
+impl Views {
+    /// The mix of `peers` views per sample: augmented with `cross_factor` (incremental-x),
+    /// else single. Checked here ([`Views::check`]).
+    pub fn new(peers: usize, cross_factor: Option<f64>) -> Result<Self> {
+        Self::check(peers, cross_factor.is_some())?;
+        Ok(match cross_factor {
+            Some(cross_factor) => Views::Augmented { cross_factor },
+            None => Views::Single,
+        })
+    }
+
+    /// The one rule on the number of views (`--peers`): augmented distillation mixes at
+    /// least 2, anything else sees 1.
+    pub fn check(peers: usize, augmented: bool) -> Result<()> {
+        if augmented && peers < 2 {
+            crate::bad_setting!(
+                crate::error::Setting::Peers,
+                peers,
+                "augmented distillation needs at least 2 views"
+            );
+        }
+        if !augmented && peers != 1 {
+            crate::bad_setting!(
+                crate::error::Setting::Peers,
+                peers,
+                "one view per sample: only augmented distillation (incremental-x) takes several"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Wall-clock time of one step's phases, summed over the views
 /// (`benches/incremental_step.rs` compares them with PyTorch's).
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,16 +136,9 @@ fn mixed_distill(
     Ok(term * distillation.factor)
 }
 
-/// An augmented step needs a second view to mix in.
+/// A batch's views fit the step's mix (the loader gives every sample `--peers` views).
 fn check_views(mix: Views, views: usize) -> Result<()> {
-    if matches!(mix, Views::Augmented { .. }) && views < 2 {
-        crate::bad_setting!(
-            crate::error::Setting::Peers,
-            views,
-            "augmented distillation needs at least 2 views"
-        );
-    }
-    Ok(())
+    Views::check(views, matches!(mix, Views::Augmented { .. }))
 }
 
 impl IncrementalStep {

@@ -5,6 +5,7 @@
 pub mod base;
 pub mod checkpoint;
 pub mod fit;
+pub mod hooks;
 pub mod incremental;
 pub mod metrics_csv;
 pub mod optimizer;

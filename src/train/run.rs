@@ -4,7 +4,7 @@
 //! ([`super::fit::fit`]) with its step.
 
 use super::base::BaseStep;
-use super::fit::{fit, EpochEval, FitConfig};
+use super::fit::{fit, EpochEval, FitConfig, Hooks};
 use super::incremental::{IncrementalStep, NewDataStep, Views};
 use super::optimizer::Optimizer;
 use super::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
@@ -63,10 +63,10 @@ fn check_logs_dir(r: &LoopPlan, resumed: Option<&Checkpoint>) -> Result<()> {
     if resumed.is_some_and(|ck| same(&ck.path)) {
         return Ok(());
     }
-    Err(crate::error::AnotherRun {
+    Err(crate::error::Error::from(crate::error::AnotherRun {
         dir: r.logs_dir.clone(),
         epoch: crate::model::checkpoint::recorded_epoch(&own),
-    }
+    })
     .into())
 }
 
@@ -87,6 +87,52 @@ fn resume(
         epoch
     ));
     Ok(epoch + 1)
+}
+
+/// What a training stage hands the loop: its config, model, optimiser and hooks; each
+/// way of learning then gives only its step and batches.
+struct Training<'a> {
+    cfg: &'a FitConfig,
+    model: &'a ReidModel,
+    opt: &'a mut Optimizer,
+    hooks: Hooks<'a>,
+}
+
+impl<'a> Training<'a> {
+    /// With the standard hooks ([`Hooks::standard`]).
+    fn new(
+        cfg: &'a FitConfig,
+        model: &'a ReidModel,
+        opt: &'a mut Optimizer,
+        test_sets: &'a [TestSet],
+        log: &'a Logger,
+    ) -> Self {
+        Self {
+            cfg,
+            model,
+            opt,
+            hooks: Hooks::standard(cfg, test_sets, log),
+        }
+    }
+
+    fn fit<S, I>(
+        &mut self,
+        step: &mut S,
+        batches: impl FnMut(u64) -> I,
+    ) -> Result<Option<EpochEval>>
+    where
+        S: super::fit::Step,
+        I: ExactSizeIterator<Item = Result<S::Batch>>,
+    {
+        fit(
+            self.cfg,
+            self.model,
+            self.opt,
+            step,
+            batches,
+            &mut self.hooks,
+        )
+    }
 }
 
 fn fit_config(r: &LoopPlan, start_epoch: usize, argv: &Argv) -> FitConfig {
@@ -202,15 +248,9 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     }
     let loader = loader(r, device, &dataset.train, seed, 0, "train")?;
     let test_sets = test_sets(r, &[&dataset])?;
-    let eval = fit(
-        &fit_config(r, start_epoch, &argv),
-        &model,
-        &mut opt,
-        &mut BaseStep,
-        |e| loader.epoch(e),
-        &test_sets,
-        &log,
-    )?;
+    let cfg = fit_config(r, start_epoch, &argv);
+    let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log);
+    let eval = training.fit(&mut BaseStep, |e| loader.epoch(e))?;
     Ok(finish(r, eval, &log))
 }
 
@@ -226,38 +266,22 @@ fn distillation(
             if plan.augmented {
                 bail!("the fine-tuning baseline has no views to mix: it is not an augmented (incremental-x) run");
             }
-            if r.peers != 1 {
-                bad_setting!(Setting::Peers, r.peers, "fine-tuning sees one view");
-            }
+            Views::check(r.peers, false)?;
             return Ok(None);
         }
     };
     let config = Distillation::load(algo_config)?;
-    let views = if plan.augmented {
-        if r.peers < 2 {
-            bad_setting!(
-                Setting::Peers,
-                r.peers,
-                "augmented distillation needs at least 2 views"
-            );
-        }
-        let cross_factor = config.cross_factor.with_context(|| {
+    let cross_factor = if plan.augmented {
+        Some(config.cross_factor.with_context(|| {
             format!(
                 "{}: incremental-x needs `cross_factor` under `distillation` (e.g. configs/inverXion.yaml)",
                 algo_config.display()
             )
-        })?;
-        Views::Augmented { cross_factor }
+        })?)
     } else {
-        if r.peers != 1 {
-            bad_setting!(
-                Setting::Peers,
-                r.peers,
-                "plain distillation sees one view; augmented distillation (incremental-x) takes several"
-            );
-        }
-        Views::Single
+        None
     };
+    let views = Views::new(r.peers, cross_factor)?;
     Ok(Some((config, views)))
 }
 
@@ -271,6 +295,26 @@ fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The loader of the old identities' images, dreamed or real (`exemplars` of each). Too
+/// few old identities for P = batch/4 is about their source as much as the batch size: the
+/// error names both.
+fn old_loader(
+    r: &LoopPlan,
+    device: Device,
+    source: &OldImages,
+    exemplars: usize,
+    old_classes: i64,
+    seed: u64,
+    log: &Logger,
+) -> Result<TrainLoader> {
+    let records = old_images(r, source, exemplars, old_classes, seed, log)?;
+    let (what, setting, value) = match source {
+        OldImages::Dreamed(dir) => ("dreamed", Setting::InversionDir, dir.display().to_string()),
+        OldImages::Real(name) => ("exemplars", Setting::ExemplarDataset, name.clone()),
+    };
+    loader(r, device, &records, seed, 1, what).about_value(setting, value)
 }
 
 /// The images of the old identities that every new batch is paired with, labelled with the
@@ -351,6 +395,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let old = load_old()?;
     let old_classes = old.config.classes;
     let new_classes = dataset.num_train_ids as i64;
+    // The student: the old model with its classifier grown by the new classes.
     let mut model = load_old()?;
     model.expand_classifier(new_classes);
     log.line(format!(
@@ -371,7 +416,8 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     evaluated.extend(old_dataset.as_ref());
     let test_sets = test_sets(r, &evaluated)?;
     let new_loader = loader(r, device, &dataset.train, seed, 0, "train")?;
-    let fit_cfg = fit_config(r, start_epoch, &argv);
+    let cfg = fit_config(r, start_epoch, &argv);
+    let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log);
     let eval = match (distill, &learning) {
         (
             Some((distillation, views)),
@@ -381,42 +427,18 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
                 ..
             },
         ) => {
-            let records = old_images(r, source, *exemplars, old_classes, seed, &log)?;
-            log_distillation(&log, &distillation, views);
-            let what = match source {
-                OldImages::Dreamed(_) => "dreamed",
-                OldImages::Real(_) => "exemplars",
-            };
             let paired = PairedLoader {
                 new: new_loader,
-                // Too few old identities for P = batch/4 is about their source as much as
-                // the batch size: the error names both.
-                dreamed: loader(r, device, &records, seed, 1, what).about_value(
-                    match source {
-                        OldImages::Dreamed(_) => Setting::InversionDir,
-                        OldImages::Real(_) => Setting::ExemplarDataset,
-                    },
-                    match source {
-                        OldImages::Dreamed(dir) => dir.display().to_string(),
-                        OldImages::Real(name) => name.clone(),
-                    },
-                )?,
+                dreamed: old_loader(r, device, source, *exemplars, old_classes, seed, &log)?,
             };
+            log_distillation(&log, &distillation, views);
             let mut step = IncrementalStep {
                 old,
                 distillation,
                 new_classes,
                 views,
             };
-            fit(
-                &fit_cfg,
-                &model,
-                &mut opt,
-                &mut step,
-                |e| paired.epoch(e),
-                &test_sets,
-                &log,
-            )?
+            training.fit(&mut step, |e| paired.epoch(e))?
         }
         (Some((distillation, views)), Learning::NewData { .. }) => {
             log.line("distillation on the new data only: no dreamed or real old images");
@@ -426,27 +448,11 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
                 distillation,
                 views,
             };
-            fit(
-                &fit_cfg,
-                &model,
-                &mut opt,
-                &mut step,
-                |e| new_loader.epoch(e),
-                &test_sets,
-                &log,
-            )?
+            training.fit(&mut step, |e| new_loader.epoch(e))?
         }
         _ => {
             log.line("fine-tuning baseline: new data only, no dreamed images, no distillation");
-            fit(
-                &fit_cfg,
-                &model,
-                &mut opt,
-                &mut BaseStep,
-                |e| new_loader.epoch(e),
-                &test_sets,
-                &log,
-            )?
+            training.fit(&mut BaseStep, |e| new_loader.epoch(e))?
         }
     };
     Ok(finish(r, eval, &log))

@@ -122,6 +122,8 @@ fn reference_defaults_per_script() {
     let Command::Evaluate(e) = try_parse_from(["agd", "evaluate"]).unwrap().command else {
         panic!()
     };
+    assert!(!e.json);
+    let e = e.plan;
     assert_eq!(e.datasets, vec!["market", "duke", "msmt17"]);
     assert!(!e.re_ranking && !e.output && !e.recursive);
 }

@@ -387,7 +387,7 @@ fn bad_flags_and_files_are_named_in_one_clear_error() {
         ],
         &["--teacher", "classifier.W"],
     );
-    // A generation folder under a regular file cannot be created, even by root.
+    // A dreams folder under a regular file cannot be created, even by root.
     let teacher = t("teacher.safetensors");
     save_untrained_teacher(Path::new(&teacher), 4);
     assert_fails(

@@ -32,7 +32,7 @@ fn plan_of(line: &str) -> Plan {
         Command::Train(p) => Plan::Base(p),
         Command::Incremental(p) | Command::IncrementalX(p) => Plan::Incremental(p),
         Command::Invert(p) => Plan::Invert(p),
-        Command::Evaluate(p) => Plan::Eval(p),
+        Command::Evaluate(a) => Plan::Eval(a.plan),
         _ => panic!("{line}: not a stage"),
     }
 }
@@ -213,7 +213,6 @@ fn every_plan_renders_a_command_line_that_parses_back_to_it() {
         recursive: true,
         re_ranking: true,
         one_shot: true,
-        json: true,
         output: true,
         rank_list: Some("ranks".into()),
         rank_list_n: 4,

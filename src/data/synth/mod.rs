@@ -302,10 +302,10 @@ pub fn generate(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             let mut entries = std::fs::read_dir(&sub)
                 .with_context(|| format!("cannot read {}", sub.display()))?;
             if entries.next().is_some() {
-                return Err(Occupied {
+                return Err(crate::error::Error::from(Occupied {
                     path: sub.clone(),
                     setting: Setting::Dataset,
-                }
+                })
                 .into());
             }
         }

@@ -98,28 +98,24 @@ enum Type {
     AlwaysBeDreaming,
 }
 
+// The YAML name of each type, in docs/method.md §4's order.
+crate::names!(Type {
+    Cosine => "cosine",
+    Triangle => "triangle",
+    ResTriangle => "res-triangle",
+    SimRes => "sim-res",
+    L1 => "l1",
+    L2 => "l2",
+    Relation => "relation",
+    Hinton => "hinton",
+    Podnet => "podnet",
+    No => "no",
+    GeoDL => "GeoDL",
+    GeoDLxLUCIR => "GeoDLxLUCIR",
+    AlwaysBeDreaming => "always-be-dreaming",
+});
+
 impl Type {
-    /// The YAML name of each type, in docs/method.md §4's order.
-    const NAMES: [(&'static str, Type); 13] = [
-        ("cosine", Type::Cosine),
-        ("triangle", Type::Triangle),
-        ("res-triangle", Type::ResTriangle),
-        ("sim-res", Type::SimRes),
-        ("l1", Type::L1),
-        ("l2", Type::L2),
-        ("relation", Type::Relation),
-        ("hinton", Type::Hinton),
-        ("podnet", Type::Podnet),
-        ("no", Type::No),
-        ("GeoDL", Type::GeoDL),
-        ("GeoDLxLUCIR", Type::GeoDLxLUCIR),
-        ("always-be-dreaming", Type::AlwaysBeDreaming),
-    ];
-
-    fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, t)| *t == self).unwrap().0
-    }
-
     /// The runtime loss of this type, its settings read from the document's
     /// `distillation.config` (pass two; `text` is the whole document).
     fn kind(self, text: &str) -> Result<DistillKind, Problem> {
@@ -406,11 +402,11 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 }
 
 fn collapse<'de, D: Deserializer<'de>>(d: D) -> Result<Collapse, D::Error> {
-    choice(d, &Collapse::NAMES)
+    choice(d, Collapse::NAMES)
 }
 
 fn criterion<'de, D: Deserializer<'de>>(d: D) -> Result<PodnetCriterion, D::Error> {
-    choice(d, &PodnetCriterion::NAMES)
+    choice(d, PodnetCriterion::NAMES)
 }
 
 /// A finite number (YAML integers count) that `check` accepts; `check` says what is wrong

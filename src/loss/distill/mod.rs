@@ -33,9 +33,12 @@ pub struct DistillInput<'a> {
     /// The model's classifier weight (classes × embedding), `always-be-dreaming` only: it
     /// applies the teacher's (the old model's) classifier to the student's embeddings.
     pub classifier: Option<&'a Tensor>,
-    /// `GeoDL` only, on the student: an orthonormal basis (D × [`NULL_SPACE_COLUMNS`]) of the
-    /// null space of the student's PCA subspace, to pad that subspace with. Any such basis is
-    /// as valid, and the reference's depends on its LAPACK, so its golden values record the one
+    /// `GeoDL` only, on the student: an orthonormal basis (D × [`NULL_SPACE_COLUMNS`]) of
+    /// the
+    /// null space of the student's PCA subspace, to pad that subspace with. Any such basis
+    /// is
+    /// as valid, and the reference's depends on its LAPACK, so its golden values record the
+    /// one
     /// it used and their test passes it here; `None` computes one.
     pub null_space_basis: Option<&'a Tensor>,
 }
@@ -79,22 +82,17 @@ pub enum Collapse {
     NoPooling,
 }
 
+// The config's names: the `collapse` setting is read by them, and `name` reports them.
+crate::names!(Collapse {
+    Spatial => "spatial",
+    Channel => "channel",
+    Vertical => "vertical",
+    Horizon => "horizon",
+    Global => "global",
+    NoPooling => "none",
+});
+
 impl Collapse {
-    /// The config's names: the `collapse` setting is read by them, and `name` reports them.
-    const NAMES: [(&'static str, Collapse); 6] = [
-        ("spatial", Collapse::Spatial),
-        ("channel", Collapse::Channel),
-        ("vertical", Collapse::Vertical),
-        ("horizon", Collapse::Horizon),
-        ("global", Collapse::Global),
-        ("none", Collapse::NoPooling),
-    ];
-
-    /// The config's name for it.
-    pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, c)| *c == self).unwrap().0
-    }
-
     fn apply(self, map: &Tensor) -> Tensor {
         let bs = map.size()[0];
         match self {
@@ -124,8 +122,10 @@ impl Collapse {
     }
 }
 
-/// What `podnet` compares the pooled (L2-normalised) map vectors with. The reference accepts
-/// all four names but only `cosine` runs there (the others index the pooled tensors as if they
+/// What `podnet` compares the pooled (L2-normalised) map vectors with. The reference
+/// accepts
+/// all four names but only `cosine` runs there (the others index the pooled tensors as if
+/// they
 /// were output dicts and crash); here they apply the same-named loss to the pooled vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodnetCriterion {
@@ -135,20 +135,13 @@ pub enum PodnetCriterion {
     SimResTriangle,
 }
 
-impl PodnetCriterion {
-    /// The config's names: the `criterion` setting is read by them, and `name` reports them.
-    const NAMES: [(&'static str, PodnetCriterion); 4] = [
-        ("cosine", PodnetCriterion::Cosine),
-        ("triangle", PodnetCriterion::Triangle),
-        ("res-triangle", PodnetCriterion::ResTriangle),
-        ("sim-res-triangle", PodnetCriterion::SimResTriangle),
-    ];
-
-    /// The config's name for it.
-    pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, c)| *c == self).unwrap().0
-    }
-}
+// The config's names: the `criterion` setting is read by them, and `name` reports them.
+crate::names!(PodnetCriterion {
+    Cosine => "cosine",
+    Triangle => "triangle",
+    ResTriangle => "res-triangle",
+    SimResTriangle => "sim-res-triangle",
+});
 
 /// The distillation loss of a config's `type`, with its `config` settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -161,7 +154,8 @@ pub enum DistillKind {
     SimRes,
     L1,
     L2,
-    /// Distances between all pairs of embeddings (`torch.pdist` with this `p`), optionally of
+    /// Distances between all pairs of embeddings (`torch.pdist` with this `p`), optionally
+    /// of
     /// the L2-normalised embeddings.
     Relation {
         normalize: bool,
@@ -180,8 +174,10 @@ pub enum DistillKind {
         attention_factor: f64,
     },
     No,
-    /// Geodesic-flow-kernel distillation (the reference's `GFK`, after GeoDL): the student's
-    /// embedding differences from the teacher's, measured by the kernel of the geodesic flow
+    /// Geodesic-flow-kernel distillation (the reference's `GFK`, after GeoDL): the
+    /// student's
+    /// embedding differences from the teacher's, measured by the kernel of the geodesic
+    /// flow
     /// between the two batches' PCA subspaces (see `geodl.rs`).
     GeoDL,
     /// GeoDL plus LUCIR's cosine embedding distillation:
@@ -190,7 +186,8 @@ pub enum DistillKind {
         geodl_factor: f64,
         cosine_factor: f64,
     },
-    /// Always Be Dreaming (Smith et al. 2021): MSE between the old classifier applied to the
+    /// Always Be Dreaming (Smith et al. 2021): MSE between the old classifier applied to
+    /// the
     /// student's embeddings and the old model's logits on the same (dreamed) images.
     AlwaysBeDreaming,
 }
@@ -205,7 +202,8 @@ pub struct Distillation {
     /// `incremental-x`: weight of the same-view teacher (the other views share 1 − this).
     pub cross_factor: Option<f64>,
     /// The file has a top-level `co_distillation` section (the reference's
-    /// `co_distillation.yaml`): accepted, but not used, as the reference's `main_incremental.py`
+    /// `co_distillation.yaml`): accepted, but not used, as the reference's
+    /// `main_incremental.py`
     /// never reads it; the trainers log that.
     pub unused_co_distillation: bool,
 }
@@ -231,12 +229,16 @@ impl Distillation {
     }
 
     /// The unweighted distillation loss (a scalar tensor) of student vs teacher on the same
-    /// images with their pids. Errors (not panics) when the batch is not P×K (every row must
+    /// images with their pids. Errors (not panics) when the batch is not P×K (every row
+    /// must
     /// have the same number of positives) for the residual-based types.
     ///
     /// `pids` are read on the host, where the same-identity pairs are listed: pass the
     /// batch's host pids (as the loader gives them), so that a GPU step never waits for the
     /// device to copy labels back. Pids on the device work too, at the cost of that wait.
+    ///
+    /// One function because it is one `match` over the config types, in docs/method.md §4's
+    /// order, each arm that type's formula.
     pub fn loss(
         &self,
         student: &DistillInput,
@@ -411,7 +413,8 @@ pub fn cos_loss(a: &Tensor, b: &Tensor) -> Tensor {
     Tensor::cosine_embedding_loss(a, b, &ones, 0.0, Reduction::Mean)
 }
 
-/// `triangle`: cos-loss(a, b) + 0.5·(1 − mean cos(ra, rb)) over the same-identity residuals.
+/// `triangle`: cos-loss(a, b) + 0.5·(1 − mean cos(ra, rb)) over the same-identity
+/// residuals.
 fn triangle(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
     let r = pairwise_residuals(a, b, pids)?;
     let residual_cos = (unit_rows(&r.a)? * unit_rows(&r.b)?)
@@ -438,7 +441,8 @@ fn sim_res(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
     Ok(cos_loss(&r.a, &r.b))
 }
 
-/// KL(softmax(z_T/T) ‖ softmax(z_S[:, last C]/T)), summed over classes and averaged over the
+/// KL(softmax(z_T/T) ‖ softmax(z_S[:, last C]/T)), summed over classes and averaged over
+/// the
 /// batch (`batchmean`), without a T² factor (the reference has none).
 fn hinton(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
     ensure!(
@@ -495,7 +499,8 @@ fn always_be_dreaming(
     Ok(outdated.mse_loss(&teacher_logits.detach(), Reduction::Mean))
 }
 
-/// PODNet's map term: the mean over the maps of criterion(pool(S²), pool(T²)), where pool is
+/// PODNet's map term: the mean over the maps of criterion(pool(S²), pool(T²)), where pool
+/// is
 /// the collapse followed by L2 normalisation.
 fn podnet_maps(
     student: &[Tensor],

@@ -42,16 +42,51 @@ pub fn is_torch(head: &[u8]) -> bool {
 
 use anyhow::{anyhow, Result};
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::Path;
 use tch::Tensor;
 
-/// Everything a torch.save file held, flattened: nested dicts become dotted names.
+/// Everything a state file held, flattened: nested dicts become dotted names. One type for
+/// both formats agd reads; `F` says which it was read from ([`TorchFile`], [`PaddleFile`]),
+/// each with its own `load`.
 #[derive(Debug)]
-pub struct TorchFile {
-    /// Tensors by dotted name, in file order: `backbone.base.conv1.weight`, `classifier.W`, …
+pub struct StateFile<F> {
+    /// Tensors by dotted name, in file order, named as in the file:
+    /// `backbone.base.conv1.weight`, `classifier.W`, `backbone.base.bn1._mean`, …
     pub tensors: Vec<(String, Tensor)>,
     /// Integer / float / bool / string leaves by dotted name (`epoch` → 80).
     pub scalars: BTreeMap<String, Scalar>,
+    format: PhantomData<F>,
+}
+
+/// The format of `torch.save`.
+#[derive(Debug)]
+pub enum Torch {}
+
+/// Everything a torch.save file held.
+pub type TorchFile = StateFile<Torch>;
+
+impl<F> StateFile<F> {
+    fn from_flat(flat: flatten::Flat<Tensor>) -> Self {
+        Self {
+            tensors: flat.leaves,
+            scalars: flat.scalars,
+            format: PhantomData,
+        }
+    }
+
+    /// The tensor stored under a dotted name.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The integer stored under a dotted name (`epoch`); `None` if absent or not an integer.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.scalars.get(name) {
+            Some(Scalar::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 /// A leaf of the pickled object that is not a tensor.
@@ -88,22 +123,6 @@ impl TorchFile {
             })
             .map_err(|e| anyhow!("{shown}: {e:#}"))?;
         let flat = flatten::flatten(&value, torch::leaf).map_err(|e| anyhow!("{shown}: {e:#}"))?;
-        Ok(TorchFile {
-            tensors: flat.leaves,
-            scalars: flat.scalars,
-        })
-    }
-
-    /// The tensor stored under a dotted name.
-    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
-    }
-
-    /// The integer stored under a dotted name (`epoch`); `None` if absent or not an integer.
-    pub fn int(&self, name: &str) -> Option<i64> {
-        match self.scalars.get(name) {
-            Some(Scalar::Int(i)) => Some(*i),
-            _ => None,
-        }
+        Ok(TorchFile::from_flat(flat))
     }
 }

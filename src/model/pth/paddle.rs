@@ -21,10 +21,9 @@
 
 use super::flatten::{flatten, shown};
 use super::unpickle::{Host, Object, Reduced, Resolver, Unpickler, Value, MAX_DEPTH};
-use super::Scalar;
 use anyhow::{anyhow, bail, Result};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::rc::Rc;
 use tch::{Kind, Tensor};
@@ -44,16 +43,14 @@ pub fn is_paddle(head: &[u8]) -> bool {
         && !super::archive::is_legacy(head)
 }
 
-/// Everything a `paddle.save` file held, flattened: nested dicts become dotted names.
+/// The format of `paddle.save`.
 #[derive(Debug)]
-pub struct PaddleFile {
-    /// Tensors by dotted name, in file order, named as in the file (`backbone.base.bn1._mean`).
-    pub tensors: Vec<(String, Tensor)>,
-    /// Integer / float / bool / string leaves by dotted name (`epoch` → 80).
-    pub scalars: BTreeMap<String, Scalar>,
-}
+pub enum Paddle {}
 
-impl PaddleFile {
+/// Everything a `paddle.save` file held.
+pub type PaddleFile = super::StateFile<Paddle>;
+
+impl super::StateFile<Paddle> {
     /// Reads a `paddle.save` file. Errors name the file.
     pub fn load(path: &Path) -> Result<PaddleFile> {
         let bytes =
@@ -79,23 +76,7 @@ impl PaddleFile {
         };
         tidy(&value, 0, &mut HashSet::new()).map_err(|e| anyhow!("{shown_path}: {e:#}"))?;
         let flat = flatten(&value, leaf).map_err(|e| anyhow!("{shown_path}: {e:#}"))?;
-        Ok(PaddleFile {
-            tensors: flat.leaves,
-            scalars: flat.scalars,
-        })
-    }
-
-    /// The tensor stored under a dotted name.
-    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
-    }
-
-    /// The integer stored under a dotted name (`epoch`); `None` if absent or not an integer.
-    pub fn int(&self, name: &str) -> Option<i64> {
-        match self.scalars.get(name) {
-            Some(Scalar::Int(i)) => Some(*i),
-            _ => None,
-        }
+        Ok(PaddleFile::from_flat(flat))
     }
 
     /// The tensors under torch's names: Paddle's BatchNorm buffers `_mean` / `_variance`
