@@ -79,6 +79,53 @@ impl StagePlan for EvalPlan {
     const SUBCOMMAND: &'static str = "evaluate";
 }
 
+/// A name for a checkpoint's outputs, from its path (a file with one of the checkpoint
+/// extensions, as a recursive search finds them), that no other such path is given: two
+/// checkpoints never share a feature file or a rank-list folder. The path with `/` written
+/// `_`, and `_`, `%` and `\` escaped as `%5F`, `%25` and `%5C` (any byte of a path that is
+/// not UTF-8 as `%XX`), so that `a/b_c` and `a_b/c` stay apart; agd's `.safetensors` is
+/// left out, the reference's `.pth.tar` and Paddle's `.pdparams` are written `%pth` and
+/// `%pd` (no escape makes those: `p` is not a hex digit), so `checkpoint.safetensors` and
+/// `checkpoint.pdparams` stay apart too.
+pub fn checkpoint_id(path: &Path) -> String {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let (stem, marker) = [
+        (".safetensors", ""),
+        (".pth.tar", "%pth"),
+        (".pdparams", "%pd"),
+    ]
+    .into_iter()
+    .find_map(|(ext, marker)| bytes.strip_suffix(ext.as_bytes()).map(|s| (s, marker)))
+    .unwrap_or((bytes, ""));
+    let mut id = String::new();
+    let escape = |id: &mut String, b: u8| id.push_str(&format!("%{b:02X}"));
+    match std::str::from_utf8(stem) {
+        Ok(text) => {
+            for c in text.chars() {
+                match c {
+                    '/' => id.push('_'),
+                    '_' | '%' | '\\' => escape(&mut id, c as u8),
+                    c => id.push(c),
+                }
+            }
+        }
+        // Not UTF-8: every byte outside ASCII escaped (a UTF-8 path keeps its characters,
+        // so the two kinds of names never meet).
+        Err(_) => {
+            for &b in stem {
+                match b {
+                    b'/' => id.push('_'),
+                    b'_' | b'%' | b'\\' => escape(&mut id, b),
+                    b if b.is_ascii() => id.push(b as char),
+                    b => escape(&mut id, b),
+                }
+            }
+        }
+    }
+    id.push_str(marker);
+    id
+}
+
 /// The name of one query set's outputs (feature file, rank-list folder): the dataset's own
 /// name, or `a-in-a+b` for dataset a's queries against the union gallery of `a+b`, so the
 /// outputs of `--dataset a a+b` never overwrite each other.
@@ -92,17 +139,12 @@ pub fn query_set_name(spec: &str, part: &str) -> String {
 
 impl EvalPlan {
     /// The plan of one checkpoint among several (`recursive`): its feature files and rank
-    /// lists are named after the checkpoint (its path under `ckpt`, `/` as `_`, without
-    /// the extension), so one checkpoint's outputs never overwrite another's:
+    /// lists are named after the checkpoint ([`checkpoint_id`] of its path under `ckpt`),
+    /// so one checkpoint's outputs never overwrite another's:
     /// `f-logs_a_checkpoint-epoch1.safetensors`, `<rank_list>/logs_a_checkpoint-epoch1/a`.
     pub fn for_one_of_several(&self, checkpoint: &Path) -> EvalPlan {
         let relative = checkpoint.strip_prefix(&self.ckpt).unwrap_or(checkpoint);
-        let mut id = relative.to_string_lossy().replace(['/', '\\'], "_");
-        for ext in crate::model::checkpoint::CHECKPOINT_EXTENSIONS {
-            if let Some(stem) = id.strip_suffix(ext) {
-                id = stem.to_string();
-            }
-        }
+        let id = checkpoint_id(relative);
         EvalPlan {
             save_features: self.save_features.as_ref().map(|f| suffixed(f, &id)),
             rank_list: self.rank_list.as_ref().map(|dir| dir.join(&id)),
@@ -262,4 +304,73 @@ fn check_destination(base: &Path, path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checkpoint_id;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    /// Every way two checkpoint paths could once share an output name (issue 36, item 4),
+    /// and the names that stay as they were.
+    #[test]
+    fn checkpoint_output_names_are_injective() {
+        #[allow(unused_mut)]
+        let mut paths: Vec<PathBuf> = [
+            // Extensions.
+            "checkpoint.safetensors",
+            "checkpoint.pdparams",
+            "checkpoint.pth.tar",
+            "checkpoint.pdparams.safetensors",
+            "checkpoint.pth.tar.pdparams",
+            // Separators and the characters that stood for them.
+            "a/b_c/checkpoint.safetensors",
+            "a_b/c/checkpoint.safetensors",
+            "a_b_c/checkpoint.safetensors",
+            "a\\b/checkpoint.safetensors",
+            "a/b/checkpoint.safetensors",
+            // Escapes and markers written out literally.
+            "a%5Fb/checkpoint.safetensors",
+            "a_b/checkpoint.safetensors",
+            "x%pd.safetensors",
+            "x.pdparams",
+            "x%25pd.pdparams",
+            "x%pd.pdparams",
+            // The character lossy conversion makes of a byte that is not UTF-8.
+            "\u{FFFD}/checkpoint.safetensors",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            for bytes in [
+                &b"\xff/checkpoint.safetensors"[..],
+                b"\xfe/checkpoint.safetensors",
+            ] {
+                paths.push(std::ffi::OsStr::from_bytes(bytes).into());
+            }
+        }
+        let mut seen: HashMap<String, &PathBuf> = HashMap::new();
+        for p in &paths {
+            let id = checkpoint_id(p);
+            if let Some(other) = seen.insert(id.clone(), p) {
+                panic!(
+                    "{} and {} share the name {id}",
+                    other.display(),
+                    p.display()
+                );
+            }
+        }
+        assert_eq!(
+            checkpoint_id("logs/a/checkpoint-epoch1.safetensors".as_ref()),
+            "logs_a_checkpoint-epoch1"
+        );
+        assert_eq!(
+            checkpoint_id("run/checkpoint.pdparams".as_ref()),
+            "run_checkpoint%pd"
+        );
+    }
 }

@@ -157,18 +157,34 @@ fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
     }
     let mut found = Vec::new();
     let mut stack = vec![args.ckpt.clone()];
+    // Each real folder once: a symlink loop (or two links to one folder) would otherwise
+    // list its checkpoints at every depth, or never end.
+    let mut visited = std::collections::HashSet::new();
     while let Some(dir) = stack.pop() {
+        let real = dir
+            .canonicalize()
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        if !visited.insert(real) {
+            continue;
+        }
+        let mut entries = Vec::new();
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
         {
-            let path = entry?.path();
+            entries.push(entry?.path());
+        }
+        // In name order (the first of two links to one folder names its checkpoints), the
+        // first folder popped first.
+        entries.sort();
+        let mut folders = Vec::new();
+        for path in entries {
             let name = path
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
             if path.is_dir() {
-                stack.push(path);
+                folders.push(path);
             } else if name.starts_with("checkpoint")
                 && crate::model::checkpoint::CHECKPOINT_EXTENSIONS
                     .iter()
@@ -177,6 +193,7 @@ fn checkpoints(args: &EvalPlan) -> Result<Vec<PathBuf>> {
                 found.push(path);
             }
         }
+        stack.extend(folders.into_iter().rev());
     }
     if found.is_empty() {
         bad_setting!(
@@ -499,4 +516,39 @@ fn evaluate_checkpoint(
         append_eval_txt(&ck, &rows)?;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recursive search visits every real folder once (issue 36, item 6): a symlink loop
+    /// listed the same checkpoint at every depth, and two loops never ended.
+    #[cfg(unix)]
+    #[test]
+    fn a_recursive_search_visits_each_real_folder_once() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for dir in ["a", "c"] {
+            std::fs::create_dir(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("a/checkpoint.safetensors"), b"").unwrap();
+        std::fs::write(root.join("c/checkpoint.pdparams"), b"").unwrap();
+        symlink(root, root.join("a/loop")).unwrap();
+        symlink(root.join("c"), root.join("c/self")).unwrap();
+        symlink(root.join("a"), root.join("b")).unwrap();
+        let plan = EvalPlan {
+            ckpt: root.to_path_buf(),
+            recursive: true,
+            ..EvalPlan::default()
+        };
+        assert_eq!(
+            checkpoints(&plan).unwrap(),
+            [
+                root.join("a/checkpoint.safetensors"),
+                root.join("c/checkpoint.pdparams")
+            ]
+        );
+    }
 }
