@@ -297,6 +297,47 @@ fn check_dreamed(dreamed: &Dreamed, old_classes: i64) -> Result<()> {
     Ok(())
 }
 
+/// The old model (the frozen teacher) and the student: the old model with its classifier
+/// grown by the new classes.
+fn old_and_student(
+    previous: &Checkpoint,
+    config: crate::model::ModelConfig,
+    (device, compute): (Device, crate::model::Compute),
+    new_classes: i64,
+    log: &Logger,
+) -> Result<(ReidModel, ReidModel)> {
+    let load = || -> Result<ReidModel> {
+        let mut m = ReidModel::new(config, device)?;
+        m.compute = compute;
+        m.load_checkpoint(previous).about(Setting::Previous)?;
+        Ok(m)
+    };
+    let old = load()?;
+    let mut student = load()?;
+    student.expand_classifier(new_classes);
+    log.line(format!(
+        "student: {} (epoch {}) with {} old classes + {new_classes} new",
+        previous.path.display(),
+        previous.epoch,
+        old.config.classes
+    ));
+    Ok((old, student))
+}
+
+/// The new dataset's test set, and the old task's when `--old-dataset` names it.
+fn new_and_old_test_sets(
+    r: &LoopPlan,
+    dataset: &ReidDataset,
+    old: Option<&str>,
+) -> Result<Vec<TestSet>> {
+    let old = old
+        .map(|name| ReidDataset::load(&r.data.data_root, name))
+        .transpose()?;
+    let mut evaluated = vec![dataset];
+    evaluated.extend(old.as_ref());
+    test_sets(r, &evaluated)
+}
+
 /// The loader of the old identities' images, dreamed or real (`exemplars` of each). Too
 /// few old identities for P = batch/4 is about their source as much as the batch size: the
 /// error names both.
@@ -386,35 +427,16 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     }
     log.line(describe(&dataset, device));
     let compute = compute(r, device, &log);
-    let load_old = || -> Result<ReidModel> {
-        let mut m = ReidModel::new(old_config, device)?;
-        m.compute = compute;
-        m.load_checkpoint(&previous).about(Setting::Previous)?;
-        Ok(m)
-    };
-    let old = load_old()?;
-    let old_classes = old.config.classes;
     let new_classes = dataset.num_train_ids as i64;
-    // The student: the old model with its classifier grown by the new classes.
-    let mut model = load_old()?;
-    model.expand_classifier(new_classes);
-    log.line(format!(
-        "student: {} (epoch {}) with {old_classes} old classes + {new_classes} new",
-        previous.path.display(),
-        previous.epoch
-    ));
+    let on = (device, compute);
+    let (old, mut model) = old_and_student(&previous, old_config, on, new_classes, &log)?;
+    let old_classes = old.config.classes;
     let mut opt = Optimizer::for_device(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));
     }
-    let old_dataset = match &plan.old_dataset {
-        Some(name) => Some(ReidDataset::load(&r.data.data_root, name)?),
-        None => None,
-    };
-    let mut evaluated = vec![&dataset];
-    evaluated.extend(old_dataset.as_ref());
-    let test_sets = test_sets(r, &evaluated)?;
+    let test_sets = new_and_old_test_sets(r, &dataset, plan.old_dataset.as_deref())?;
     let new_loader = loader(r, device, &dataset.train, seed, 0, "train")?;
     let cfg = fit_config(r, start_epoch, &argv);
     let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log);
