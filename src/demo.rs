@@ -200,7 +200,7 @@ fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
         run: LoopPlan {
             warmup: 1,
             model: model(),
-            ..loop_plan(LoopPlan::base_defaults(), s.base_epochs)
+            ..loop_plan(LoopPlan::default(), s.base_epochs)
         },
         // No ImageNet weights can be downloaded here; the demo's small models learn from
         // scratch.

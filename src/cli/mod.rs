@@ -8,9 +8,8 @@ mod synth;
 
 use crate::error::Setting;
 use crate::inversion::InvertPlan;
-use crate::options::with_defaults;
 use crate::sequence::SequencePlan;
-use crate::train::plan::{BasePlan, IncrementalPlan, LoopPlan};
+use crate::train::plan::{BasePlan, IncrementalPlan};
 use anyhow::Result;
 use args::*;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -63,15 +62,15 @@ fn with_underscore_aliases(cmd: clap::Command) -> clap::Command {
 }
 
 /// The full command: the incremental steps' reference defaults (`main_incremental*.py`'s,
-/// where they differ from `main.py`'s: [`LoopPlan::incremental_defaults`]) and underscore
-/// aliases included.
+/// where they differ from `main.py`'s: [`IncrementalPlan::with_reference_defaults`]) and
+/// underscore aliases included.
 pub fn command() -> clap::Command {
     Cli::command()
         .mut_subcommand("incremental", |c| {
-            with_defaults(c, &LoopPlan::incremental_defaults(false))
+            IncrementalPlan::with_reference_defaults(c, false)
         })
         .mut_subcommand("incremental-x", |c| {
-            with_defaults(c, &LoopPlan::incremental_defaults(true))
+            IncrementalPlan::with_reference_defaults(c, true)
         })
         .mut_subcommands(with_underscore_aliases)
 }

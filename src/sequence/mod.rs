@@ -161,7 +161,7 @@ impl SequencePlan {
             run: LoopPlan {
                 model: self.model,
                 ..shared(
-                    LoopPlan::base_defaults(),
+                    LoopPlan::default(),
                     self.base_epochs,
                     &self.base_epochs_decay,
                 )

@@ -72,11 +72,6 @@ pub struct LoopPlan {
 crate::default_from_flags!(LoopPlan);
 
 impl LoopPlan {
-    /// `main.py`'s defaults (the base model).
-    pub fn base_defaults() -> Self {
-        Self::default()
-    }
-
     /// `main_incremental*.py`'s defaults, where they differ from `main.py`'s. The
     /// incremental subcommands' flags default to these ([`options::with_defaults`]).
     pub fn incremental_defaults(augmented: bool) -> Self {
@@ -269,18 +264,13 @@ impl IncrementalPlan {
         } else {
             "incremental"
         };
-        options::with_defaults(
-            Self::augment_args(Command::new(name)),
-            &LoopPlan::incremental_defaults(augmented),
-        )
+        Self::with_reference_defaults(Self::augment_args(Command::new(name)), augmented)
     }
 
-    pub fn subcommand(&self) -> &'static str {
-        if self.augmented {
-            "incremental-x"
-        } else {
-            "incremental"
-        }
+    /// `command` (the CLI's subcommand, or [`Self::subcommand_of`]'s) with the defaults of
+    /// [`LoopPlan::incremental_defaults`] where they differ from `agd train`'s.
+    pub fn with_reference_defaults(command: Command, augmented: bool) -> Command {
+        options::with_defaults(command, &LoopPlan::incremental_defaults(augmented))
     }
 
     /// How the new task is learnt, from the flags.
