@@ -35,7 +35,7 @@ use crate::model::ModelChoice;
 use crate::options::{self, AugmentOptions, DataOptions, DeviceOptions};
 use crate::stage::StagePlan;
 use crate::train::optimizer::OptimizerKind;
-use crate::train::plan::{BasePlan, LoopPlan};
+use crate::train::plan::{reference, BasePlan, LoopPlan};
 use anyhow::{Context, Result};
 use clap::{Args, Command};
 use serde::{Deserialize, Serialize};
@@ -72,16 +72,16 @@ pub struct SequencePlan {
     #[command(flatten)]
     pub data: DataOptions,
     /// Epochs of the base model on the first dataset.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = reference::EPOCHS)]
     pub base_epochs: usize,
     /// Epochs of the base model at which the learning rate is multiplied by 0.1.
-    #[arg(long, num_args = 0.., default_values_t = [61])]
+    #[arg(long, num_args = 0.., default_values_t = [reference::EPOCHS_DECAY])]
     pub base_epochs_decay: Vec<usize>,
     /// Epochs of every incremental step.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = reference::INCREMENTAL_EPOCHS)]
     pub epochs: usize,
     /// Epochs of an incremental step at which the learning rate is multiplied by 0.1.
-    #[arg(long, num_args = 0.., default_values_t = [41])]
+    #[arg(long, num_args = 0.., default_values_t = [reference::INCREMENTAL_EPOCHS_DECAY])]
     pub epochs_decay: Vec<usize>,
     /// Batch size of every training stage (P identities × 4 images) [default: 128 for the
     /// base model, 64 for the incremental steps].
@@ -94,14 +94,14 @@ pub struct SequencePlan {
     #[arg(long, value_enum, default_value = "SGD")]
     pub optimizer: OptimizerKind,
     /// Base learning rate of every training stage.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = reference::LEARNING_RATE)]
     pub learning_rate: f64,
     /// Training stages evaluate every this many epochs (0: never; every step's model is
     /// evaluated on all datasets seen so far anyway).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = reference::EVALUATE)]
     pub evaluate: usize,
     /// Views of each sample for an augmented method (AGD); the others see one.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = reference::VIEWS)]
     pub peers: usize,
     #[command(flatten)]
     pub augment: AugmentOptions,

@@ -16,6 +16,20 @@ use clap::{Args, Command};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The reference scripts' training defaults that several plans state: `agd train`'s
+/// (`main.py`), the incremental steps' (`main_incremental*.py`), and `agd sequence`, which
+/// runs both.
+pub mod reference {
+    pub const EPOCHS: usize = 90;
+    pub const EPOCHS_DECAY: usize = 61;
+    pub const INCREMENTAL_EPOCHS: usize = 80;
+    pub const INCREMENTAL_EPOCHS_DECAY: usize = 41;
+    pub const LEARNING_RATE: f64 = 0.01;
+    pub const EVALUATE: usize = 10;
+    /// Views of each sample in augmented distillation (`incremental-x`).
+    pub const VIEWS: usize = 2;
+}
+
 /// The training loop shared by every training stage. Its defaults are `main.py`'s (the
 /// base model); the incremental steps' differ where [`LoopPlan::incremental_defaults`]
 /// says.
@@ -38,10 +52,10 @@ pub struct LoopPlan {
     #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
     /// Number of epochs.
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = reference::EPOCHS)]
     pub epochs: usize,
     /// Epochs at which the learning rate is multiplied by 0.1.
-    #[arg(long, num_args = 0.., default_values_t = [61])]
+    #[arg(long, num_args = 0.., default_values_t = [reference::EPOCHS_DECAY])]
     pub epochs_decay: Vec<usize>,
     /// Where checkpoints and logs go.
     #[arg(long, value_name = "PATH", default_value = "logs")]
@@ -55,10 +69,10 @@ pub struct LoopPlan {
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
     /// Base learning rate.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = reference::LEARNING_RATE)]
     pub learning_rate: f64,
     /// Evaluate every this many epochs (0: never).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = reference::EVALUATE)]
     pub evaluate: usize,
     /// Independently augmented views of each sample.
     #[arg(long, default_value_t = 1)]
@@ -78,11 +92,11 @@ impl LoopPlan {
         Self {
             dataset: "market".into(),
             batch_size: 64,
-            epochs: 80,
-            epochs_decay: vec![41],
+            epochs: reference::INCREMENTAL_EPOCHS,
+            epochs_decay: vec![reference::INCREMENTAL_EPOCHS_DECAY],
             save_freq: 100,
             warmup: 0,
-            peers: if augmented { 2 } else { 1 },
+            peers: if augmented { reference::VIEWS } else { 1 },
             ..Self::default()
         }
     }
