@@ -9,19 +9,21 @@
 //! second run reuses what is finished.
 
 use crate::data::synth::{self, Style, SynthConfig};
+use crate::error::Setting;
 use crate::eval::{EvalPlan, EvalRow};
 use crate::inversion::fidelity::{self, HistogramReport};
 use crate::inversion::plan::Dreaming;
 use crate::inversion::prior::PriorWeights;
 use crate::inversion::store::DreamFormat;
 use crate::inversion::{Coefficients, InvertPlan, Stages};
-use crate::logging::Logger;
+use crate::logging::{Claim, Logger};
 use crate::model::checkpoint::Pretrained;
 use crate::model::{Depth, ModelChoice};
 use crate::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
 use crate::plot::ResultRow;
+use crate::record::Recipe;
 use crate::sequence::{Engine, Method, Templates, PRESETS};
-use crate::stage::Argv;
+use crate::stage::StagePlan;
 use crate::train::optimizer::OptimizerKind;
 use crate::train::plan::{BasePlan, LoopPlan};
 use anyhow::{bail, Context, Result};
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Sizes of a demo run: the default is meaningful in minutes, `quick` is for CI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Sizes {
     pub ids: usize,
     pub images_per_id: usize,
@@ -307,46 +309,39 @@ impl Run<'_> {
 /// ([`fidelity::beside_real_sheet`]).
 pub const BESIDE_REAL: &str = "dreams-beside-real.png";
 
-/// The file in a demo folder naming the recipe its stages were made with.
-pub const RECIPE: &str = "demo.recipe";
-
-/// A second run reuses every finished stage of its folder, which is only right when the
-/// stages were made with the same recipe (sizes, random erasing, seed, the dreaming knobs
-/// the demo fixes): a folder made by other flags, or by an agd with other fixed knobs or
-/// from before the recipe was recorded, is refused with the way out, rather than mixing
-/// its stages into this run's table.
-fn check_recipe(plan: &DemoPlan, invert: &InvertPlan) -> Result<()> {
-    let path = plan.out.join(RECIPE);
-    // The dreaming knobs the demo fixes: a folder dreamed with other ones (by an earlier
-    // agd) is another recipe too.
-    let mut dreaming = Argv::new("invert");
-    dreaming
-        .group(&invert.dreaming.stages)
-        .group(&invert.dreaming.coefficients);
-    let recipe = format!(
-        "sizes {:?}, re {}, seed {}, quick {}, dreaming `{}`\n",
-        plan.sizes,
-        plan.re,
-        plan.seed,
-        plan.quick,
-        dreaming.command_line()
-    );
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == recipe => Ok(()),
-        Ok(found) => bail!(
-            "{} was made by a demo with other flags or by another agd ({}), not this one's \
-             ({}): complete it with the flags and the agd that made it, or give a new --out",
-            plan.out.display(),
-            found.trim(),
-            recipe.trim()
-        ),
-        Err(_) if plan.out.join("base").exists() => bail!(
-            "{} holds a demo made by an earlier agd (no {RECIPE}; its stages may have been \
-             trained with another recipe): give a new --out",
-            plan.out.display()
-        ),
-        Err(_) => crate::io::write_atomic(&path, recipe.as_bytes()),
+/// The recipe of a demo folder ([`Recipe`]): a second run reuses every finished stage of
+/// its folder, which is only right when the stages were made with the same recipe (sizes,
+/// random erasing, seed, and the dreaming knobs the demo fixes, so that a folder dreamed
+/// by an agd with other fixed knobs is another recipe too). Another recipe's folder is
+/// refused with the flags that differ, rather than mixing its stages into this run's table.
+fn recipe(plan: &DemoPlan, invert: &InvertPlan) -> Recipe {
+    let mut recipe = Recipe::new("demo")
+        .with("--quick", plan.quick)
+        .with("--seed", plan.seed)
+        .with("--re", plan.re);
+    for (field, leaf) in crate::options::leaves(&plan.sizes) {
+        if let crate::options::Leaf::Values(v) = leaf {
+            recipe = recipe.with(format!("--{}", field.replace('_', "-")), v.join(" "));
+        }
     }
+    let mut dreaming = Recipe::new("invert");
+    let command = invert.command();
+    dreaming.add_flags(&command, &invert.dreaming.stages, None);
+    dreaming.add_flags(&command, &invert.dreaming.coefficients, None);
+    for (flag, value) in dreaming.flags {
+        recipe = recipe.with(format!("agd invert {flag}"), value);
+    }
+    recipe
+}
+
+/// Opens the demo's log in `plan.out`, claiming the folder for `recipe`.
+fn open_log(plan: &DemoPlan, recipe: &Recipe) -> Result<Logger> {
+    let claim = Claim {
+        recipe,
+        folder: Setting::Out,
+        adopt: false,
+    };
+    Logger::open(&plan.out, &claim, true)
 }
 
 /// A model on both tasks; rank lists of a few queries when asked, so forgetting can be
@@ -448,14 +443,13 @@ pub fn run(plan: &DemoPlan) -> Result<DemoResults> {
             "demo sizes {sizes:?}: the identities must be at least 2, and the epochs, base epochs and shots at least 1"
         );
     }
-    let log = Logger::open(&plan.out, true)?;
+    let data_root = plan.out.join("data");
+    let templates = templates(plan, &data_root);
+    let log = open_log(plan, &recipe(plan, &templates.invert))?;
     let (device, determinism) = plan.device.select()?;
     if let Some(note) = determinism {
         log.line(note);
     }
-    let data_root = plan.out.join("data");
-    let templates = templates(plan, &data_root);
-    check_recipe(plan, &templates.invert)?;
     log.line(format!(
         "agd demo{} → {} (device {}; {sizes:?})",
         if plan.quick { " --quick" } else { "" },
@@ -715,7 +709,10 @@ pub fn run_seeds(plan: &DemoPlan, seeds: &[u64]) -> Result<SeedsSummary> {
         bail!("--seeds {seeds:?}: a seed is repeated");
     }
     let start = Instant::now();
-    let log = Logger::open(&plan.out, true)?;
+    let seeds_list = seeds.iter().map(u64::to_string).collect::<Vec<_>>();
+    let recipe = recipe(plan, &templates(plan, &plan.out.join("data")).invert)
+        .with("--seeds", seeds_list.join(","));
+    let log = open_log(plan, &recipe)?;
     log.line(format!(
         "agd demo over seeds {seeds:?} → {}",
         plan.out.display()

@@ -74,6 +74,7 @@ settings! {
     MainLossMultiplier => "main loss multiplier", main_loss_multiplier;
     Method => "method", method;
     Optimizer => "optimizer", optimizer;
+    Out => "run folder", out;
     Peers => "views", peers;
     Pretrained => "ImageNet weights", pretrained;
     Previous => "previous model", previous;
@@ -128,6 +129,8 @@ pub enum Error {
     Contradiction(#[from] crate::model::choice::Contradiction),
     #[error(transparent)]
     CheckpointsFailed(#[from] crate::eval::CheckpointsFailed),
+    #[error(transparent)]
+    OtherRun(#[from] crate::record::OtherRun),
 }
 
 impl Error {
@@ -148,6 +151,7 @@ impl Error {
             Error::Occupied(o) => o.describe(&name(o.setting)),
             Error::Contradiction(c) => c.describe(&name(c.setting)),
             Error::CheckpointsFailed(f) => f.describe(render),
+            Error::OtherRun(o) => o.describe(&name(o.folder)),
         }
     }
 

@@ -9,13 +9,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A temporary path beside `path`, unique within this process and across processes:
 /// `.<name>.tmp-<pid>-<n>`, the pid telling [`remove_stale_temporaries`] whose it is.
+///
+/// The name is cut to 200 bytes first, so that a destination whose name is near the
+/// file system's limit (255 bytes) still has a temporary sibling.
 fn temp_sibling(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
+    let mut name = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name.truncate(cut);
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
@@ -31,7 +39,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = std::fs::write(&tmp, bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))
+        .with_context(|| format!("cannot write {}", path.display()))
         .and_then(|()| {
             std::fs::rename(&tmp, path)
                 .with_context(|| format!("cannot move {} into place", path.display()))
@@ -42,6 +50,22 @@ pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Writes `bytes` to `path` atomically unless `path` exists: the file appears whole, and
+/// of two processes creating it at once exactly one does. Returns whether this call
+/// created it.
+pub fn create_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let tmp = temp_sibling(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    // A hard link, unlike a rename, never replaces its target.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 /// Atomically writes whatever `fill` writes into the file.
 pub fn write_atomic_with(
     path: &Path,
@@ -49,11 +73,12 @@ pub fn write_atomic_with(
 ) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| -> Result<()> {
+        // Errors name the destination: the temporary file is ours, not the user's.
         let mut file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        fill(&mut file).with_context(|| format!("cannot write {}", tmp.display()))?;
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        fill(&mut file).with_context(|| format!("cannot write {}", path.display()))?;
         file.sync_all()
-            .with_context(|| format!("cannot sync {}", tmp.display()))?;
+            .with_context(|| format!("cannot sync {}", path.display()))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot move {} into place", path.display()))
     })();
@@ -89,6 +114,11 @@ fn temporary_owner(name: &str) -> Option<u32> {
     let (pid, n) = rest.split_once('-')?;
     n.parse::<u64>().ok()?;
     pid.parse().ok()
+}
+
+/// Whether `name` is a temporary file of [`write_atomic`] (a run's, or one a killed run left).
+pub fn is_temporary(name: &str) -> bool {
+    temporary_owner(name).is_some()
 }
 
 /// Whether process `pid` is running (Linux: `/proc/<pid>`; elsewhere assumed dead, which

@@ -5,6 +5,8 @@
 //! folder (two runs sharing `--logs-dir` would interleave their logs and replace each
 //! other's checkpoints), and what killed runs left half-written there is cleared.
 
+use crate::error::Setting;
+use crate::record::Recipe;
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,6 +26,9 @@ pub struct Logger {
     _lock: File,
 }
 
+/// A run's log, in its folder.
+pub const LOG: &str = "log.txt";
+
 /// The lock file of a run's folder; it holds the pid of the run that last claimed it.
 pub const LOCK: &str = ".agd.lock";
 
@@ -35,9 +40,28 @@ pub struct Busy {
     pub pid: Option<u32>,
 }
 
-/// Claims `dir` for this process: an exclusive advisory lock on `dir/.agd.lock`, with
-/// our pid written into it so a second run can say who holds the folder.
-fn lock(dir: &Path) -> Result<File> {
+/// What a run claims its folder as ([`Recipe::claim`]).
+pub struct Claim<'a> {
+    pub recipe: &'a Recipe,
+    /// The setting that named the folder.
+    pub folder: Setting,
+    /// Whether a folder without a record is taken over (the run continues what it holds).
+    pub adopt: bool,
+}
+
+/// How a run holds its folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Alone: every run of a folder.
+    Exclusive,
+    /// Beside the other shards of its dreams folder (`agd invert --shard`), which each
+    /// hold their own subfolder alone; an unsharded run of the folder waits for them all.
+    Shared,
+}
+
+/// Claims `dir` for this process: an advisory lock on `dir/.agd.lock`, with our pid
+/// written into it so a second run can say who holds the folder.
+pub fn lock(dir: &Path, hold: Hold) -> Result<File> {
     let path = dir.join(LOCK);
     let mut file = OpenOptions::new()
         .create(true)
@@ -46,7 +70,11 @@ fn lock(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    match file.try_lock() {
+    let locked = match hold {
+        Hold::Exclusive => file.try_lock(),
+        Hold::Shared => file.try_lock_shared(),
+    };
+    match locked {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let pid = std::fs::read_to_string(&path)
@@ -69,18 +97,25 @@ fn lock(dir: &Path) -> Result<File> {
 
 impl Logger {
     /// Appends to `<dir>/log.txt`, creating `dir` if needed, after claiming `dir` (an
-    /// error naming the holder when another agd run has it) and removing the temporary
-    /// files that killed runs left there.
-    pub fn open(dir: &Path, echo: bool) -> Result<Self> {
+    /// error naming the holder when another agd run has it, and one naming both runs when
+    /// another kind or recipe of run made it: [`Claim`]) and removing the temporary files
+    /// that killed runs left there.
+    pub fn open(dir: &Path, claim: &Claim, echo: bool) -> Result<Self> {
         crate::io::create_dir(dir)?;
-        let lock = lock(dir)?;
+        let lock = lock(dir, Hold::Exclusive)?;
+        claim
+            .recipe
+            .claim(dir, claim.folder, claim.adopt, Hold::Exclusive)?;
         crate::io::remove_stale_temporaries(dir)?;
-        let path = dir.join("log.txt");
+        let path = dir.join(LOG);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open log file {}", path.display()))?;
+        if let Ok(mut open) = OPEN.lock() {
+            open.push(path.clone());
+        }
         Ok(Self {
             path,
             file: Mutex::new(file),
@@ -120,12 +155,50 @@ impl Logger {
     }
 }
 
+/// The logs of the runs open in this process, for [`record_interruptions`].
+static OPEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Makes a run ended by SIGINT, SIGTERM or SIGHUP (Ctrl-C, a cluster's scheduler, a closed
+/// terminal) say so in the log of every run open in this process, `interrupted by
+/// SIGINT`, before the process ends as the signal ends it; without it, a log read back
+/// later stops mid-epoch with no reason. Checkpoints and images are written atomically,
+/// so what the run had finished stays whole and resumable. The binary calls it once.
+pub fn record_interruptions() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot watch for interrupting signals")?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = match signal {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            let open = OPEN.lock().map(|o| o.clone()).unwrap_or_default();
+            for path in open {
+                if let Ok(mut f) = OpenOptions::new().append(true).open(&path) {
+                    let _ = writeln!(f, "interrupted by {name}");
+                }
+            }
+            // Ends the process as the signal would have (exit status 128 + signal).
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}
+
 /// Logs of runs that ended without [`Logger::succeeded`]: the error travelling up to the
 /// caller ended them.
 static FAILED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 impl Drop for Logger {
     fn drop(&mut self) {
+        if let Ok(mut open) = OPEN.lock() {
+            if let Some(at) = open.iter().position(|p| p == &self.path) {
+                open.remove(at);
+            }
+        }
         if !self.done.load(std::sync::atomic::Ordering::Relaxed) {
             if let Ok(mut failed) = FAILED.lock() {
                 failed.push(self.path.clone());

@@ -7,8 +7,10 @@
 //! the CLI only maps flags to plans, and `sequence` and `demo` build theirs from templates
 //! through one engine (`sequence::Engine`).
 
-use crate::logging::Logger;
+use crate::error::Setting;
+use crate::logging::{Claim, Logger};
 use crate::options::{leaves, Leaf};
+use crate::record::Recipe;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -18,6 +20,9 @@ use std::path::Path;
 pub trait StagePlan: clap::Args + Serialize {
     /// The stage's subcommand.
     const SUBCOMMAND: &'static str;
+
+    /// The setting naming the folder a run of the stage writes (its logs, for most).
+    const FOLDER: Setting = Setting::LogsDir;
 
     /// The stage's subcommand: its flags with the defaults this plan is compared against.
     fn command(&self) -> clap::Command {
@@ -60,33 +65,14 @@ impl Argv {
         command: &clap::Command,
         values: &T,
     ) -> &mut Self {
-        for (id, leaf) in leaves(values) {
-            let Leaf::Values(values) = leaf else {
-                continue;
-            };
-            let Some(arg) = command.get_arguments().find(|a| a.get_id() == id) else {
-                continue;
-            };
+        for (arg, values) in off_default(command, values) {
             let name = match (arg.get_short(), arg.get_long()) {
                 (Some(short), _) => format!("-{short}"),
                 (None, Some(long)) => format!("--{long}"),
                 (None, None) => continue,
             };
-            if !arg.get_action().takes_values() {
-                if values == ["true"] {
-                    self.0.push(name);
-                }
-                continue;
-            }
-            let defaults: Vec<String> = arg
-                .get_default_values()
-                .iter()
-                .map(|v| v.to_string_lossy().into_owned())
-                .collect();
-            if values != defaults {
-                self.0.push(name);
-                self.0.extend(values);
-            }
+            self.0.push(name);
+            self.0.extend(values);
         }
         self
     }
@@ -112,10 +98,61 @@ impl Argv {
     }
 }
 
-/// Opens a stage's `log.txt` in `dir` and records the command line that reproduces it.
-pub fn open_log(dir: &Path, argv: &Argv, echo: bool) -> Result<Logger> {
-    let log = Logger::open(dir, echo)?;
-    log.line(argv.command_line());
+/// The flags of `command` that `values`' fields (a plan, or one group of its options) set
+/// off their defaults, in field order, each with its values (none for a switch that is
+/// on). A field with no flag in `command` is not an option there and is left out.
+pub fn off_default<'c, T: Serialize + ?Sized>(
+    command: &'c clap::Command,
+    values: &T,
+) -> Vec<(&'c clap::Arg, Vec<String>)> {
+    let mut flags = Vec::new();
+    for (id, leaf) in leaves(values) {
+        let Leaf::Values(values) = leaf else {
+            continue;
+        };
+        let Some(arg) = command.get_arguments().find(|a| a.get_id() == id) else {
+            continue;
+        };
+        if !arg.get_action().takes_values() {
+            if values == ["true"] {
+                flags.push((arg, Vec::new()));
+            }
+            continue;
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        if values != defaults {
+            flags.push((arg, values));
+        }
+    }
+    flags
+}
+
+/// Opens the `log.txt` of a stage of `plan` in `dir`, claiming the folder for the plan's
+/// recipe (a folder without a record is taken over only if `adopt`: [`Recipe::claim`]),
+/// and records the command line that reproduces it.
+pub fn open_log<P: StagePlan>(dir: &Path, plan: &P, adopt: bool, echo: bool) -> Result<Logger> {
+    open_log_as(dir, plan, &Recipe::of(plan), adopt, echo)
+}
+
+/// [`open_log`] with the recipe given.
+pub fn open_log_as<P: StagePlan>(
+    dir: &Path,
+    plan: &P,
+    recipe: &Recipe,
+    adopt: bool,
+    echo: bool,
+) -> Result<Logger> {
+    let claim = Claim {
+        recipe,
+        folder: P::FOLDER,
+        adopt,
+    };
+    let log = Logger::open(dir, &claim, echo)?;
+    log.line(plan.argv().command_line());
     Ok(log)
 }
 

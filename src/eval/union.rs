@@ -32,12 +32,19 @@ pub struct Part<'a> {
 
 /// The datasets of one `+` part: `aUb` names the union of a and b. A part that is itself
 /// a dataset folder under `data_root` is never split, so a folder named `CUHK03` stays
-/// one dataset.
+/// one dataset; nor is a name none of whose pieces is a dataset folder, so a missing
+/// `CUHK03` is reported as itself, not as `C`.
 pub fn members<'a>(data_root: &Path, part: &'a str) -> Vec<&'a str> {
-    if data_root.join(part).is_dir() {
-        vec![part]
+    let pieces: Vec<&str> = part.split('U').collect();
+    let split = pieces.len() > 1
+        && !data_root.join(part).is_dir()
+        && pieces
+            .iter()
+            .any(|p| !p.is_empty() && data_root.join(p).is_dir());
+    if split {
+        pieces
     } else {
-        part.split('U').collect()
+        vec![part]
     }
 }
 

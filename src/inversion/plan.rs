@@ -76,6 +76,7 @@ crate::default_from_flags!(InvertPlan);
 
 impl StagePlan for InvertPlan {
     const SUBCOMMAND: &'static str = "invert";
+    const FOLDER: Setting = Setting::GenerationDir;
 }
 
 impl InvertPlan {

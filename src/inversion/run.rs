@@ -16,10 +16,12 @@ use crate::bad_setting;
 use crate::data::rng::{stream, tag};
 use crate::error::{AboutExt, Error, Setting};
 use crate::logging::Logger;
+use crate::logging::{lock, Hold};
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
 use crate::progress::Progress;
-use crate::stage::{open_log, StagePlan};
+use crate::record::Recipe;
+use crate::stage::open_log_as;
 use anyhow::{Context, Result};
 use std::ops::Range;
 use std::path::Path;
@@ -81,14 +83,8 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     resolve(&args.teacher, Setting::Teacher)?;
     let dir = args.generation_dir();
     check_resume(args, &dir)?;
-    // A shard's log, lock and journal are its own, so that N shards share the folder.
-    let journal = match args.shard {
-        Some(s) => dir.join(s.folder_name()),
-        None => dir.clone(),
-    };
-    let log = open_log(&journal, &args.argv(), true)
-        .context("cannot write there")
-        .about_value(Setting::GenerationDir, dir.display())?;
+    let (journal, log, _shards) =
+        claim(args, &dir).about_value(Setting::GenerationDir, dir.display())?;
     if let Some(note) = determinism {
         log.line(note);
     }
@@ -145,6 +141,35 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     Ok(())
 }
 
+/// Claims the dreams folder `dir` for this run; returns the run's journal folder (where its
+/// log, lock and batch journal are: `dir`, or the shard's subfolder), its log, and the
+/// shared hold on `dir` of a shard.
+///
+/// One lock covers the folder whatever the sharding: an unsharded run holds it alone, and
+/// the shards of one plan hold it together (each holding its own subfolder alone), so an
+/// unsharded run and a shard never dream into one folder at once. The folder's record
+/// ([`Recipe::claim`]) names its sharding plan, so a second plan (`--shard 1/3` in a
+/// folder of `K/2`, or no `--shard`) is refused: shards of one plan dream disjoint
+/// identities, and their images' names (`<pid>_b<batch>_<slot>`) never collide.
+fn claim(
+    args: &InvertPlan,
+    dir: &Path,
+) -> Result<(std::path::PathBuf, Logger, Option<std::fs::File>)> {
+    let recipe = Recipe::of(args).sharded(args.shard.map(|s| s.count));
+    let adopt = args.resume.is_some();
+    let (journal, hold) = match args.shard {
+        Some(s) => {
+            crate::io::create_dir(dir)?;
+            let hold = lock(dir, Hold::Shared)?;
+            recipe.claim(dir, Setting::GenerationDir, adopt, Hold::Shared)?;
+            (dir.join(s.folder_name()), Some(hold))
+        }
+        None => (dir.to_path_buf(), None),
+    };
+    let log = open_log_as(&journal, args, &recipe, adopt, true)?;
+    Ok((journal, log, hold))
+}
+
 /// Completing a folder means writing into it: images dreamed elsewhere would leave it as
 /// incomplete as it was, under a message saying it is complete.
 fn check_resume(args: &InvertPlan, dir: &Path) -> Result<()> {
@@ -179,7 +204,7 @@ fn identities(args: &InvertPlan, classes: i64) -> Result<Range<i64>> {
 }
 
 /// The images each identity still needs: with `--resume`, counting what the folder holds
-/// (in the same format); without, all of them (what is there is only noted).
+/// (in the same format); without, all of them (in a folder that holds none of them).
 fn bags(
     args: &InvertPlan,
     dir: &Path,
@@ -191,17 +216,26 @@ fn bags(
     let format = args.dreaming.dream_format;
     let mut bags = Bags::of(classes, ids.clone(), shots);
     let Some(from) = &args.resume else {
-        // Only a note: without --resume the folder's contents are not this run's concern.
+        // A folder holding this run's identities' images is completed with --resume, or
+        // not at all: dreaming afresh beside them would leave identities with twice the
+        // images asked for (and in two formats), under a message that they have `shots`.
         let n = Bags::of(classes, ids.clone(), shots)
             .count_existing(dir)
-            .unwrap_or(0);
+            .about_value(Setting::GenerationDir, dir.display())?;
         if n > 0 {
-            log.line(format!(
-                "note: {} already holds {n} images; they are not counted (pass --resume {} to complete them), \
-                 and the new batches are numbered after theirs",
+            return Err(Error::bad_setting(
+                Setting::GenerationDir,
                 dir.display(),
-                dir.display()
-            ));
+                format!(
+                    "it already holds {n} dreamed images of {}: pass --resume {} to complete it, or dream into another folder",
+                    match args.shard {
+                        Some(s) => format!("shard {s}'s identities"),
+                        None => "the teacher's identities".to_string(),
+                    },
+                    dir.display()
+                ),
+            )
+            .into());
         }
         return Ok(bags);
     };

@@ -111,6 +111,7 @@ impl Bags {
         let mut counted = 0;
         for path in &images_in(dir)? {
             let pid = parse_dreamed_name(path)?;
+            check_readable(path)?;
             if pid >= self.classes {
                 bail!(
                     "{}: identity {pid}, but the teacher has {} classes (0..{}): images of another model?",
@@ -220,6 +221,29 @@ impl Bags {
         publish(dir, journal)?;
         *self = after;
         Ok(files.into_iter().map(|(name, _)| dir.join(name)).collect())
+    }
+}
+
+/// An image a folder's count may include: one whose header reads as an image (a batch is
+/// written whole, so an empty or cut file came from elsewhere: a copy, a full disk),
+/// since `agd incremental` would reject it after the folder was reported complete.
+fn check_readable(path: &Path) -> Result<()> {
+    let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+    let header = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.into_dimensions().map_err(anyhow::Error::from));
+    match header {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "{} is not a readable image ({}): remove it, and a resumed run dreams it again",
+            path.display(),
+            if empty {
+                "empty".to_string()
+            } else {
+                e.to_string()
+            }
+        ),
     }
 }
 

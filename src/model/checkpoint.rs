@@ -239,6 +239,29 @@ pub fn recorded_epoch(path: &Path) -> Option<usize> {
     header["__metadata__"]["epoch"].as_str()?.parse().ok()
 }
 
+/// The most epochs a checkpoint may say it ran: the reference's are 90 at most.
+const MAX_EPOCHS: i64 = 1_000_000;
+
+/// The `epoch` a torch or paddle checkpoint saved (`None` without one), refused when it is
+/// not a number of epochs: read as 0, a resumed run would start over without a word.
+fn saved_epoch(path: &Path, saved: Option<&crate::model::pth::Scalar>) -> Result<Option<i64>> {
+    use crate::model::pth::Scalar;
+    let shown = match saved {
+        None => return Ok(None),
+        Some(Scalar::Int(e)) if (0..=MAX_EPOCHS).contains(e) => return Ok(Some(*e)),
+        Some(Scalar::Int(e)) => e.to_string(),
+        Some(Scalar::Str(s)) => format!("{s:?}"),
+        Some(Scalar::Float(f)) => f.to_string(),
+        Some(Scalar::Bool(b)) => if *b { "True" } else { "False" }.to_string(),
+        Some(Scalar::None) => "None".to_string(),
+        Some(Scalar::Opaque(what)) => what.to_string(),
+    };
+    bail!(
+        "{}: its `epoch` is {shown}, not a number of epochs (a whole number from 0 to {MAX_EPOCHS})",
+        path.display()
+    )
+}
+
 /// A loaded checkpoint, whichever format it came in.
 pub struct Checkpoint {
     pub path: PathBuf,
@@ -282,16 +305,14 @@ impl Checkpoint {
             Format::Torch => {
                 drop(bytes);
                 let file = TorchFile::load(path)?;
-                return Ok(Self::reference(path, file.int("epoch"), file.tensors));
+                let epoch = saved_epoch(path, file.scalars.get("epoch"))?;
+                return Ok(Self::reference(path, epoch, file.tensors));
             }
             Format::Paddle => {
                 let file = PaddleFile::from_bytes(path, &bytes)?;
                 drop(bytes);
-                return Ok(Self::reference(
-                    path,
-                    file.int("epoch"),
-                    file.torch_tensors(),
-                ));
+                let epoch = saved_epoch(path, file.scalars.get("epoch"))?;
+                return Ok(Self::reference(path, epoch, file.torch_tensors()));
             }
         }
         let (tensors, metadata) = parse_safetensors(path, &bytes)?;

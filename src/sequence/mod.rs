@@ -405,7 +405,7 @@ pub fn run(plan: &SequencePlan) -> Result<Vec<StepResult>> {
     let method = plan.validate()?;
     // Checked before any folder is created: a typo leaves nothing behind.
     plan.device.select()?;
-    let log = crate::stage::open_log(&plan.logs_dir, &plan.argv(), true)?;
+    let log = crate::stage::open_log(&plan.logs_dir, plan, false, true)?;
     let n = plan.datasets.len();
     log.line(format!(
         "lifelong sequence {} ({n} steps), method {}{}",

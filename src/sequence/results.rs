@@ -102,6 +102,9 @@ struct ResultsJson<'a> {
     wall_seconds: f64,
 }
 
+/// The results file of a sequence's folder.
+pub const RESULTS_JSON: &str = "results.json";
+
 /// A finished sequence, ready to be written.
 pub struct Summary<'a> {
     pub datasets: &'a [String],
@@ -234,9 +237,36 @@ impl Summary<'_> {
         Ok(serde_json::to_string_pretty(&results)?)
     }
 
+    /// The wall time of the results: a rerun that found them all made already (the
+    /// `results.json` in `dir` says the same but for the time) keeps the time of the run
+    /// that made them, not its own few seconds of reading them back.
+    fn recorded_seconds(&self, dir: &Path) -> Result<f64> {
+        let without_time = |text: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
+            let seconds = v.as_object_mut()?.remove("wall_seconds")?.as_f64()?;
+            Some((v, seconds))
+        };
+        let earlier = std::fs::read_to_string(dir.join(RESULTS_JSON))
+            .ok()
+            .and_then(|t| without_time(&t));
+        let now = without_time(&self.json()?);
+        Ok(match (earlier, now) {
+            (Some((earlier, seconds)), Some((now, _))) if earlier == now => seconds,
+            _ => self.wall_seconds,
+        })
+    }
+
     /// `results.json`, `results.md` and `results.png` (the mAP heat map) into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::io::write_atomic(&dir.join("results.json"), self.json()?.as_bytes())?;
+        let summary = Summary {
+            wall_seconds: self.recorded_seconds(dir)?,
+            ..*self
+        };
+        summary.write_as_is(dir)
+    }
+
+    fn write_as_is(&self, dir: &Path) -> Result<()> {
+        crate::io::write_atomic(&dir.join(RESULTS_JSON), self.json()?.as_bytes())?;
         crate::io::write_atomic(&dir.join("results.md"), self.markdown().as_bytes())?;
         let rows: Vec<String> = self
             .steps

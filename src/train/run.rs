@@ -23,9 +23,9 @@ use tch::Device;
 
 /// What every training stage does once its inputs are read: pick the device, open the log
 /// (recording the command line), seed the run, keep freed memory.
-fn start(r: &LoopPlan, argv: &Argv) -> Result<(Device, Logger, u64)> {
+fn start<P: StagePlan>(r: &LoopPlan, plan: &P, adopt: bool) -> Result<(Device, Logger, u64)> {
     let (device, determinism) = r.device.select()?;
-    let log = open_log(&r.logs_dir, argv, true)?;
+    let log = open_log(&r.logs_dir, plan, adopt, true)?;
     if let Some(note) = determinism {
         log.line(note);
     }
@@ -54,14 +54,15 @@ fn resumed(r: &LoopPlan) -> Result<Option<Checkpoint>> {
 /// A run writes its checkpoint into its logs folder every epoch, so it may start there only
 /// when that folder holds no checkpoint or it continues that very one: a forgotten
 /// `--resume` would replace a finished run's checkpoint with epoch 1 and erase its metrics.
-fn check_logs_dir(r: &LoopPlan, resumed: Option<&Checkpoint>) -> Result<()> {
+/// Returns whether the run continues the folder's own checkpoint.
+fn check_logs_dir(r: &LoopPlan, resumed: Option<&Checkpoint>) -> Result<bool> {
     let own = r.logs_dir.join(LATEST);
     if !own.is_file() {
-        return Ok(());
+        return Ok(false);
     }
     let same = |p: &std::path::Path| matches!((p.canonicalize(), own.canonicalize()), (Ok(a), Ok(b)) if a == b);
     if resumed.is_some_and(|ck| same(&ck.path)) {
-        return Ok(());
+        return Ok(true);
     }
     Err(crate::error::Error::from(crate::error::AnotherRun {
         dir: r.logs_dir.clone(),
@@ -222,10 +223,10 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     r.validate()?;
     let argv = plan.argv();
     let resumed = resumed(r)?;
-    check_logs_dir(r, resumed.as_ref())?;
+    let continues = check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
-    let (device, log, seed) = start(r, &argv)?;
+    let (device, log, seed) = start(r, plan, continues)?;
     log.line(describe(&dataset, device));
     let classes = dataset.num_train_ids as i64;
     // A resumed run is the model its checkpoint holds, whatever the flags left out.
@@ -418,10 +419,10 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let previous = Checkpoint::load(&resolve(&plan.previous, Setting::Previous)?)?;
     let old_config = r.model.for_checkpoint(&previous).about(Setting::Previous)?;
     let resumed = resumed(r)?;
-    check_logs_dir(r, resumed.as_ref())?;
+    let continues = check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
-    let (device, log, seed) = start(r, &argv)?;
+    let (device, log, seed) = start(r, plan, continues)?;
     for warning in &plan.warnings() {
         log.line(format!("warning: {warning}"));
     }

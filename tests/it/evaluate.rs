@@ -205,6 +205,11 @@ fn feature_files_round_trip_and_bad_files_are_named() {
             .clone();
     assert_eq!(direct[0]["mAP"], from_file[0]["mAP"]);
     assert_eq!(direct[0]["rank1"], from_file[0]["rank1"]);
+    // Issue 36: a name near the file system's limit (255 bytes) is written (its
+    // temporary sibling's name, longer still, failed, and the error named that hidden file).
+    let long = s.logs.join(format!("{}.safetensors", "f".repeat(240)));
+    s.eval(&["--dataset", "a", "--save-features", Setup::s(&long)]);
+    assert!(long.is_file());
 
     // A feature file missing a tensor, and a non-safetensors file: clear errors.
     let (tensors, meta) = agd::model::checkpoint::read_safetensors(&file).unwrap();
@@ -294,22 +299,26 @@ fn bad_checkpoints_and_datasets_are_clear_errors() {
         !out.status.success() && err.contains("-c/--ckpt") && err.contains("nope"),
         "{err}"
     );
-    let out = agd(&[
-        "evaluate",
-        "-g",
-        "cpu",
-        "--data-root",
-        Setup::s(&s.root),
-        "--dataset",
-        "zzz",
-        "-c",
-        Setup::s(&s.logs),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("--dataset zzz"),
-        "{err}"
-    );
+    // A missing `CUHK03` is named as itself (issue 36: it was split at its `U`, and
+    // reported as `--dataset C`).
+    for missing in ["zzz", "CUHK03"] {
+        let out = agd(&[
+            "evaluate",
+            "-g",
+            "cpu",
+            "--data-root",
+            Setup::s(&s.root),
+            "--dataset",
+            missing,
+            "-c",
+            Setup::s(&s.logs),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("--dataset {missing}: ")),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -689,6 +698,8 @@ fn non_finite_features_name_the_file_and_what_they_hold() {
 #[test]
 fn a_dataset_twice_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
+    // A folder `a` (empty: the check comes before any data is read) makes `aUa` a union.
+    std::fs::create_dir(tmp.path().join("a")).unwrap();
     let nowhere = Setup::s(tmp.path());
     for (given, shown) in [
         (&["a+a"][..], "--dataset a+a"),

@@ -162,3 +162,43 @@ fn a_killed_runs_temporary_files_are_removed_by_the_next_run() {
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 }
+
+/// Issue 36: a run ended by a signal says so in its log (the log used to stop mid-epoch
+/// without a word), and the process still ends as the signal ends it.
+#[test]
+fn a_run_ended_by_a_signal_says_so_in_its_log() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    synth(&root, 8);
+    for (signal, name) in [("-INT", "SIGINT"), ("-TERM", "SIGTERM")] {
+        let logs = tmp.path().join(format!("logs{signal}"));
+        let mut run = agd()
+            .args(train_args(&root, &logs, 50, &[]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = logs.join("log.txt");
+        wait_until("the run's first step", Duration::from_secs(600), || {
+            read_or_empty(&log).contains("step 1/")
+        });
+        let sent = std::process::Command::new("kill")
+            .args([signal, &run.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = run.wait().unwrap();
+        assert!(!status.success());
+        assert!(
+            status.signal().is_some() || status.code().is_some_and(|c| c > 128),
+            "{status:?}"
+        );
+        let text = read_or_empty(&log);
+        assert_eq!(
+            text.lines().last(),
+            Some(format!("interrupted by {name}").as_str()),
+            "{text}"
+        );
+    }
+}

@@ -339,17 +339,11 @@ fn run_ok(args: &[String]) -> String {
     stdout
 }
 
-/// Runs `agd invert` with `args`, expecting a one-line error containing every `needle`.
+/// Runs `agd invert -g cpu` with `args`, expecting an error containing every `needle`.
 fn assert_fails(args: &[&str], needles: &[&str]) {
-    let mut all = vec!["invert", "-g", "cpu"];
-    all.extend(args);
-    let out = agd(&all);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "agd {} succeeded", all.join(" "));
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "`{n}` missing in: {err}");
-    }
+    let mut all = super::util::strings(&["invert", "-g", "cpu"]);
+    all.extend(super::util::strings(args));
+    fails_with(&all, needles);
 }
 
 #[test]
@@ -428,7 +422,7 @@ fn bad_flags_and_files_are_named_in_one_clear_error() {
         !Path::new(&gen).exists()
             || std::fs::read_dir(&gen).unwrap().all(|e| {
                 let name = e.unwrap().file_name();
-                name == "log.txt" || name == agd::logging::LOCK
+                name == "log.txt" || name == agd::logging::LOCK || name == agd::record::RECORD
             })
     );
 }
@@ -450,7 +444,11 @@ fn census(dir: &Path) -> BTreeMap<i64, Vec<PathBuf>> {
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "log.txt" || name == "preview" || name == agd::logging::LOCK {
+        if name == "log.txt"
+            || name == "preview"
+            || name == agd::logging::LOCK
+            || name == agd::record::RECORD
+        {
             continue;
         }
         assert!(name.ends_with(".jpg"), "unexpected file {name}");
@@ -1077,11 +1075,123 @@ fn shards_dream_one_folder_together_each_its_own_identities() {
             "--shard",
             "1/13",
             "--generation-dir",
-            &dir,
+            &tmp.path().join("gen13").display().to_string(),
         ],
         &["--shard 1/13", "12 identities"],
     );
     assert_fails(&["--shard", "4/3"], &["--shard", "expected K/N"]);
+}
+
+/// Runs `agd <args>`, expecting a failure whose stderr holds every `needle`.
+fn fails_with(args: &[String], needles: &[&str]) {
+    let out = agd(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "agd {} succeeded", args.join(" "));
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing in: {err}");
+    }
+}
+
+/// Issue 36, items 2 and 3: one lock covers a dreams folder whatever the sharding, and a
+/// folder holds one sharding plan. (Before: an unsharded run and a shard locked different
+/// folders and both dreamed identity 0 as `0_b00001_000.jpg`; `--shard 1/2` and `--shard
+/// 1/3` both numbered from b00001.)
+#[test]
+fn a_dreams_folder_has_one_lock_and_one_sharding_plan() {
+    use std::fs::{File, OpenOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher.safetensors");
+    save_untrained_teacher(&teacher, 4);
+    let lock_of = |dir: &Path| -> File {
+        std::fs::create_dir_all(dir).unwrap();
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(agd::logging::LOCK))
+            .unwrap()
+    };
+    let gen_arg = |dir: &Path| ["--generation-dir".to_string(), dir.display().to_string()];
+
+    // A shard, while an unsharded run holds the folder.
+    let busy = tmp.path().join("busy");
+    let unsharded = lock_of(&busy);
+    unsharded.lock().unwrap();
+    let mut shard = quick_args(&teacher, &["--shard", "1/2"]);
+    shard.extend(gen_arg(&busy));
+    fails_with(&shard, &["in use by another agd run"]);
+    unsharded.unlock().unwrap();
+    // An unsharded run, while a shard holds it.
+    unsharded.lock_shared().unwrap();
+    let mut whole = quick_args(&teacher, &[]);
+    whole.extend(gen_arg(&busy));
+    fails_with(&whole, &["in use by another agd run"]);
+    drop(unsharded);
+
+    // A folder dreamed by two shards takes no other plan.
+    let gen = tmp.path().join("gen");
+    let dir = gen.display().to_string();
+    for k in ["1/2", "2/2"] {
+        let mut a = quick_args(&teacher, &["--shard", k]);
+        a.extend(gen_arg(&gen));
+        run_ok(&a);
+    }
+    let images = images_of(&gen);
+    assert_eq!(images.len(), 8);
+    let mut other = quick_args(&teacher, &["--shard", "1/3", "--resume", &dir]);
+    other.extend(gen_arg(&gen));
+    fails_with(
+        &other,
+        &["--shard: K/2 there, K/3 here", "--generation-dir"],
+    );
+    fails_with(
+        &quick_args(&teacher, &["--resume", &dir]),
+        &["--shard: K/2 there, its default here"],
+    );
+    assert_eq!(images_of(&gen), images);
+    // The plan it holds completes it.
+    let mut same = quick_args(&teacher, &["--shard", "1/2", "--resume", &dir]);
+    same.extend(gen_arg(&gen));
+    assert!(run_ok(&same).contains("0 identities still short"));
+}
+
+/// Issue 36: a fresh run into a folder that holds its identities' images is refused (it
+/// used to dream them again beside them, some identities ending with 8–12 images while
+/// the run said 4, in two formats), and a resumed run refuses an image it cannot read
+/// (it used to count a zero-byte dream as finished, for `agd incremental` to reject).
+#[test]
+fn a_dreams_folder_is_completed_only_with_resume_and_only_from_readable_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher.safetensors");
+    save_untrained_teacher(&teacher, 4);
+    let gen = tmp.path().join("gen");
+    let dir = gen.display().to_string();
+    let with_dir = |extra: &[&str]| {
+        let mut a = quick_args(&teacher, extra);
+        a.extend(["--generation-dir".to_string(), dir.clone()]);
+        a
+    };
+    run_ok(&with_dir(&[]));
+    let images = images_of(&gen);
+    assert_eq!(images.len(), 8);
+    fails_with(
+        &with_dir(&[]),
+        &[
+            "--generation-dir",
+            "already holds 8 dreamed images",
+            "--resume",
+        ],
+    );
+    fails_with(
+        &with_dir(&["--dream-format", "png"]),
+        &["--resume", "8 dreamed images"],
+    );
+    assert_eq!(images_of(&gen), images);
+
+    let (name, _) = images.iter().next().unwrap();
+    std::fs::write(gen.join(name), b"").unwrap();
+    fails_with(&with_dir(&["--resume", &dir]), &[name, "empty"]);
 }
 
 /// A `H`×`W` image: `background` everywhere, `person` in the middle where a pedestrian

@@ -644,3 +644,42 @@ fn wrong_structures_and_non_array_values_are_clear_errors() {
         "{msg}"
     );
 }
+
+/// Issue 36: a reproduction checkpoint whose `epoch` is not a number of epochs is refused,
+/// naming it (it was read as epoch 0 without a word, so a resumed run started over).
+#[test]
+fn an_epoch_that_is_not_a_number_of_epochs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("checkpoint.pdparams");
+    // The checkpoint with `epoch` pickled as the opcodes `epoch`.
+    let with_epoch = |epoch: &[u8]| {
+        let mut p = Pickle::new("numpy._core.multiarray");
+        p.op(b"}(").str("classifier").op(b"}(").str("W");
+        p.array(&Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)));
+        p.op(b"u").str("epoch").op(epoch).op(b"u");
+        std::fs::write(&path, p.finish()).unwrap();
+    };
+    let int = |i: i32| [&[b'J'][..], &i.to_le_bytes()].concat();
+    with_epoch(&int(7));
+    assert_eq!(Checkpoint::load(&path).unwrap().epoch, 6);
+    // 'two' (SHORT_BINUNICODE), -5 and 10**30 (a LONG1 of 13 bytes).
+    let two = [&[0x8c, 3][..], b"two"].concat();
+    let mut ten_to_30 = vec![0x8a, 13];
+    let mut v = 10u128.pow(30);
+    for _ in 0..13 {
+        ten_to_30.push((v & 0xff) as u8);
+        v >>= 8;
+    }
+    for (epoch, shown) in [
+        (two, "\"two\""),
+        (int(-5), "-5"),
+        (ten_to_30, "an integer wider than 64 bits"),
+    ] {
+        with_epoch(&epoch);
+        let err = checkpoint_error(&path);
+        assert!(
+            err.contains(&format!("its `epoch` is {shown}, not a number of epochs")),
+            "{err}"
+        );
+    }
+}

@@ -629,22 +629,50 @@ fn demo_over_seeds_tables_every_seeds_margins_and_their_mean() {
     let refused = agd_output(&again);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{err}");
-    for part in ["other flags", "re 0.5", "re 0,", "--out"] {
+    for part in ["other settings", "--re: 0 there, 0.5 here", "--out"] {
         assert!(err.contains(part), "`{part}` missing from: {err}");
     }
-    // Nor one dreamed with other knobs by an earlier agd: its recipe names the sizes but
+    // Nor one dreamed with other knobs by an earlier agd: its record names the sizes but
     // not the dreaming flags the demo fixes.
-    let recipe = seed3.join(agd::demo::RECIPE);
+    let recipe = seed3.join(agd::record::RECORD);
     let made = std::fs::read_to_string(&recipe).unwrap();
-    assert!(made.contains("dreaming `agd invert "), "{made}");
-    let earlier = made.split(", dreaming").next().unwrap().to_string() + "\n";
-    std::fs::write(&recipe, earlier).unwrap();
+    let mut earlier: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let flags = earlier["flags"].as_object_mut().unwrap();
+    let before = flags.len();
+    flags.retain(|k, _| !k.starts_with("agd invert "));
+    assert!(flags.len() < before, "{made}");
+    std::fs::write(&recipe, earlier.to_string()).unwrap();
     let mut same = tiny.clone();
     same.extend(["-s", "3", "--out", seed3.to_str().unwrap()]);
     let refused = agd_output(&same);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success() && err.contains("another agd") && err.contains("--out"),
+        !refused.status.success()
+            && err.contains("another agd")
+            && err.contains("agd invert --")
+            && err.contains("--out"),
+        "{err}"
+    );
+    // Issue 36, item 1: a sequence into a demo's folder is refused too.
+    let refused = agd_output(&[
+        "sequence",
+        "--datasets",
+        "task-a",
+        "task-b",
+        "-g",
+        "cpu",
+        "--pretrained",
+        "none",
+        "--data-root",
+        seed3.join("data").to_str().unwrap(),
+        "--logs-dir",
+        seed3.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("holds an `agd demo` run, and this is `agd sequence`")
+            && err.contains("--logs-dir"),
         "{err}"
     );
     std::fs::write(&recipe, made).unwrap();

@@ -386,3 +386,66 @@ fn damaged_pickles_fail_cleanly() {
         damaged.len()
     );
 }
+
+/// Issue 36, item 8: a storage whose zip entry declares more bytes than the pickle's
+/// elements is refused before it is inflated. Here 64 MiB of zeros deflate to a file of a
+/// few dozen KB, for a tensor of 24 floats (before: all 64 MiB were inflated, and the
+/// tensor loaded from their start).
+#[test]
+fn a_storage_is_checked_against_its_declared_size_before_it_is_inflated() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flat_state_dict.pt");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let deflated =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries(&data("flat_state_dict.pt")) {
+        zip.start_file(name.as_str(), deflated).unwrap();
+        if name.ends_with("/data/0") {
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..64 {
+                zip.write_all(&zeros).unwrap();
+            }
+        } else {
+            zip.write_all(&data).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+    let msg = load_error(&path);
+    assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("storage data/0 holds 67108864 bytes in the archive, but the pickle says 24 Float elements"),
+        "{msg}"
+    );
+}
+
+/// Issue 36: a negative storage offset is refused with the reason (the message used to
+/// stop after the values).
+#[test]
+fn a_negative_offset_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = entries(&data("flat_state_dict.pt"));
+    let pickle = &entries
+        .iter()
+        .find(|(n, _)| n.ends_with("/data.pkl"))
+        .unwrap()
+        .1;
+    // The first tensor's offset: the first BININT1 0 after its storage (BINPERSID, `Q`).
+    let persid = pickle.iter().position(|&b| b == b'Q').unwrap();
+    let at = persid
+        + pickle[persid..]
+            .windows(2)
+            .position(|w| w == b"K\x00")
+            .unwrap();
+    let mut damaged = pickle[..at].to_vec();
+    damaged.extend(b"J\xff\xff\xff\xff");
+    damaged.extend(&pickle[at + 2..]);
+    let path = dir.path().join("flat_state_dict.pt");
+    write_with_pickle(&entries, &damaged, &path);
+    let msg = load_error(&path);
+    assert!(
+        msg.contains("offset -1: sizes, strides and offsets cannot be negative"),
+        "{msg}"
+    );
+}

@@ -427,6 +427,8 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
     let json_again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json_again["steps"], r["steps"]);
+    // The rerun found every result made: the time is still the run's that made them.
+    assert_eq!(json_again["wall_seconds"], r["wall_seconds"]);
 
     // A checkpoint written again (its step retrained) is evaluated again; the others not.
     let later = modified(&checkpoints[2]) + std::time::Duration::from_secs(5);
@@ -441,5 +443,70 @@ fn a_quick_sequence_of_three_tasks_learns_evaluates_and_resumes() {
         third.matches("reusing the evaluation").count(),
         2,
         "{third}"
+    );
+
+    // Issue 36, item 5: resumed with another method, the folder of AGD steps is refused
+    // (it was reused, and its AGD models labelled "finetune"), and so is each of its steps.
+    let mut finetune = args.clone();
+    finetune.extend(strings(&["--method", "finetune"]));
+    let out2 = agd().args(&finetune).output().unwrap();
+    let err = String::from_utf8_lossy(&out2.stderr);
+    assert!(!out2.status.success(), "{err}");
+    for part in [
+        "`agd sequence` run",
+        "--method: its default there, finetune here",
+        "--logs-dir",
+    ] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+    // Issue 36, item 1: a demo into the sequence's folder, or into one of its training
+    // folders, is refused (it used to replace the sequence's results).
+    for (folder, kind) in [(out.clone(), "sequence"), (out.join("step1-t1"), "train")] {
+        let demo = agd()
+            .args(["demo", "--quick", "-g", "cpu", "--out"])
+            .arg(&folder)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&demo.stderr);
+        assert!(!demo.status.success(), "{err}");
+        assert!(
+            err.contains(&format!(
+                "holds an `agd {kind}` run, and this is `agd demo`"
+            )) && err.contains("--out"),
+            "{err}"
+        );
+    }
+    let json_after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json_after["method"], "agd");
+    let step2 = out.join("step2-t2");
+    let refused = agd()
+        .args(strings(&[
+            "incremental",
+            "-g",
+            "cpu",
+            "--finetune",
+            "--dataset",
+            "t2",
+            "--height",
+            "64",
+            "--width",
+            "32",
+            "--epochs",
+            "1",
+            "--evaluate",
+            "0",
+        ]))
+        .args(["--data-root".as_ref(), root.as_os_str()])
+        .args(["--previous".as_ref(), out.join("step1-t1").as_os_str()])
+        .args(["--logs-dir".as_ref(), step2.as_os_str()])
+        .args(["--resume".as_ref(), step2.as_os_str()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("holds an `agd incremental-x` run, and this is `agd incremental`"),
+        "{err}"
     );
 }

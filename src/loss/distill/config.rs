@@ -27,7 +27,7 @@
 //! config's terms: the full key, and what is allowed there.
 
 use super::{Collapse, DistillKind, Distillation, PodnetCriterion};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::de::value::{MapAccessDeserializer, MapDeserializer};
 use serde::de::{self, DeserializeOwned, Deserializer, EnumAccess, IgnoredAny, MapAccess};
 use serde::de::{SeqAccess, Visitor};
@@ -39,13 +39,13 @@ use std::path::Path;
 impl Distillation {
     /// Reads an `--algo-config` YAML file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the distillation config {}", path.display()))?;
+        let text = crate::yaml::read(path, "distillation config")?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses an `--algo-config` document; `origin` (the file name) prefixes every error.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        crate::yaml::check(text, origin)?;
         // Syntax errors and duplicate keys are the YAML's, whatever the schema says: checked
         // first, so that they are reported as such rather than as a schema error.
         serde_yaml::from_str::<serde_yaml::Value>(text)

@@ -117,6 +117,17 @@ impl Archive {
         Ok(bytes)
     }
 
+    /// The size storage `key` declares (its zip entry's uncompressed size), read from the
+    /// archive's directory: nothing is inflated.
+    pub(super) fn declared_size(&mut self, key: &str) -> Result<u64> {
+        let name = self.entry(&format!("data/{key}"));
+        match self.zip.by_name(&name) {
+            Ok(f) => Ok(f.size()),
+            Err(zip::result::ZipError::FileNotFound) => bail!("missing entry '{name}'"),
+            Err(e) => bail!("entry '{name}': {e} (corrupt archive?)"),
+        }
+    }
+
     fn has(&self, name: &str) -> bool {
         self.zip.file_names().any(|n| n == name)
     }
@@ -131,9 +142,21 @@ impl Archive {
             Err(zip::result::ZipError::FileNotFound) => bail!("missing entry '{name}'"),
             Err(e) => bail!("entry '{name}': {e} (corrupt archive?)"),
         };
-        let mut buf = Vec::with_capacity(f.size().min(self.file_len) as usize);
-        f.read_to_end(&mut buf)
+        let declared = f.size();
+        let mut buf = Vec::with_capacity(declared.min(self.file_len) as usize);
+        // Never more than the entry declares, whatever its compressed data inflates to.
+        (&mut f)
+            .take(declared.saturating_add(1))
+            .read_to_end(&mut buf)
             .map_err(|e| anyhow!("entry '{name}': {e} (truncated or corrupt archive?)"))?;
+        if buf.len() as u64 != declared {
+            let got = if buf.len() as u64 > declared {
+                "more".to_string()
+            } else {
+                buf.len().to_string()
+            };
+            bail!("entry '{name}' inflates to {got} bytes, not the {declared} it declares (corrupt archive?)");
+        }
         Ok(buf)
     }
 }

@@ -104,7 +104,8 @@ impl<T, L> Flattener<T, L> {
                 self.elements(name, &o.elements, d)?;
                 self.skip(name, &o.args, &made_by)?;
             }
-            Value::Global(_) | Value::Bytes(_) | Value::Opaque(_) => {}
+            Value::Opaque(what) => self.scalar(name, Scalar::Opaque(what))?,
+            Value::Global(_) | Value::Bytes(_) => {}
         }
         Ok(())
     }

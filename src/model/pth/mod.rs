@@ -98,6 +98,8 @@ pub enum Scalar {
     Str(String),
     /// Python's `None` (an unset option, say).
     None,
+    /// A value this reader keeps only as what it is (`an integer wider than 64 bits`).
+    Opaque(&'static str),
 }
 
 impl TorchFile {

@@ -14,6 +14,8 @@ use tch::{Device, Kind, Tensor};
 pub(super) struct StorageRef {
     key: String,
     kind: Kind,
+    /// Its elements, as the persistent id gives them (absent in very old files).
+    numel: Option<i64>,
 }
 
 /// What torch adds to a pickle's values.
@@ -60,13 +62,18 @@ impl Resolver for TorchResolver<'_> {
             bail!("persistent id is {}, expected a tuple", pid.describe());
         };
         match &items[..] {
-            [Value::Str(tag), Value::Global(class), key, ..] if &**tag == "storage" => {
+            [Value::Str(tag), Value::Global(class), key, rest @ ..] if &**tag == "storage" => {
                 let kind = storage_kind(class)
                     .ok_or_else(|| anyhow!("unsupported storage type {class}"))?;
                 let key = key.str("storage key")?.to_string();
+                let numel = match rest.get(1) {
+                    Some(n) => Some(n.int("storage size")?),
+                    None => None,
+                };
                 Ok(Value::Host(Torch::Storage(Rc::new(StorageRef {
                     key,
                     kind,
+                    numel,
                 }))))
             }
             _ => bail!("unsupported persistent id (expected ('storage', type, key, …))"),
@@ -99,7 +106,7 @@ impl Resolver for TorchResolver<'_> {
                 let offset = argv[1].int("storage offset")?;
                 let size = argv[2].ints("tensor size")?;
                 let stride = argv[3].ints("tensor stride")?;
-                let t = self.tensor(&storage.key, kind, offset, &size, &stride)?;
+                let t = self.tensor(storage, kind, offset, &size, &stride)?;
                 Ok(Reduced::Value(Value::Host(Torch::Tensor(Rc::new(t)))))
             }
             "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
@@ -124,29 +131,49 @@ impl Resolver for TorchResolver<'_> {
 impl TorchResolver<'_> {
     /// Rebuilds a tensor as a strided view of a storage, copied into memory of its own.
     /// `offset` and `stride` count elements of `kind`.
+    ///
+    /// Everything is checked against the sizes the file declares before the storage is
+    /// inflated: the zip entry's size against the pickle's count of elements, and the view
+    /// against the storage. A 1 MB file can declare a storage that inflates to gigabytes;
+    /// one whose declarations disagree is refused without inflating it.
     fn tensor(
         &mut self,
-        key: &str,
+        storage: &StorageRef,
         kind: Kind,
         offset: i64,
         size: &[i64],
         stride: &[i64],
     ) -> Result<Tensor> {
-        let bytes = self.archive.storage(key)?;
-        let elt = kind.elt_size_in_bytes();
-        if !bytes.len().is_multiple_of(elt) {
+        let key = &storage.key;
+        if size.len() != stride.len() {
             bail!(
-                "storage data/{key} has {} bytes, not a whole number of {kind:?} elements",
-                bytes.len()
+                "tensor of size {size:?} with stride {stride:?}: one stride per dimension expected"
             );
         }
-        let available = (bytes.len() / elt) as i64;
-        if size.len() != stride.len() {
-            bail!("tensor of size {size:?} with stride {stride:?}");
-        }
         if offset < 0 || size.iter().chain(stride).any(|&x| x < 0) {
-            bail!("tensor of size {size:?}, stride {stride:?} and offset {offset}");
+            bail!(
+                "tensor of size {size:?}, stride {stride:?} and offset {offset}: sizes, strides \
+                 and offsets cannot be negative"
+            );
         }
+        let declared = self.archive.declared_size(key)?;
+        if let Some(numel) = storage.numel {
+            let bytes = numel.checked_mul(storage.kind.elt_size_in_bytes() as i64);
+            if bytes != i64::try_from(declared).ok() {
+                bail!(
+                    "storage data/{key} holds {declared} bytes in the archive, but the pickle \
+                     says {numel} {:?} elements: a corrupt or tampered file",
+                    storage.kind
+                );
+            }
+        }
+        let elt = kind.elt_size_in_bytes();
+        if !(declared as usize).is_multiple_of(elt) {
+            bail!(
+                "storage data/{key} has {declared} bytes, not a whole number of {kind:?} elements"
+            );
+        }
+        let available = (declared / elt as u64) as i64;
         let numel = size
             .iter()
             .try_fold(1i64, |n, &s| n.checked_mul(s))
@@ -154,8 +181,7 @@ impl TorchResolver<'_> {
         if numel == 0 {
             return Ok(Tensor::f_empty(size, (kind, Device::Cpu))?);
         }
-        // The last element the view reaches must lie inside the storage (checked before
-        // allocating, so that a corrupt size cannot ask for more memory than the file holds).
+        // The last element the view reaches must lie inside the storage.
         let last = size.iter().zip(stride).try_fold(offset, |acc, (&n, &s)| {
             acc.checked_add((n - 1).checked_mul(s)?)
         });
@@ -165,6 +191,7 @@ impl TorchResolver<'_> {
                  the {available} elements of storage data/{key}"
             );
         }
+        let bytes = self.archive.storage(key)?;
         let mut out = Tensor::f_empty(size, (kind, Device::Cpu))?;
         let start = offset as usize * elt;
         if is_row_major(size, stride) {
