@@ -62,6 +62,31 @@ fn shim(lib: &std::path::Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("agd_shim");
+    dist_shim(&include);
+}
+
+/// Compiles src/shim/dist.cpp, the c10d process group of data-parallel runs (src/dist/),
+/// against the libtorch's c10d headers and gloo's (vendored: the wheel ships none), with
+/// the Gloo backend's class bodies compiled in (`USE_C10D_GLOO`).
+fn dist_shim(include: &std::path::Path) {
+    let here = std::path::Path::new(file!())
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .to_path_buf();
+    let source = here.join("src/shim/dist.cpp");
+    println!("cargo:rerun-if-changed={}", source.display());
+    cc::Build::new()
+        .cpp(true)
+        .file(&source)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(here.join("vendor/gloo"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .define("USE_C10D_GLOO", None)
+        .warnings(false)
+        .flag_if_supported("-w")
+        .compile("agd_dist");
 }
 
 /// The version and CUDA version of the libtorch in `lib`: a PyPI torch's `version.py`

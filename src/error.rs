@@ -72,6 +72,7 @@ settings! {
     LearningRate => "learning rate", learning_rate;
     LogsDir => "logs folder", logs_dir;
     MainLossMultiplier => "main loss multiplier", main_loss_multiplier;
+    NprocPerNode => "worker processes", nproc_per_node;
     Method => "method", method;
     Optimizer => "optimizer", optimizer;
     Out => "run folder", out;

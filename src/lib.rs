@@ -8,6 +8,7 @@ pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod inversion;

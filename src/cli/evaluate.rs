@@ -10,7 +10,10 @@ use anyhow::Result;
 /// at the end. When some checkpoints of several failed, the JSON still lists the others'
 /// rows, plus one `{checkpoint, error}` row per failed one, and the command then fails
 /// naming them.
+///
+/// In a data-parallel run, rank 0 prints; the other ranks only extract features.
 pub fn run(args: &EvaluateArgs) -> Result<()> {
+    let reports = crate::dist::reports();
     let mut print = |title: &str, rows: &[EvalRow]| {
         if !args.json {
             println!("{}", crate::eval::table(title, rows));
@@ -18,7 +21,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     };
     match crate::eval::run(&args.plan, &mut print) {
         Ok(rows) => {
-            if args.json {
+            if args.json && reports {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             }
             Ok(())

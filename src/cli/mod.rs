@@ -110,6 +110,16 @@ where
 /// Maps the command line to its plan and runs the stage. Each stage sets its own memory
 /// policy ([`crate::alloc`]).
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(dist) = cli.command.dist() {
+        if dist.nproc_per_node == 0 {
+            crate::bad_setting!(Setting::NprocPerNode, 0, "at least 1 worker process");
+        }
+        // `--nproc-per-node N` starts the workers, unless this is one of them (or a
+        // rank that torchrun or a cluster script started).
+        if dist.nproc_per_node > 1 && crate::dist::World::from_env()?.is_none() {
+            return crate::dist::spawn_workers(dist.nproc_per_node);
+        }
+    }
     match cli.command {
         Command::Train(plan) => crate::train::run_base(&plan).map(drop),
         Command::Invert(plan) => crate::inversion::run(&plan),
@@ -124,6 +134,17 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Sequence(plan) => crate::sequence::run(&plan).map(drop),
         Command::Plot(args) => plot::run(&args),
+    }
+}
+
+impl Command {
+    /// The data-parallel options of the stage, when it can run on several processes.
+    fn dist(&self) -> Option<&crate::dist::DistOptions> {
+        match self {
+            Command::Evaluate(args) => Some(&args.plan.dist),
+            Command::Invert(plan) => Some(&plan.dist),
+            _ => None,
+        }
     }
 }
 

@@ -339,6 +339,9 @@ pub struct TestLoader {
     pub prefetch: usize,
     /// As [`LoaderConfig::pin`].
     pub pin: Option<tch::Device>,
+    /// `(rank, world)`: only batches `rank`, `rank + world`, … (a data-parallel run's
+    /// share); every batch when `None`.
+    pub share: Option<(usize, usize)>,
 }
 
 impl TestLoader {
@@ -348,17 +351,32 @@ impl TestLoader {
             batch_size: batch_size.max(1),
             prefetch: 4,
             pin: None,
+            share: None,
         }
     }
 
-    /// B×3×H×W tensors covering every image once, in record order.
-    pub fn batches(&self) -> Stream<Tensor> {
+    /// The images of each batch, as index ranges in record order.
+    pub fn ranges(&self) -> Vec<std::ops::Range<usize>> {
         let (n, bs) = (self.store.len(), self.batch_size);
-        let (store, pin) = (self.store.clone(), self.pin);
-        let jobs = (0..n)
+        (0..n)
             .step_by(bs)
-            .map(move |start| start..(start + bs).min(n));
-        let rx = spawn_stream(self.prefetch, jobs, move |range| {
+            .map(|start| start..(start + bs).min(n))
+            .collect()
+    }
+
+    /// B×3×H×W tensors covering every image once (or this rank's [`TestLoader::share`]
+    /// of the batches), in record order.
+    pub fn batches(&self) -> Stream<Tensor> {
+        let (store, pin) = (self.store.clone(), self.pin);
+        let (rank, world) = self.share.unwrap_or((0, 1));
+        let jobs: Vec<_> = self
+            .ranges()
+            .into_iter()
+            .skip(rank)
+            .step_by(world.max(1))
+            .collect();
+        let count = jobs.len();
+        let rx = spawn_stream(self.prefetch, jobs.into_iter(), move |range| {
             let (h, w) = (store.height, store.width);
             let size = 3 * h * w;
             let mut data = vec![0f32; range.len() * size];
@@ -367,7 +385,7 @@ impl TestLoader {
                 .for_each(|(out, i)| test_into(store.image(i), h, w, out));
             images(&data, range.len(), h, w, pin)
         });
-        Stream::new(rx, n.div_ceil(bs))
+        Stream::new(rx, count)
     }
 }
 

@@ -56,8 +56,9 @@ impl TestSet {
         batch_size: usize,
         feature: OutputFeature,
     ) -> Result<Metrics> {
-        let q = features::extract(model, &self.query_images, batch_size, feature, "query")?;
-        let g = features::extract(model, &self.gallery_images, batch_size, feature, "gallery")?;
+        let (q, g) = (&self.query_images, &self.gallery_images);
+        let q = features::extract(model, q, batch_size, feature, "query", None)?;
+        let g = features::extract(model, g, batch_size, feature, "gallery", None)?;
         let (qp, qc) = labels(&self.query);
         let (gp, gc) = labels(&self.gallery);
         metrics::evaluate_features(

@@ -2,6 +2,7 @@
 
 use super::features::OutputFeature;
 use crate::bad_setting;
+use crate::dist::DistOptions;
 use crate::error::Setting;
 use crate::model::ModelChoice;
 use crate::options::{DataOptions, DeviceOptions};
@@ -69,6 +70,9 @@ pub struct EvalPlan {
     /// Shapes the model where a checkpoint does not say (the reference's files).
     #[command(flatten)]
     pub model: ModelChoice,
+    /// Data-parallel extraction: every rank extracts a share, rank 0 scores.
+    #[command(flatten)]
+    pub dist: DistOptions,
 }
 
 pub const DEFAULT_CKPT: &str = "logs";

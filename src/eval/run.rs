@@ -14,6 +14,7 @@ use super::rerank::{rerank, rerank_chunked, RerankParams, REFERENCE_CHUNK};
 use super::union::{self, union, union_records, EvalSplit, Group, Part};
 use crate::bad_setting;
 use crate::data::{ImageStore, ReidDataset};
+use crate::dist;
 use crate::error::{AboutExt, Setting};
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
@@ -332,16 +333,35 @@ impl std::error::Error for CheckpointsFailed {}
 /// given to `on_rows` as they come; returns all rows. The plan is checked first
 /// ([`EvalPlan::validate`]). With several checkpoints, one that fails does not stop the
 /// others: the error is then a [`CheckpointsFailed`] holding their rows.
+///
+/// In a data-parallel run ([`crate::dist::World`]), every rank extracts its share of the
+/// features and rank 0 scores them and writes the outputs; the other ranks return no rows.
 pub fn run(args: &EvalPlan, on_rows: OnRows) -> Result<Vec<EvalRow>> {
     args.validate()?;
     crate::alloc::release_freed_memory();
+    let world = dist::World::from_env()?;
     match &args.features {
+        Some(_) if world.as_ref().is_some_and(|w| w.rank != 0) => Ok(Vec::new()),
         Some(file) => run_features_file(args, file, on_rows),
-        None => run_checkpoints(args, on_rows),
+        None => {
+            let ranks = match &world {
+                Some(w) => Some(w.join(args.dist.timeout())?),
+                None => None,
+            };
+            let rows = run_checkpoints(args, ranks.as_ref(), on_rows)?;
+            if let Some(g) = ranks {
+                g.close()?;
+            }
+            Ok(rows)
+        }
     }
 }
 
-fn run_checkpoints(args: &EvalPlan, on_rows: OnRows) -> Result<Vec<EvalRow>> {
+fn run_checkpoints(
+    args: &EvalPlan,
+    ranks: Option<&dist::Group>,
+    on_rows: OnRows,
+) -> Result<Vec<EvalRow>> {
     // Evaluation keeps no log: `--deterministic` needs no note.
     let (device, _) = args.device.select()?;
     let ckpts = checkpoints(args)?;
@@ -351,7 +371,7 @@ fn run_checkpoints(args: &EvalPlan, on_rows: OnRows) -> Result<Vec<EvalRow>> {
     for ck_path in &ckpts {
         let own = (ckpts.len() > 1).then(|| args.for_one_of_several(ck_path));
         let plan = own.as_ref().unwrap_or(args);
-        match evaluate_checkpoint(plan, ck_path, &loaded, device, &mut *on_rows) {
+        match evaluate_checkpoint(plan, ck_path, &loaded, device, ranks, &mut *on_rows) {
             Ok(rows) => all.extend(rows),
             Err(e) if ckpts.len() == 1 => return Err(e),
             Err(e) => failed.push((ck_path.clone(), e)),
@@ -412,12 +432,18 @@ fn extract_all<'a>(
     args: &EvalPlan,
     model: &ReidModel,
     loaded: &'a HashMap<String, Loaded>,
+    ranks: Option<&dist::Group>,
 ) -> Result<HashMap<&'a str, (Tensor, Tensor)>> {
     let mut features = HashMap::new();
-    for (name, l) in loaded {
+    // In name order: every rank of a data-parallel run exchanges the same sets in turn.
+    let mut names: Vec<&String> = loaded.keys().collect();
+    names.sort();
+    for name in names {
+        let l = &loaded[name];
         let side = |store, what| {
             let what = format!("{name} {what}");
-            extract(model, store, args.batch_size, args.output_feature, &what)
+            let feature = args.output_feature;
+            extract(model, store, args.batch_size, feature, &what, ranks)
         };
         let q = side(&l.query, "query")?;
         let g = side(&l.gallery, "gallery")?;
@@ -456,13 +482,17 @@ fn evaluate_checkpoint(
     ck_path: &Path,
     loaded: &HashMap<String, Loaded>,
     device: tch::Device,
+    ranks: Option<&dist::Group>,
     on_rows: OnRows,
 ) -> Result<Vec<EvalRow>> {
     let ck = Checkpoint::load(ck_path)?;
     let mut model = ReidModel::from_checkpoint(&ck, &args.model, device)?;
     model.compute = args.device.compute.on(device);
     let ck_name = ck_path.display().to_string();
-    let features = extract_all(args, &model, loaded)?;
+    let features = extract_all(args, &model, loaded, ranks)?;
+    if ranks.is_some_and(|g| g.rank() != 0) {
+        return Ok(Vec::new());
+    }
     let mut rows = Vec::new();
     for spec in &args.datasets {
         let parts: Vec<&str> = spec.split('+').collect();

@@ -4,6 +4,7 @@ use super::shard::Shard;
 use super::store::DreamFormat;
 use super::{Coefficients, Stages};
 use crate::bad_setting;
+use crate::dist::DistOptions;
 use crate::error::Setting;
 use crate::model::ModelChoice;
 use crate::options::{DeviceOptions, ImageSize};
@@ -41,6 +42,9 @@ pub struct InvertPlan {
     pub shard: Option<Shard>,
     #[command(flatten)]
     pub model: ModelChoice,
+    /// Several ranks under one launch deal the shards: rank r dreams shard r + 1 of N.
+    #[command(flatten)]
+    pub dist: DistOptions,
 }
 
 /// What is dreamed and how, named and defaulted as the reference's `inversion.py`

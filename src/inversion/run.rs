@@ -10,13 +10,13 @@
 //! never repeats one.
 
 use super::plan::InvertPlan;
+use super::shard::Shard;
 use super::store::{batches_of, contact_sheet, other_format_in, recover, Bags, CONTACT_SHEET};
 use super::{denormalize, DreamBatch, Inverter, Iteration};
 use crate::bad_setting;
 use crate::data::rng::{stream, tag};
 use crate::error::{AboutExt, Error, Setting};
-use crate::logging::Logger;
-use crate::logging::{lock, Hold};
+use crate::logging::{lock, Hold, Logger};
 use crate::model::checkpoint::{resolve, Checkpoint};
 use crate::model::ReidModel;
 use crate::progress::Progress;
@@ -76,7 +76,13 @@ fn progress_text(p: &Iteration) -> String {
 
 /// `agd invert`: dreams batches until every identity has `shots` images or `iters`
 /// batches were made.
+///
+/// Under a launch of several ranks (`--nproc-per-node N`, torchrun), rank r dreams shard
+/// r + 1 of N into the one folder, as `--shard` runs do: identities are independent, so
+/// the ranks never wait for each other, and a killed rank is completed as its shard is.
 pub fn run(args: &InvertPlan) -> Result<()> {
+    let dealt = dealt(args)?;
+    let args = dealt.as_ref().unwrap_or(args);
     args.validate()?;
     let (device, determinism) = args.device.select()?;
     // The teacher must exist before anything is created on disk.
@@ -139,6 +145,26 @@ pub fn run(args: &InvertPlan) -> Result<()> {
     log.line(ending(args, &bags, &folder, batches, written, elapsed));
     log.succeeded();
     Ok(())
+}
+
+/// This rank's plan in a launch of several: its shard of the identities.
+fn dealt(args: &InvertPlan) -> Result<Option<InvertPlan>> {
+    let Some(world) = crate::dist::World::from_env()? else {
+        return Ok(None);
+    };
+    if let Some(s) = args.shard {
+        bad_setting!(
+            Setting::Shard,
+            s,
+            "a launch of {n} ranks deals the shards itself (rank r dreams shard r + 1 of {n}): \
+             leave --shard out",
+            n = world.size
+        );
+    }
+    Ok(Some(InvertPlan {
+        shard: Shard::new(world.rank + 1, world.size),
+        ..args.clone()
+    }))
 }
 
 /// Claims the dreams folder `dir` for this run; returns the run's journal folder (where its

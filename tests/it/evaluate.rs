@@ -771,3 +771,98 @@ fn evaluation_agrees_in_every_memory_format_and_nearly_in_bfloat16() {
         "{amp:?} vs {nchw:?}"
     );
 }
+
+/// Issue 37: `--nproc-per-node 2` (two workers on 127.0.0.1, Gloo) gives one process's
+/// results exactly, with batches of 8 so that each worker extracts several (and one of
+/// them a partial last batch); a feature file is written once, by rank 0.
+#[test]
+fn two_workers_evaluate_to_one_processs_numbers_exactly() {
+    let s = Setup::new();
+    // Every process on one thread, as each worker is: the same kernels, the same sums.
+    let one_thread = |extra: &[&str]| -> Vec<Value> {
+        let out = super::util::agd()
+            .args([
+                "evaluate", "-g", "cpu", "--height", "64", "--width", "32", "--json",
+            ])
+            .args(["--data-root", Setup::s(&s.root), "-c", Setup::s(&s.logs)])
+            .args(["-b", "8", "--dataset", "a", "b", "a+b"])
+            .args(extra)
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let alone = one_thread(&[]);
+    let features = s.logs.join("f.safetensors");
+    let two = one_thread(&[
+        "--nproc-per-node",
+        "2",
+        "--save-features",
+        Setup::s(&features),
+    ]);
+    assert_eq!(alone, two);
+    let alone_file = s.logs.join("alone.safetensors");
+    one_thread(&["--save-features", Setup::s(&alone_file)]);
+    for part in ["a", "b", "a-in-a+b", "b-in-a+b"] {
+        let read = |f: &Path| {
+            std::fs::read(f.with_file_name(format!(
+                "{}-{part}.safetensors",
+                f.file_stem().unwrap().to_string_lossy()
+            )))
+            .unwrap()
+        };
+        assert!(read(&features) == read(&alone_file), "{part}");
+    }
+}
+
+/// Issue 37: a rank whose peers never come ends with one error within `--dist-timeout`,
+/// naming its rank and the store; it never waits forever.
+#[test]
+fn a_rank_alone_ends_with_an_error_within_the_timeout() {
+    let s = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    for rank in ["0", "1"] {
+        let out = super::util::agd()
+            .args([
+                "evaluate",
+                "-g",
+                "cpu",
+                "--dataset",
+                "a",
+                "--dist-timeout",
+                "2",
+            ])
+            .args(["--data-root", Setup::s(&s.root), "-c", Setup::s(&s.logs)])
+            .env("WORLD_SIZE", "2")
+            .env("RANK", rank)
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("rank {rank} of 2"))
+                && err.contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = agd(&["evaluate", "--nproc-per-node", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--nproc-per-node 0"),
+        "{err}"
+    );
+}

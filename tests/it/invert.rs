@@ -1082,6 +1082,36 @@ fn shards_dream_one_folder_together_each_its_own_identities() {
     assert_fails(&["--shard", "4/3"], &["--shard", "expected K/N"]);
 }
 
+/// Issue 37: `--nproc-per-node 2` deals the shards to two ranks under one launch: the
+/// folder holds what `--shard 1/2` and `--shard 2/2` write, image for image.
+#[test]
+fn two_ranks_dream_what_two_shards_dream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher.safetensors");
+    save_untrained_teacher(&teacher, 6);
+    let (launched, sharded) = (tmp.path().join("launched"), tmp.path().join("sharded"));
+    let with_dir = |dir: &Path, extra: &[&str]| {
+        let mut a = quick_args(&teacher, extra);
+        a.extend(["--generation-dir".to_string(), dir.display().to_string()]);
+        a
+    };
+    let out = run_ok(&with_dir(&launched, &["--nproc-per-node", "2"]));
+    assert!(out.contains("shard 1/2"), "{out}");
+    for k in ["1/2", "2/2"] {
+        run_ok(&with_dir(&sharded, &["--shard", k]));
+    }
+    let images = images_of(&launched);
+    assert_eq!(images.len(), 12);
+    assert_same_images(&sharded, &images);
+    fails_with(
+        &with_dir(
+            &tmp.path().join("x"),
+            &["--nproc-per-node", "2", "--shard", "1/2"],
+        ),
+        &["--shard 1/2", "deals the shards itself"],
+    );
+}
+
 /// Runs `agd <args>`, expecting a failure whose stderr holds every `needle`.
 fn fails_with(args: &[String], needles: &[&str]) {
     let out = agd(args);

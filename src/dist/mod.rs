@@ -1,0 +1,326 @@
+//! Data-parallel runs on c10d, PyTorch's own distributed engine (what `torch.distributed`,
+//! DDP and `torchrun` sit on): ranks meet through a store (a `TCPStore`, which works across
+//! machines, or a `FileStore` on one) and exchange tensors through a Gloo process group.
+//! The collectives are C++ (src/shim/dist.cpp, against the libtorch's own c10d headers and
+//! gloo's, vendored in vendor/gloo); this module is their safe face.
+//!
+//! Every collective returns c10d's error as an error rather than throwing, and takes the
+//! group's timeout: a rank that died or hangs ends the others' wait with an error.
+
+mod launch;
+
+pub use launch::{reports, spawn_workers, DistOptions, World};
+
+use anyhow::{anyhow, bail, Result};
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::time::Duration;
+use tch::Tensor;
+
+#[repr(C)]
+struct AgdGroup {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    fn agd_dist_new_tcp(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        serve: c_int,
+        timeout_ms: c_int,
+        out: *mut *mut AgdGroup,
+    ) -> *mut c_char;
+    fn agd_dist_new_file(
+        path: *const c_char,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: c_int,
+        out: *mut *mut AgdGroup,
+    ) -> *mut c_char;
+    fn agd_dist_allreduce(g: *mut AgdGroup, t: *mut torch_sys::C_tensor) -> *mut c_char;
+    fn agd_dist_allgather(
+        g: *mut AgdGroup,
+        out: *mut torch_sys::C_tensor,
+        input: *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
+    fn agd_dist_broadcast(
+        g: *mut AgdGroup,
+        t: *mut torch_sys::C_tensor,
+        root: c_int,
+    ) -> *mut c_char;
+    fn agd_dist_barrier(g: *mut AgdGroup) -> *mut c_char;
+    fn agd_dist_free(g: *mut AgdGroup);
+    fn agd_dist_free_error(e: *mut c_char);
+}
+
+/// The message of a shim call (`None` when it succeeded), its memory freed.
+fn taken(error: *mut c_char) -> Option<String> {
+    if error.is_null() {
+        return None;
+    }
+    // SAFETY: the shim returns a NUL-terminated string it malloc'd, ours to free once.
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    unsafe { agd_dist_free_error(error) };
+    Some(message)
+}
+
+/// How the ranks of a run find each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rendezvous {
+    /// The `TCPStore` at `host:port` (PyTorch's `MASTER_ADDR`/`MASTER_PORT`), hosted by
+    /// the rank that `serves` it (rank 0, unless torchrun's agent hosts it).
+    Tcp {
+        host: String,
+        port: u16,
+        serves: bool,
+    },
+    /// A file every rank on one machine can reach.
+    File(PathBuf),
+}
+
+/// This process's place in a data-parallel run: its rank among `world` processes, and the
+/// Gloo process group they share.
+pub struct Group {
+    raw: NonNull<AgdGroup>,
+    rank: usize,
+    world: usize,
+}
+
+// SAFETY: a group is used by one thread at a time (`&mut self` for every collective is
+// not needed: c10d's backend serialises its work), and may move between threads.
+unsafe impl Send for Group {}
+
+impl Group {
+    /// Joins the run as rank `rank` of `world`, meeting the others at `rendezvous`; waits
+    /// at most `timeout` for them, and for every collective afterwards.
+    pub fn join(
+        rendezvous: &Rendezvous,
+        rank: usize,
+        world: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        if world == 0 || rank >= world {
+            bail!("rank {rank} of {world}: a rank is 0 to the world size - 1");
+        }
+        let ms = c_int::try_from(timeout.as_millis())
+            .unwrap_or(c_int::MAX)
+            .max(1);
+        let (r, w) = (rank as c_int, world as c_int);
+        let mut raw: *mut AgdGroup = std::ptr::null_mut();
+        let error = match rendezvous {
+            Rendezvous::Tcp { host, port, serves } => {
+                let host = CString::new(host.as_str())
+                    .map_err(|_| anyhow!("the master address holds a NUL byte"))?;
+                // SAFETY: valid C string and out-pointer; the shim catches every exception.
+                unsafe {
+                    agd_dist_new_tcp(
+                        host.as_ptr(),
+                        *port as c_int,
+                        r,
+                        w,
+                        *serves as c_int,
+                        ms,
+                        &mut raw,
+                    )
+                }
+            }
+            Rendezvous::File(path) => {
+                let path = CString::new(path.to_string_lossy().as_bytes())
+                    .map_err(|_| anyhow!("{}: a path with a NUL byte", path.display()))?;
+                // SAFETY: as above.
+                unsafe { agd_dist_new_file(path.as_ptr(), r, w, ms, &mut raw) }
+            }
+        };
+        if let Some(message) = taken(error) {
+            bail!(
+                "rank {rank} of {world} could not join the run ({rendezvous}): {message} \
+                 (are all {world} ranks started, meeting at the same store? --dist-timeout \
+                 sets how long each waits)"
+            );
+        }
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow!("c10d returned no process group"))?;
+        Ok(Self { raw, rank, world })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    fn check(&self, what: &str, error: *mut c_char) -> Result<()> {
+        match taken(error) {
+            None => Ok(()),
+            Some(message) => bail!(
+                "rank {} of {}: {what} failed: {message}",
+                self.rank,
+                self.world
+            ),
+        }
+    }
+
+    /// Sums `t` (contiguous, on the CPU) over the ranks, in place.
+    pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        contiguous_cpu(t, "all-reduce")?;
+        // SAFETY: the group is alive, and `t` a live tensor that outlives the call.
+        let error = unsafe { agd_dist_allreduce(self.raw.as_ptr(), t.as_mut_ptr()) };
+        self.check("all-reduce", error)
+    }
+
+    /// Every rank's `t`, stacked along dimension 0 in rank order (world × `t`'s rows).
+    pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        let mut input = t.contiguous();
+        contiguous_cpu(&input, "all-gather")?;
+        let mut size = input.size();
+        if size.is_empty() {
+            size.push(1);
+            input = input.reshape([1]);
+        }
+        size[0] *= self.world as i64;
+        let mut out = Tensor::empty(&size, (input.kind(), input.device()));
+        // SAFETY: as in all_reduce_sum.
+        let error =
+            unsafe { agd_dist_allgather(self.raw.as_ptr(), out.as_mut_ptr(), input.as_mut_ptr()) };
+        self.check("all-gather", error)?;
+        Ok(out)
+    }
+
+    /// `t` becomes rank `root`'s on every rank.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        contiguous_cpu(t, "broadcast")?;
+        // SAFETY: as in all_reduce_sum.
+        let error = unsafe { agd_dist_broadcast(self.raw.as_ptr(), t.as_mut_ptr(), root as c_int) };
+        self.check("broadcast", error)
+    }
+
+    /// Waits until every rank is here.
+    pub fn barrier(&self) -> Result<()> {
+        // SAFETY: the group is alive.
+        let error = unsafe { agd_dist_barrier(self.raw.as_ptr()) };
+        self.check("barrier", error)
+    }
+
+    /// Leaves the run once every rank is done with it: rank 0 hosts the TCP store, which
+    /// must outlive the others' last collective.
+    pub fn close(self) -> Result<()> {
+        self.barrier()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from the shim and is freed once.
+        unsafe { agd_dist_free(self.raw.as_ptr()) };
+    }
+}
+
+/// Gloo moves the memory of CPU tensors; a GPU run's tensors go through NCCL.
+fn contiguous_cpu(t: &Tensor, what: &str) -> Result<()> {
+    if t.device() != tch::Device::Cpu {
+        bail!(
+            "{what} of a {:?} tensor: Gloo exchanges CPU tensors",
+            t.device()
+        );
+    }
+    if !t.is_contiguous() {
+        bail!("{what} of a non-contiguous tensor");
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for Rendezvous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rendezvous::Tcp { host, port, .. } => write!(f, "TCP store at {host}:{port}"),
+            Rendezvous::File(p) => write!(f, "file store {}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Runs `body` as every rank of a `world`-rank group in its own thread.
+    fn ranks<T: Send + 'static>(
+        world: usize,
+        rendezvous: impl Fn(usize) -> Rendezvous,
+        body: impl Fn(Group) -> T + Send + Sync + Clone + 'static,
+    ) -> Vec<T> {
+        let threads: Vec<_> = (0..world)
+            .map(|rank| {
+                let (body, rdv) = (body.clone(), rendezvous(rank));
+                std::thread::spawn(move || {
+                    let g = Group::join(&rdv, rank, world, Duration::from_secs(60)).unwrap();
+                    body(g)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+    }
+
+    fn collectives(g: Group) -> (Vec<f32>, Vec<f32>, Vec<f32>, String) {
+        let r = g.rank() as f32;
+        let opts = (Kind::Float, Device::Cpu);
+        let mut sum = Tensor::from_slice(&[r + 1.0, 10.0 * (r + 1.0)]);
+        g.all_reduce_sum(&mut sum).unwrap();
+        let gathered = g.all_gather(&Tensor::full([2], r as f64, opts)).unwrap();
+        let mut shared = Tensor::full([3], r as f64 + 5.0, opts);
+        g.broadcast(&mut shared, 1).unwrap();
+        // A root that is no rank is c10d's error, and the group stays usable.
+        let error = match g.broadcast(&mut Tensor::zeros([1], opts), 7) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        g.barrier().unwrap();
+        let mut again = Tensor::ones([1], opts);
+        g.all_reduce_sum(&mut again).unwrap();
+        assert_eq!(values(&again), [g.world() as f32]);
+        g.close().unwrap();
+        (values(&sum), values(&gathered), values(&shared), error)
+    }
+
+    #[test]
+    fn collectives_give_known_values_over_a_file_store_and_a_tcp_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let stores: [Box<dyn Fn(usize) -> Rendezvous>; 2] = [
+            Box::new(move |_| Rendezvous::File(file.clone())),
+            Box::new(move |rank| Rendezvous::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+                serves: rank == 0,
+            }),
+        ];
+        for store in stores {
+            let results = ranks(2, store, collectives);
+            for (sum, gathered, shared, error) in results {
+                assert_eq!(sum, [3.0, 30.0]);
+                assert_eq!(gathered, [0.0, 0.0, 1.0, 1.0]);
+                assert_eq!(shared, [6.0, 6.0, 6.0]);
+                assert!(
+                    error.contains("broadcast failed") && error.contains("root"),
+                    "{error}"
+                );
+            }
+        }
+    }
+}
