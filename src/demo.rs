@@ -391,7 +391,8 @@ fn label(method: &str) -> String {
 }
 
 /// The paper-shaped table: old task (A) and new task (B), mAP and rank-1 per method.
-fn markdown(rows: &[ResultRow], dreams: &HistogramReport, sizes: &Sizes, seconds: f64) -> String {
+fn markdown(results: &DemoResults, sizes: &Sizes) -> String {
+    let (rows, dreams, seconds) = (&results.rows, &results.dreams, results.wall_seconds);
     let mut md = String::from(
         "# agd demo: data-free incremental ReID on synthetic data\n\n\
          | method | A (old) mAP | A (old) R1 | B (new) mAP | B (new) R1 |\n\
@@ -569,7 +570,7 @@ impl Run<'_> {
         )?;
         crate::io::write_atomic(
             &out.join("results.md"),
-            markdown(&results.rows, &results.dreams, &self.plan.sizes, seconds).as_bytes(),
+            markdown(results, &self.plan.sizes).as_bytes(),
         )?;
         crate::plot::results_chart(
             &results.rows,

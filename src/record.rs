@@ -148,7 +148,7 @@ impl Recipe {
             })
             .into())
         };
-        let text = serde_json::to_string_pretty(self)? + "\n";
+        let text = || Ok::<_, anyhow::Error>(serde_json::to_string_pretty(self)? + "\n");
         let found = match read(&path)? {
             Some(found) if found == *self => return Ok(()),
             Some(found) => found,
@@ -156,7 +156,7 @@ impl Recipe {
                 if let (false, Some(entry)) = (adopt, first_product(dir)?) {
                     return refuse(None, Some(entry));
                 }
-                if crate::io::create_atomic(&path, text.as_bytes())? {
+                if crate::io::create_atomic(&path, text()?.as_bytes())? {
                     return Ok(());
                 }
                 // Another run of the folder (a shard starting beside this one) recorded
@@ -168,7 +168,7 @@ impl Recipe {
             }
         };
         if hold == Hold::Exclusive && first_product(dir)?.is_none() {
-            return crate::io::write_atomic(&path, text.as_bytes());
+            return crate::io::write_atomic(&path, text()?.as_bytes());
         }
         refuse(Some(found), None)
     }

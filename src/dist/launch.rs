@@ -109,10 +109,10 @@ impl World {
     }
 }
 
-/// Whether this process reports a run's results: the only process, or rank 0.
+/// Whether this process reports a run's results: the only process, or rank 0 (an
+/// environment that does not parse is reported by the stage, which reads it again).
 pub fn reports() -> bool {
-    std::env::var("RANK").map_or(true, |r| r.trim() == "0")
-        || std::env::var("WORLD_SIZE").map_or(true, |w| w.trim() == "1")
+    !matches!(World::from_env(), Ok(Some(w)) if w.rank != 0)
 }
 
 /// A free TCP port on this machine for the store of a local run.

@@ -4,6 +4,7 @@ use super::features::OutputFeature;
 use crate::bad_setting;
 use crate::dist::DistOptions;
 use crate::error::Setting;
+use crate::model::checkpoint::CHECKPOINT_EXTENSIONS;
 use crate::model::ModelChoice;
 use crate::options::{DataOptions, DeviceOptions};
 use crate::stage::StagePlan;
@@ -91,16 +92,14 @@ impl StagePlan for EvalPlan {
 /// left out, the reference's `.pth.tar` and Paddle's `.pdparams` are written `%pth` and
 /// `%pd` (no escape makes those: `p` is not a hex digit), so `checkpoint.safetensors` and
 /// `checkpoint.pdparams` stay apart too.
-pub fn checkpoint_id(path: &Path) -> String {
+fn checkpoint_id(path: &Path) -> String {
     let bytes = path.as_os_str().as_encoded_bytes();
-    let (stem, marker) = [
-        (".safetensors", ""),
-        (".pth.tar", "%pth"),
-        (".pdparams", "%pd"),
-    ]
-    .into_iter()
-    .find_map(|(ext, marker)| bytes.strip_suffix(ext.as_bytes()).map(|s| (s, marker)))
-    .unwrap_or((bytes, ""));
+    // Markers in CHECKPOINT_EXTENSIONS' order: .safetensors, .pth.tar, .pdparams.
+    let (stem, marker) = CHECKPOINT_EXTENSIONS
+        .iter()
+        .zip(["", "%pth", "%pd"])
+        .find_map(|(ext, marker)| bytes.strip_suffix(ext.as_bytes()).map(|s| (s, marker)))
+        .unwrap_or((bytes, ""));
     let mut id = String::new();
     let escape = |id: &mut String, b: u8| id.push_str(&format!("%{b:02X}"));
     match std::str::from_utf8(stem) {

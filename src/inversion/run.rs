@@ -245,7 +245,8 @@ fn bags(
         // A folder holding this run's identities' images is completed with --resume, or
         // not at all: dreaming afresh beside them would leave identities with twice the
         // images asked for (and in two formats), under a message that they have `shots`.
-        let n = Bags::of(classes, ids.clone(), shots)
+        let n = bags
+            .clone()
             .count_existing(dir)
             .about_value(Setting::GenerationDir, dir.display())?;
         if n > 0 {
@@ -279,7 +280,7 @@ fn bags(
         .into());
     }
     let n = bags
-        .count_existing(from)
+        .count_to_complete(from)
         .about_value(Setting::InversionResume, from.display())?;
     log.line(format!(
         "resume: {n} images in {}; {} identities still short of {shots} images",

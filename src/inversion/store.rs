@@ -108,10 +108,19 @@ impl Bags {
     /// identities that have `shots` are not generated again. Returns how many of them are
     /// of this run's identities (another shard's are left to it).
     pub fn count_existing(&mut self, dir: &Path) -> Result<usize> {
+        self.count(dir, false)
+    }
+
+    /// [`Bags::count_existing`] for a run that completes `dir`: each image it counts must
+    /// read as one ([`check_readable`]), since the folder is then reported complete.
+    pub fn count_to_complete(&mut self, dir: &Path) -> Result<usize> {
+        self.count(dir, true)
+    }
+
+    fn count(&mut self, dir: &Path, readable: bool) -> Result<usize> {
         let mut counted = 0;
         for path in &images_in(dir)? {
             let pid = parse_dreamed_name(path)?;
-            check_readable(path)?;
             if pid >= self.classes {
                 bail!(
                     "{}: identity {pid}, but the teacher has {} classes (0..{}): images of another model?",
@@ -121,6 +130,9 @@ impl Bags {
                 );
             }
             if self.ids.contains(&pid) {
+                if readable {
+                    check_readable(path)?;
+                }
                 self.add(pid, 1);
                 counted += 1;
             }

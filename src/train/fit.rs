@@ -87,7 +87,6 @@ fn read_losses(pending: &[Vec<Tensor>]) -> Result<Vec<Vec<f64>>> {
 /// One epoch's running sums, as its steps' losses are read.
 struct Epoch {
     epoch: usize,
-    lr: f64,
     batches: usize,
     sums: Vec<f64>,
     steps: usize,
@@ -144,7 +143,6 @@ where
         let iter = batches(epoch as u64 - 1);
         let mut e = Epoch {
             epoch,
-            lr,
             batches: iter.len(),
             sums: vec![0.0; names.len()],
             steps: 0,
@@ -179,7 +177,7 @@ where
         let mut end = EpochEnd {
             epoch,
             epochs: cfg.epochs,
-            lr: e.lr,
+            lr,
             names: &names,
             means: e.sums.iter().map(|s| s / e.steps.max(1) as f64).collect(),
             steps: e.steps,

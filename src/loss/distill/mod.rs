@@ -34,12 +34,9 @@ pub struct DistillInput<'a> {
     /// applies the teacher's (the old model's) classifier to the student's embeddings.
     pub classifier: Option<&'a Tensor>,
     /// `GeoDL` only, on the student: an orthonormal basis (D × [`NULL_SPACE_COLUMNS`]) of
-    /// the
-    /// null space of the student's PCA subspace, to pad that subspace with. Any such basis
-    /// is
-    /// as valid, and the reference's depends on its LAPACK, so its golden values record the
-    /// one
-    /// it used and their test passes it here; `None` computes one.
+    /// the null space of the student's PCA subspace, to pad that subspace with. Any such
+    /// basis is as valid, and the reference's depends on its LAPACK, so its golden values
+    /// record the one it used and their test passes it here; `None` computes one.
     pub null_space_basis: Option<&'a Tensor>,
 }
 
@@ -123,10 +120,9 @@ impl Collapse {
 }
 
 /// What `podnet` compares the pooled (L2-normalised) map vectors with. The reference
-/// accepts
-/// all four names but only `cosine` runs there (the others index the pooled tensors as if
-/// they
-/// were output dicts and crash); here they apply the same-named loss to the pooled vectors.
+/// accepts all four names but only `cosine` runs there (the others index the pooled tensors
+/// as if they were output dicts and crash); here they apply the same-named loss to the
+/// pooled vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodnetCriterion {
     Cosine,
@@ -155,8 +151,7 @@ pub enum DistillKind {
     L1,
     L2,
     /// Distances between all pairs of embeddings (`torch.pdist` with this `p`), optionally
-    /// of
-    /// the L2-normalised embeddings.
+    /// of the L2-normalised embeddings.
     Relation {
         normalize: bool,
         p: f64,
@@ -175,10 +170,8 @@ pub enum DistillKind {
     },
     No,
     /// Geodesic-flow-kernel distillation (the reference's `GFK`, after GeoDL): the
-    /// student's
-    /// embedding differences from the teacher's, measured by the kernel of the geodesic
-    /// flow
-    /// between the two batches' PCA subspaces (see `geodl.rs`).
+    /// student's embedding differences from the teacher's, measured by the kernel of the
+    /// geodesic flow between the two batches' PCA subspaces (see `geodl.rs`).
     GeoDL,
     /// GeoDL plus LUCIR's cosine embedding distillation:
     /// geodl_factor · GeoDL + cosine_factor · cos-loss.
@@ -187,8 +180,7 @@ pub enum DistillKind {
         cosine_factor: f64,
     },
     /// Always Be Dreaming (Smith et al. 2021): MSE between the old classifier applied to
-    /// the
-    /// student's embeddings and the old model's logits on the same (dreamed) images.
+    /// the student's embeddings and the old model's logits on the same (dreamed) images.
     AlwaysBeDreaming,
 }
 
@@ -203,8 +195,7 @@ pub struct Distillation {
     pub cross_factor: Option<f64>,
     /// The file has a top-level `co_distillation` section (the reference's
     /// `co_distillation.yaml`): accepted, but not used, as the reference's
-    /// `main_incremental.py`
-    /// never reads it; the trainers log that.
+    /// `main_incremental.py` never reads it; the trainers log that.
     pub unused_co_distillation: bool,
 }
 
@@ -230,8 +221,7 @@ impl Distillation {
 
     /// The unweighted distillation loss (a scalar tensor) of student vs teacher on the same
     /// images with their pids. Errors (not panics) when the batch is not P×K (every row
-    /// must
-    /// have the same number of positives) for the residual-based types.
+    /// must have the same number of positives) for the residual-based types.
     ///
     /// `pids` are read on the host, where the same-identity pairs are listed: pass the
     /// batch's host pids (as the loader gives them), so that a GPU step never waits for the
@@ -442,8 +432,7 @@ fn sim_res(a: &Tensor, b: &Tensor, pids: &Tensor) -> Result<Tensor> {
 }
 
 /// KL(softmax(z_T/T) ‖ softmax(z_S[:, last C]/T)), summed over classes and averaged over
-/// the
-/// batch (`batchmean`), without a T² factor (the reference has none).
+/// the batch (`batchmean`), without a T² factor (the reference has none).
 fn hinton(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
     ensure!(
         student.dim() == 2 && teacher.dim() == 2 && student.size()[0] == teacher.size()[0],
@@ -500,8 +489,7 @@ fn always_be_dreaming(
 }
 
 /// PODNet's map term: the mean over the maps of criterion(pool(S²), pool(T²)), where pool
-/// is
-/// the collapse followed by L2 normalisation.
+/// is the collapse followed by L2 normalisation.
 fn podnet_maps(
     student: &[Tensor],
     teacher: &[Tensor],

@@ -51,8 +51,7 @@ pub(crate) trait Resolver {
     fn reduce(&mut self, name: &str, args: &Value<Self::Host>) -> Result<Reduced<Self::Host>>;
 
     /// BUILD of a host value with `state`; `false` leaves it to the machine, which ignores
-    /// a
-    /// state without host values in it and refuses any other.
+    /// a state without host values in it and refuses any other.
     fn build(&mut self, _target: &Self::Host, _state: &Value<Self::Host>) -> Result<bool> {
         Ok(false)
     }
@@ -75,8 +74,7 @@ pub(crate) struct Object<H> {
 pub(crate) type Pair<H> = (Value<H>, Value<H>);
 
 /// A pickled value. Containers are shared (`Rc`), as in Python, so that a memo reference
-/// sees
-/// later additions.
+/// sees later additions.
 #[derive(Clone)]
 pub(crate) enum Value<H> {
     None,
@@ -739,10 +737,9 @@ mod tests {
     use crate::model::pth::Scalar;
 
     /// `pickle.dumps({'layer': {'w': array([1., 2.], dtype=float32)}, 'step': 3},
-    /// protocol=4)`,
-    /// the shape of a Paddle `.pdparams` file. Written by Python with stand-ins for numpy's
-    /// `ndarray` and `dtype` whose `__reduce__` return what numpy's do, as numpy is not at
-    /// hand.
+    /// protocol=4)`, the shape of a Paddle `.pdparams` file. Written by Python with
+    /// stand-ins for numpy's `ndarray` and `dtype` whose `__reduce__` return what numpy's
+    /// do, as numpy is not at hand.
     const NUMPY_PICKLE: &[u8] =
         b"\x80\x04\x95\xac\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x05layer\x94}\x94\
         \x8c\x01w\x94\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\
