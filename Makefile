@@ -31,6 +31,7 @@ bench:
 	$(CARGO) bench --bench evaluate
 	$(CARGO) bench --bench invert
 	$(CARGO) bench --bench compute
+	$(CARGO) bench --bench data_parallel
 
 lint:
 	$(CARGO) fmt --check

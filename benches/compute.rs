@@ -72,7 +72,7 @@ impl Setup {
         BaseLoss::new(&out.logits, &out.global, pids)
             .total()
             .backward();
-        self.opt.step();
+        self.opt.step().unwrap();
         t.elapsed().as_secs_f64()
     }
 }

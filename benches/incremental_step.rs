@@ -82,6 +82,7 @@ fn batch(classes: i64, seed: u64) -> Batch {
         pids: pk_pids(classes, seed),
         cameras: Tensor::zeros([HALF], (Kind::Int64, Device::Cpu)),
         indices: (0..HALF as usize).collect(),
+        shard: None,
     }
 }
 
@@ -92,6 +93,7 @@ fn share(b: &Batch) -> Batch {
         pids: b.pids.shallow_clone(),
         cameras: b.cameras.shallow_clone(),
         indices: b.indices.clone(),
+        shard: None,
     }
 }
 

@@ -88,7 +88,7 @@ impl AgdStep {
         let t1 = Instant::now();
         loss.backward();
         let t2 = Instant::now();
-        self.opt.step();
+        self.opt.step().unwrap();
         let t3 = Instant::now();
         Timing(vec![
             (t3 - t0).as_secs_f64(),
@@ -120,13 +120,13 @@ fn optimizer_layouts(steps: usize) -> Result<(f64, f64)> {
         BaseLoss::new(&out.logits, &out.global, &pids)
             .total()
             .backward();
-        opt.step(); // warm-up: the momentum buffers exist from here on
+        opt.step().unwrap(); // warm-up: the momentum buffers exist from here on
         setups.push((model, opt));
     }
     for _ in 0..steps {
         for (i, (_, opt)) in setups.iter_mut().enumerate() {
             let t = Instant::now();
-            opt.step();
+            opt.step().unwrap();
             medians[i].push(t.elapsed().as_secs_f64());
         }
     }

@@ -11,6 +11,12 @@ use tch::Device;
 /// The device for `-g` values: `[]` or `["cpu"]` → CPU; `["N", …]` → CUDA device N when
 /// available, else the CPU with a notice on stderr.
 pub fn select(gpu: &[String]) -> Result<Device> {
+    select_for(gpu, None)
+}
+
+/// [`select`] for rank `local_rank` of its machine in a data-parallel run: the GPU of its
+/// local rank, or the local_rank-th of the ids `-g` lists when it lists several.
+pub fn select_for(gpu: &[String], local_rank: Option<usize>) -> Result<Device> {
     let Some(first) = gpu.first() else {
         return Ok(Device::Cpu);
     };
@@ -37,7 +43,19 @@ pub fn select(gpu: &[String]) -> Result<Device> {
         eprintln!("note: no CUDA device found; running on the CPU");
         return Ok(Device::Cpu);
     }
-    let id = ids[0];
+    let id = match local_rank {
+        Some(local) if ids.len() > 1 => match ids.get(local) {
+            Some(&id) => id,
+            None => crate::bad_setting!(
+                Setting::Gpu,
+                gpu.join(" "),
+                "names {} GPUs but this is local rank {local}: list one per process of the machine",
+                ids.len()
+            ),
+        },
+        Some(local) => local,
+        None => ids[0],
+    };
     if id >= count {
         crate::bad_setting!(
             Setting::Gpu,
@@ -46,9 +64,10 @@ pub fn select(gpu: &[String]) -> Result<Device> {
             count - 1
         );
     }
-    if ids.len() > 1 {
+    if ids.len() > 1 && local_rank.is_none() {
         eprintln!(
-            "note: agd trains on one device; using cuda:{id} of -g {}",
+            "note: one process uses one device; using cuda:{id} of -g {} (--nproc-per-node N \
+             runs N processes, one per GPU listed)",
             gpu.join(" ")
         );
     }

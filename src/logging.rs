@@ -23,7 +23,8 @@ pub struct Logger {
     done: std::sync::atomic::AtomicBool,
     /// The folder's lock, held while the logger lives; the OS releases it when the
     /// process ends, however it ends, so a killed run never leaves its folder locked.
-    _lock: File,
+    /// None for a data-parallel run's other ranks, whose rank 0 holds it.
+    _lock: Option<File>,
 }
 
 /// A run's log, in its folder.
@@ -107,7 +108,17 @@ impl Logger {
             .recipe
             .claim(dir, claim.folder, claim.adopt, Hold::Exclusive)?;
         crate::io::remove_stale_temporaries(dir)?;
-        let path = dir.join(LOG);
+        Self::append(dir.join(LOG), echo, Some(lock))
+    }
+
+    /// The log of rank `rank` (> 0) of a data-parallel run, `log-rank<r>.txt` in the folder
+    /// that rank 0 has claimed: its own steps and errors, not echoed (rank 0's terminal is
+    /// the run's).
+    pub fn open_rank(dir: &Path, rank: usize) -> Result<Self> {
+        Self::append(dir.join(format!("log-rank{rank}.txt")), false, None)
+    }
+
+    fn append(path: PathBuf, echo: bool, lock: Option<File>) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -143,6 +143,8 @@ impl Command {
         match self {
             Command::Evaluate(args) => Some(&args.plan.dist),
             Command::Invert(plan) => Some(&plan.dist),
+            Command::Train(plan) => Some(&plan.run.dist),
+            Command::Incremental(plan) | Command::IncrementalX(plan) => Some(&plan.run.dist),
             _ => None,
         }
     }

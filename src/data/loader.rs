@@ -11,6 +11,7 @@ use super::sampler::{order_by_camera, IdentitySampler};
 use super::transforms::{test_into, TrainTransform};
 use super::{ImageStore, Record};
 use crate::bad_setting;
+use crate::dist::Shard;
 use crate::error::Setting;
 use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
@@ -38,6 +39,20 @@ pub struct LoaderConfig {
     /// wait for a pageable staging copy. None on the CPU, where pinning has no meaning
     /// (and a CPU-only libtorch refuses it).
     pub pin: Option<tch::Device>,
+    /// A data-parallel run's share of every batch; `None` builds them whole.
+    pub share: Option<Share>,
+}
+
+/// A data-parallel rank's share of every batch: every rank draws the same batches and
+/// builds the images of its run of their identities ([`Shard`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub rank: usize,
+    pub world: usize,
+    /// The batch keeps the whole batch's labels and its [`Shard`], for outputs gathered
+    /// across the ranks (the default); else it is this rank's samples alone, labels and
+    /// all (`--local-bn`: losses and BatchNorm within each rank).
+    pub whole: bool,
 }
 
 impl LoaderConfig {
@@ -52,6 +67,7 @@ impl LoaderConfig {
             seed,
             prefetch: 4,
             pin: None,
+            share: None,
         }
     }
 }
@@ -65,9 +81,11 @@ fn images(data: &[f32], n: usize, h: usize, w: usize, pin: Option<tch::Device>) 
     }
 }
 
-/// One training batch: `peers` views of the same samples, same order.
+/// One training batch of B samples: `peers` views of the same samples, same order. In a
+/// data-parallel run the views hold this rank's rows only (those `shard` names); the
+/// labels and indices are always the whole batch's.
 pub struct Batch {
-    /// One B×3×H×W float tensor per view.
+    /// One float tensor per view: B×3×H×W, or this rank's rows of them.
     pub views: Vec<Tensor>,
     /// B labels (int64).
     pub pids: Tensor,
@@ -75,6 +93,8 @@ pub struct Batch {
     pub cameras: Tensor,
     /// The samples' indices in the loader's record list.
     pub indices: Vec<usize>,
+    /// Which rows each rank holds, in a data-parallel run.
+    pub shard: Option<Shard>,
 }
 
 /// Runs `make` for every job on a producer thread, at most `prefetch` results ahead.
@@ -84,7 +104,7 @@ pub struct Batch {
 fn spawn_stream<J, T>(
     prefetch: usize,
     jobs: impl Iterator<Item = J> + Send + 'static,
-    make: impl Fn(J) -> T + Send + 'static,
+    make: impl Fn(J) -> Result<T> + Send + 'static,
 ) -> Receiver<Result<T>>
 where
     T: Send + 'static,
@@ -93,7 +113,8 @@ where
     std::thread::spawn(move || {
         for job in jobs {
             let made = std::panic::catch_unwind(AssertUnwindSafe(|| make(job)))
-                .map_err(|panic| anyhow!("the batch producer failed: {}", panic_text(&panic)));
+                .map_err(|panic| anyhow!("the batch producer failed: {}", panic_text(&panic)))
+                .and_then(|made| made);
             let failed = made.is_err();
             // The consumer hung up (end of epoch, error, Ctrl-C): stop quietly.
             if tx.send(made).is_err() || failed {
@@ -190,6 +211,19 @@ impl TrainLoader {
         }
         let sampler =
             IdentitySampler::new(&records, cfg.batch_size, cfg.instances, cfg.seed, stream_id)?;
+        if let Some(Share { world, .. }) = cfg.share {
+            if !sampler.ids_per_batch.is_multiple_of(world) {
+                bad_setting!(
+                    Setting::BatchSize,
+                    cfg.batch_size,
+                    "holds {} identities, which {world} ranks cannot share equally: choose a \
+                     batch size whose identities (batch / {}) are a multiple of the number of \
+                     ranks",
+                    sampler.ids_per_batch,
+                    cfg.instances
+                );
+            }
+        }
         Ok(Self {
             records,
             store,
@@ -213,18 +247,36 @@ impl TrainLoader {
         self.sampler.epoch(epoch).len()
     }
 
-    /// Builds batch `batch` of `epoch` from its indices: samples in parallel.
-    pub fn build(&self, epoch: u64, batch: u64, indices: Vec<usize>) -> Batch {
+    /// Builds batch `batch` of `epoch` from its indices: samples in parallel; in a
+    /// data-parallel run, this rank's share. A sample's augmentation depends on its place
+    /// in the whole batch, never on the rank that builds it.
+    pub fn build(&self, epoch: u64, batch: u64, indices: Vec<usize>) -> Result<Batch> {
         let (h, w) = (self.store.height, self.store.width);
         let size = 3 * h * w;
-        let n = indices.len();
+        let pids = |indices: &[usize]| -> Vec<i64> {
+            indices.iter().map(|&i| self.records[i].pid).collect()
+        };
+        let (mut indices, mut shard) = (indices, None);
+        if let Some(share) = self.cfg.share {
+            let split = Shard::of(&pids(&indices), share.rank, share.world)?;
+            if share.whole {
+                shard = Some(split);
+            } else {
+                indices = split.own().iter().map(|&pos| indices[pos]).collect();
+            }
+        }
+        let rows: Vec<usize> = match &shard {
+            Some(s) => s.own().to_vec(),
+            None => (0..indices.len()).collect(),
+        };
+        let n = rows.len();
         let views = (0..self.cfg.peers)
             .map(|view| {
                 let mut data = vec![0f32; n * size];
                 data.par_chunks_mut(size)
-                    .zip(indices.par_iter())
-                    .enumerate()
-                    .for_each(|(pos, (out, &i))| {
+                    .zip(rows.par_iter())
+                    .for_each(|(out, &pos)| {
+                        let i = indices[pos];
                         let mut rng = stream(
                             self.cfg.seed,
                             &[
@@ -243,14 +295,14 @@ impl TrainLoader {
                 images(&data, n, h, w, self.cfg.pin)
             })
             .collect();
-        let pids: Vec<i64> = indices.iter().map(|&i| self.records[i].pid).collect();
         let cams: Vec<i64> = indices.iter().map(|&i| self.records[i].camera).collect();
-        Batch {
+        Ok(Batch {
             views,
-            pids: Tensor::from_slice(&pids),
+            pids: Tensor::from_slice(&pids(&indices)),
             cameras: Tensor::from_slice(&cams),
             indices,
-        }
+            shard,
+        })
     }
 
     /// The batches of `epoch`, built in the background.
@@ -383,7 +435,7 @@ impl TestLoader {
             data.par_chunks_mut(size)
                 .zip(range.clone().into_par_iter())
                 .for_each(|(out, i)| test_into(store.image(i), h, w, out));
-            images(&data, range.len(), h, w, pin)
+            Ok(images(&data, range.len(), h, w, pin))
         });
         Stream::new(rx, count)
     }
@@ -397,7 +449,7 @@ mod tests {
     fn a_failing_producer_is_an_error_not_the_end_of_the_data() {
         let rx = spawn_stream(2, 0..5u32, |i| {
             assert!(i != 2, "image {i} has no pixels");
-            i
+            Ok(i)
         });
         let got: Vec<Result<u32>> = Stream::new(rx, 5).collect();
         assert_eq!(got.len(), 3, "nothing follows the error");
@@ -412,7 +464,7 @@ mod tests {
 
     #[test]
     fn a_producer_that_stops_early_is_an_error() {
-        let rx = spawn_stream(2, 0..2u32, |i| i);
+        let rx = spawn_stream(2, 0..2u32, Ok);
         let got: Vec<Result<u32>> = Stream::new(rx, 4).collect();
         assert_eq!(got.len(), 3);
         let err = got[2].as_ref().unwrap_err().to_string();

@@ -12,6 +12,6 @@ pub mod transforms;
 
 pub use dataset::{Dreamed, Exemplars, Record, ReidDataset};
 pub use images::ImageStore;
-pub use loader::{Batch, LoaderConfig, PairedLoader, TestLoader, TrainLoader, INSTANCES};
+pub use loader::{Batch, LoaderConfig, PairedLoader, Share, TestLoader, TrainLoader, INSTANCES};
 pub use sampler::IdentitySampler;
 pub use transforms::{Erasing, TrainTransform};

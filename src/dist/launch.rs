@@ -149,6 +149,7 @@ pub fn spawn_workers(nproc: usize) -> Result<()> {
         if rank > 0 {
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         }
+        ends_with_launcher(&mut cmd);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start worker {rank} ({})", exe.display()))?;
@@ -165,6 +166,25 @@ pub fn spawn_workers(nproc: usize) -> Result<()> {
     }
     wait(workers, nproc)
 }
+
+/// Makes the worker get SIGTERM when the launcher ends, however it ends (a SIGKILL, a
+/// closed terminal): orphaned workers would otherwise train on, holding the run's folder.
+#[cfg(target_os = "linux")]
+fn ends_with_launcher(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ends_with_launcher(_cmd: &mut Command) {}
 
 type Worker = (
     usize,

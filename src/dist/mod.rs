@@ -8,8 +8,10 @@
 //! group's timeout: a rank that died or hangs ends the others' wait with an error.
 
 mod launch;
+mod shard;
 
 pub use launch::{reports, spawn_workers, DistOptions, World};
+pub use shard::{gather_rows, Shard};
 
 use anyhow::{anyhow, bail, Result};
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -41,6 +43,11 @@ extern "C" {
         out: *mut *mut AgdGroup,
     ) -> *mut c_char;
     fn agd_dist_allreduce(g: *mut AgdGroup, t: *mut torch_sys::C_tensor) -> *mut c_char;
+    fn agd_dist_allreduce_differentiable(
+        g: *mut AgdGroup,
+        input: *mut torch_sys::C_tensor,
+        out: *mut *mut torch_sys::C_tensor,
+    ) -> *mut c_char;
     fn agd_dist_allgather(
         g: *mut AgdGroup,
         out: *mut torch_sys::C_tensor,
@@ -54,6 +61,14 @@ extern "C" {
     fn agd_dist_barrier(g: *mut AgdGroup) -> *mut c_char;
     fn agd_dist_free(g: *mut AgdGroup);
     fn agd_dist_free_error(e: *mut c_char);
+    fn agd_dist_exchanging_ns() -> i64;
+}
+
+/// Seconds this process has spent in collectives so far (issuing them and waiting for the
+/// other ranks): the exchanges' share of a data-parallel run's time.
+pub fn exchanging_seconds() -> f64 {
+    // SAFETY: reads an atomic counter.
+    unsafe { agd_dist_exchanging_ns() as f64 * 1e-9 }
 }
 
 /// The message of a shim call (`None` when it succeeded), its memory freed.
@@ -92,9 +107,12 @@ pub struct Group {
     world: usize,
 }
 
-// SAFETY: a group is used by one thread at a time (`&mut self` for every collective is
-// not needed: c10d's backend serialises its work), and may move between threads.
+// SAFETY: a group may move between threads, and c10d's Gloo backend queues the work of
+// every thread under its own lock; agd calls collectives from one thread per rank (the
+// training loop, and the autograd engine's backward, which runs CPU work on the caller's
+// thread), so every rank issues them in the same order.
 unsafe impl Send for Group {}
+unsafe impl Sync for Group {}
 
 impl Group {
     /// Joins the run as rank `rank` of `world`, meeting the others at `rendezvous`; waits
@@ -167,16 +185,82 @@ impl Group {
         }
     }
 
-    /// Sums `t` (contiguous, on the CPU) over the ranks, in place.
+    /// Sums `t` (contiguous) over the ranks, in place.
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        if t.device() != tch::Device::Cpu {
+            let mut host = t.to_device(tch::Device::Cpu);
+            self.all_reduce_sum(&mut host)?;
+            t.copy_(&host);
+            return Ok(());
+        }
         contiguous_cpu(t, "all-reduce")?;
         // SAFETY: the group is alive, and `t` a live tensor that outlives the call.
         let error = unsafe { agd_dist_allreduce(self.raw.as_ptr(), t.as_mut_ptr()) };
         self.check("all-reduce", error)
     }
 
+    /// The sum of `t` over the ranks, as a new tensor through which gradients flow back
+    /// summed over the ranks: a global statistic (synchronised BatchNorm's) whose every
+    /// rank's rows get the gradient that one process over the whole batch would give
+    /// them. An error in the backward pass ends that `backward` with c10d's message.
+    pub fn sum_with_gradient(&self, t: &Tensor) -> Result<Tensor> {
+        if t.device() != tch::Device::Cpu {
+            // Gloo sums host memory: through the host and back, gradients included.
+            let sum = self.sum_with_gradient(&t.to_device(tch::Device::Cpu))?;
+            return Ok(sum.to_device(t.device()));
+        }
+        let mut input = t.contiguous();
+        contiguous_cpu(&input, "all-reduce")?;
+        let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
+        // SAFETY: the group outlives every graph of the run that holds it (it is dropped
+        // after training); `input` is a live tensor; `out` receives a tensor we own.
+        let error = unsafe {
+            agd_dist_allreduce_differentiable(self.raw.as_ptr(), input.as_mut_ptr(), &mut out)
+        };
+        self.check("all-reduce", error)?;
+        if out.is_null() {
+            bail!("c10d returned no tensor");
+        }
+        // SAFETY: `out` is a fresh `at::Tensor*` whose ownership the shim hands over.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    /// Checks that every rank holds the same `value` (a hash of `what`), so that ranks
+    /// started with other flags or another agd stop at once with one error.
+    pub fn agree(&self, what: &str, value: u64) -> Result<()> {
+        let all = self.all_gather(&Tensor::from_slice(&[value as i64]))?;
+        let all = Vec::<i64>::try_from(&all)?;
+        if let Some(other) = all.iter().position(|&v| v != all[0]) {
+            bail!(
+                "rank {other} runs with another {what} than rank 0: start every rank with \
+                 the same agd and the same flags"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether every rank got here without error: each passes its own outcome and gets an
+    /// error naming a rank that failed (its own error first), so no rank goes on to wait
+    /// for one that has given up.
+    pub fn all_ok<T>(&self, outcome: Result<T>) -> Result<T> {
+        let flags = self.all_gather(&Tensor::from_slice(&[outcome.is_err() as i64]));
+        let value = outcome?;
+        let flags = Vec::<i64>::try_from(&flags?)?;
+        if let Some(failed) = flags.iter().position(|&f| f != 0) {
+            bail!(
+                "rank {failed} of {} failed (its error is in its log); this rank stops too",
+                self.world
+            );
+        }
+        Ok(value)
+    }
+
     /// Every rank's `t`, stacked along dimension 0 in rank order (world × `t`'s rows).
     pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        if t.device() != tch::Device::Cpu {
+            let all = self.all_gather(&t.to_device(tch::Device::Cpu))?;
+            return Ok(all.to_device(t.device()));
+        }
         let mut input = t.contiguous();
         contiguous_cpu(&input, "all-gather")?;
         let mut size = input.size();
@@ -195,6 +279,12 @@ impl Group {
 
     /// `t` becomes rank `root`'s on every rank.
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        if t.device() != tch::Device::Cpu {
+            let mut host = t.to_device(tch::Device::Cpu);
+            self.broadcast(&mut host, root)?;
+            t.copy_(&host);
+            return Ok(());
+        }
         contiguous_cpu(t, "broadcast")?;
         // SAFETY: as in all_reduce_sum.
         let error = unsafe { agd_dist_broadcast(self.raw.as_ptr(), t.as_mut_ptr(), root as c_int) };
@@ -210,7 +300,7 @@ impl Group {
 
     /// Leaves the run once every rank is done with it: rank 0 hosts the TCP store, which
     /// must outlive the others' last collective.
-    pub fn close(self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         self.barrier()
     }
 }
@@ -222,7 +312,8 @@ impl Drop for Group {
     }
 }
 
-/// Gloo moves the memory of CPU tensors; a GPU run's tensors go through NCCL.
+/// Gloo moves the memory of CPU tensors: a GPU's go through the host (NCCL, which would
+/// exchange them in place, is not built yet: docs/multi-gpu.md).
 fn contiguous_cpu(t: &Tensor, what: &str) -> Result<()> {
     if t.device() != tch::Device::Cpu {
         bail!(

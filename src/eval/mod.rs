@@ -56,9 +56,25 @@ impl TestSet {
         batch_size: usize,
         feature: OutputFeature,
     ) -> Result<Metrics> {
+        self.evaluate_among(model, batch_size, feature, None)?
+            .ok_or_else(|| anyhow::anyhow!("the evaluation returned no metrics"))
+    }
+
+    /// [`TestSet::evaluate`] in a data-parallel run (`ranks`): every rank extracts its
+    /// share of the features, and rank 0 scores them (the others get `None`).
+    pub fn evaluate_among(
+        &self,
+        model: &ReidModel,
+        batch_size: usize,
+        feature: OutputFeature,
+        ranks: Option<&crate::dist::Group>,
+    ) -> Result<Option<Metrics>> {
         let (q, g) = (&self.query_images, &self.gallery_images);
-        let q = features::extract(model, q, batch_size, feature, "query", None)?;
-        let g = features::extract(model, g, batch_size, feature, "gallery", None)?;
+        let q = features::extract(model, q, batch_size, feature, "query", ranks)?;
+        let g = features::extract(model, g, batch_size, feature, "gallery", ranks)?;
+        if ranks.is_some_and(|r| r.rank() != 0) {
+            return Ok(None);
+        }
         let (qp, qc) = labels(&self.query);
         let (gp, gc) = labels(&self.gallery);
         metrics::evaluate_features(
@@ -69,5 +85,6 @@ impl TestSet {
             Labels::new(&gp, &gc),
             20,
         )
+        .map(Some)
     }
 }

@@ -2,7 +2,7 @@
 //! `layerN.0.downsample.0/.1`), so ImageNet weights and the reference's checkpoints load
 //! by name. layer4's stride is the ReID "last stride".
 
-use super::layers::{BatchNorm, BnStat, Conv2d};
+use super::layers::{BatchNorm, Conv2d, Norms};
 use super::params::Scope;
 use tch::Tensor;
 
@@ -45,13 +45,6 @@ impl Depth {
             Depth::R50 => 4,
         }
     }
-}
-
-/// BatchNorms see the statistics recorder if there is one.
-type Stats<'a> = Option<&'a mut Vec<BnStat>>;
-
-fn bn(b: &BatchNorm, x: &Tensor, train: bool, stats: &mut Stats) -> Tensor {
-    b.forward(x, train, stats.as_deref_mut())
 }
 
 struct Block {
@@ -98,17 +91,17 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool, stats: &mut Stats) -> Tensor {
+    fn forward(&self, x: &Tensor, norms: &mut Norms) -> Tensor {
         let last = self.convs.len() - 1;
         let mut out = x.shallow_clone();
         for (i, (conv, norm)) in self.convs.iter().zip(&self.bns).enumerate() {
-            out = bn(norm, &conv.forward(&out), train, stats);
+            out = norm.forward(&conv.forward(&out), norms);
             if i < last {
                 out = out.relu_();
             }
         }
         let identity = match &self.downsample {
-            Some((conv, norm)) => bn(norm, &conv.forward(x), train, stats),
+            Some((conv, norm)) => norm.forward(&conv.forward(x), norms),
             None => x.shallow_clone(),
         };
         (out + identity).relu_()
@@ -146,13 +139,13 @@ impl Base {
     }
 
     /// The four layer outputs (`maps`).
-    pub fn forward(&self, x: &Tensor, train: bool, stats: &mut Stats) -> Vec<Tensor> {
-        let x = bn(&self.bn1, &self.conv1.forward(x), train, stats).relu_();
+    pub fn forward(&self, x: &Tensor, norms: &mut Norms) -> Vec<Tensor> {
+        let x = self.bn1.forward(&self.conv1.forward(x), norms).relu_();
         let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         let mut maps = Vec::with_capacity(4);
         for layer in &self.layers {
             for block in layer {
-                x = block.forward(&x, train, stats);
+                x = block.forward(&x, norms);
             }
             maps.push(x.shallow_clone());
         }

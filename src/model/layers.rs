@@ -3,6 +3,7 @@
 //! matches them to the running statistics, docs/method.md §7).
 
 use super::params::Scope;
+use crate::dist::Group;
 use tch::Kind;
 use tch::Tensor;
 
@@ -187,18 +188,19 @@ impl BatchNorm {
         }
     }
 
-    /// Normalises `x`; in training mode with batch statistics (updating the running ones).
-    /// When `stats` is given, the input's mean and biased variance are appended to it.
+    /// Normalises `x`; in training mode with batch statistics (updating the running ones),
+    /// over every rank's rows when `norms.sync` names the ranks. When `norms.stats` is
+    /// given, the input's mean and biased variance are appended to it.
     ///
     /// Input in a lower precision ([`Compute::amp`]) is normalised in float32 (statistics
     /// and running averages in float32, as autocast runs BatchNorm) and returned in its
     /// own type.
-    pub fn forward(&self, x: &Tensor, train: bool, stats: Option<&mut Vec<BnStat>>) -> Tensor {
+    pub fn forward(&self, x: &Tensor, norms: &mut Norms) -> Tensor {
         if x.kind() != Kind::Float && x.kind() != Kind::Double {
-            let y = self.forward(&x.to_kind(Kind::Float), train, stats);
+            let y = self.forward(&x.to_kind(Kind::Float), norms);
             return y.to_kind(x.kind());
         }
-        if let Some(stats) = stats {
+        if let Some(stats) = norms.stats.as_deref_mut() {
             let (mean, var) = channel_moments(x);
             stats.push(BnStat {
                 mean,
@@ -207,27 +209,178 @@ impl BatchNorm {
                 running_var: self.running_var.shallow_clone(),
             });
         }
-        if train {
+        if norms.train {
             tch::no_grad(|| {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
+            if let (Some(group), None) = (norms.sync, &norms.failed) {
+                match self.synchronised(x, group) {
+                    Ok(y) => return y,
+                    Err(e) => norms.failed = Some(e),
+                }
+            }
         }
         x.batch_norm(
             Some(&self.weight),
             Some(&self.bias),
             Some(&self.running_mean),
             Some(&self.running_var),
-            train,
+            norms.train,
             Self::MOMENTUM,
             Self::EPS,
             true,
         )
     }
+
+    /// Training-mode BatchNorm whose statistics are those of every rank's rows together
+    /// (synchronised BatchNorm): the mean and the biased variance of the global batch,
+    /// each a sum over ranks through which gradients flow back summed
+    /// ([`Group::sum_with_gradient`]), so forward and backward equal one process's over
+    /// the whole batch up to the order of summation. The variance is the global mean
+    /// square about the global mean (two exchanges, not E[x²] − E[x]², which cancels in
+    /// float32: see [`channel_moments`]). Running statistics move as PyTorch's do, with
+    /// the unbiased variance of the global batch.
+    fn synchronised(&self, x: &Tensor, group: &Group) -> anyhow::Result<Tensor> {
+        let c = x.size()[1];
+        let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+        let mut shape = vec![1i64; x.dim()];
+        shape[1] = c;
+        let local = (x.numel() as i64 / c.max(1)) as f64;
+        let count = Tensor::from_slice(&[local])
+            .to_kind(x.kind())
+            .to_device(x.device());
+        let sums = Tensor::cat(&[x.sum_dim_intlist(&dims[..], false, x.kind()), count], 0);
+        let sums = group.sum_with_gradient(&sums)?;
+        let n = sums.double_value(&[c]);
+        let mean = sums.narrow(0, 0, c) / n;
+        let centered = x - mean.view(shape.as_slice());
+        let squares = centered
+            .square()
+            .sum_dim_intlist(&dims[..], false, x.kind());
+        let var = group.sum_with_gradient(&squares)? / n;
+        let scale = (&var + Self::EPS).rsqrt() * &self.weight;
+        tch::no_grad(|| {
+            let m = Self::MOMENTUM;
+            let unbiased = var.detach() * (n / (n - 1.0).max(1.0));
+            let mut rm = self.running_mean.shallow_clone();
+            let mut rv = self.running_var.shallow_clone();
+            let _ = rm.g_mul_scalar_(1.0 - m).g_add_(&(mean.detach() * m));
+            let _ = rv.g_mul_scalar_(1.0 - m).g_add_(&(unbiased * m));
+        });
+        Ok(centered * scale.view(shape.as_slice()) + self.bias.view(shape.as_slice()))
+    }
+}
+
+/// How a forward pass runs its BatchNorms.
+#[derive(Default)]
+pub struct Norms<'a> {
+    /// Batch statistics (training) or the running ones (evaluation).
+    pub train: bool,
+    /// Receives every BatchNorm's input statistics, in module order (DeepInversion).
+    pub stats: Option<&'a mut Vec<BnStat>>,
+    /// In training, the statistics of every rank's rows together (synchronised
+    /// BatchNorm, [`BatchNorm::synchronised`]).
+    pub sync: Option<&'a Group>,
+    /// The first exchange that failed: the pass goes on with this rank's statistics, and
+    /// its caller reports the error.
+    pub failed: Option<anyhow::Error>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two ranks (threads over a file store), each with half the batch, normalise and
+    /// back-propagate as one BatchNorm over the whole batch does.
+    #[test]
+    fn synchronised_batchnorm_over_two_ranks_is_one_batchnorm_over_the_batch() {
+        use crate::dist::{Group, Rendezvous};
+        use crate::model::params::{Group as ParamGroup, Params, Scope};
+        let cpu = (Kind::Double, tch::Device::Cpu);
+        tch::manual_seed(5);
+        let x = Tensor::randn([8, 4, 16, 8], cpu) * 2.0 + 1.0;
+        let probe = Tensor::randn([8, 4, 16, 8], cpu);
+        let norm = || {
+            let mut params = Params::new(tch::Device::Cpu);
+            let bn = BatchNorm::new(&mut Scope::root(&mut params, "bn", ParamGroup::Base), 4);
+            for t in [&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var] {
+                let mut t = t.shallow_clone();
+                tch::no_grad(|| t.set_data(&t.to_kind(Kind::Double)));
+            }
+            tch::no_grad(|| {
+                bn.weight
+                    .shallow_clone()
+                    .copy_(&Tensor::from_slice(&[0.5f64, 1.0, 1.5, 2.0]));
+            });
+            bn
+        };
+        // One process.
+        let bn = norm();
+        let xs = x.detach().set_requires_grad(true);
+        let y = bn
+            .forward(
+                &xs,
+                &mut Norms {
+                    train: true,
+                    ..Norms::default()
+                },
+            )
+            .relu_();
+        let y = bn.forward(
+            &y,
+            &mut Norms {
+                train: true,
+                ..Norms::default()
+            },
+        );
+        (&y * &probe).sum(Kind::Double).backward();
+        let (y1, g1, w1) = (y.detach(), xs.grad(), bn.weight.grad());
+        // Two ranks, rows 0..4 and 4..8.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store");
+        let threads: Vec<_> = (0..2)
+            .map(|rank| {
+                let (x, probe, file) = (x.copy(), probe.copy(), file.clone());
+                std::thread::spawn(move || {
+                    let g = Group::join(
+                        &Rendezvous::File(file),
+                        rank,
+                        2,
+                        std::time::Duration::from_secs(60),
+                    )
+                    .unwrap();
+                    let bn = norm();
+                    let rows = |t: &Tensor| t.narrow(0, 4 * rank as i64, 4);
+                    let xs = rows(&x).detach().set_requires_grad(true);
+                    let mut norms = Norms {
+                        train: true,
+                        sync: Some(&g),
+                        ..Norms::default()
+                    };
+                    let y = bn.forward(&xs, &mut norms).relu_();
+                    let y = bn.forward(&y, &mut norms);
+                    assert!(norms.failed.is_none());
+                    (&y * rows(&probe)).sum(Kind::Double).backward();
+                    let mut wg = bn.weight.grad();
+                    g.all_reduce_sum(&mut wg).unwrap();
+                    g.close().unwrap();
+                    (y.detach(), xs.grad(), wg)
+                })
+            })
+            .collect();
+        let threads: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let y2 = Tensor::cat(&[&threads[0].0, &threads[1].0], 0);
+        let g2 = Tensor::cat(&[&threads[0].1, &threads[1].1], 0);
+        for (name, a, b) in [
+            ("y", &y1, &y2),
+            ("x grad", &g1, &g2),
+            ("weight grad", &w1, &threads[0].2),
+        ] {
+            let err = (a - b).abs().max().double_value(&[]);
+            let scale = a.abs().max().double_value(&[]);
+            assert!(err <= 1e-12 * scale, "{name}: differs by {err} of {scale}");
+        }
+    }
 
     /// The moments CUDA takes (`var_mean`) and the CPU's shifted sums agree, in value and
     /// in the gradient inversion follows, for every input layout a BatchNorm sees.

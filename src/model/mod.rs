@@ -12,7 +12,7 @@ pub mod pth;
 
 pub use backbone::Depth;
 pub use choice::{ComputeChoice, MemoryFormat, ModelChoice};
-pub use layers::{BnStat, Compute};
+pub use layers::{BnStat, Compute, Norms};
 pub use params::{Group, Params, Role};
 
 use crate::bad_setting;
@@ -21,7 +21,17 @@ use anyhow::{bail, Result};
 use backbone::Base;
 use layers::BatchNorm;
 use params::Scope;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
+
+/// A model's place in a data-parallel run: the ranks, and whether its training-mode
+/// BatchNorms see the global batch (synchronised, the default) or each rank's rows
+/// (`--local-bn`).
+#[derive(Clone)]
+pub struct DataParallel {
+    pub group: Arc<crate::dist::Group>,
+    pub sync_bn: bool,
+}
 
 /// Global pooling of layer4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +115,9 @@ pub struct ReidModel {
     /// How the trunk computes (precision, memory layout); not part of the checkpoint.
     pub compute: Compute,
     pub params: Params,
+    /// Set in a data-parallel run ([`ReidModel::forward_batches`]); not part of the
+    /// checkpoint.
+    pub parallel: Option<DataParallel>,
     base: Base,
     head: BatchNorm,
     classifier: Tensor,
@@ -132,6 +145,7 @@ impl ReidModel {
             config,
             compute: Compute::default(),
             params,
+            parallel: None,
             base,
             head,
             classifier,
@@ -142,10 +156,8 @@ impl ReidModel {
         self.params.device
     }
 
-    fn forward_impl(&self, x: &Tensor, train: bool, mut stats: Option<&mut Vec<BnStat>>) -> Output {
-        let maps = self
-            .base
-            .forward(&self.compute.prepare(x), train, &mut stats);
+    fn forward_impl(&self, x: &Tensor, norms: &mut Norms) -> Output {
+        let maps = self.base.forward(&self.compute.prepare(x), norms);
         // Whatever the trunk computed in, the pooled feature, the head and the losses are
         // float32.
         let maps: Vec<Tensor> = match self.compute.amp {
@@ -158,7 +170,7 @@ impl ReidModel {
             Pooling::Max => last.adaptive_max_pool2d([1, 1]).0,
         }
         .flatten(1, -1);
-        let embedding = self.head.forward(&global, train, stats);
+        let embedding = self.head.forward(&global, norms);
         let logits = embedding.mm(&self.classifier.tr());
         Output {
             embedding,
@@ -170,14 +182,66 @@ impl ReidModel {
 
     /// Forward in training (batch statistics) or evaluation mode.
     pub fn forward(&self, x: &Tensor, train: bool) -> Output {
-        self.forward_impl(x, train, None)
+        self.forward_impl(
+            x,
+            &mut Norms {
+                train,
+                ..Norms::default()
+            },
+        )
+    }
+
+    /// The forward of a training step over batches split among ranks: `x` holds this
+    /// rank's rows of each batch (the rows `shards` name, batch after batch), and the
+    /// outputs are the whole batches', as one process computes them
+    /// ([`crate::dist::gather_rows`]): BatchNorm statistics over every rank's rows (unless
+    /// `--local-bn`), and this rank's rows alone carrying the graph. The feature maps are
+    /// exchanged only when `maps` asks for them (they are large, and only `podnet` reads
+    /// them); otherwise there are none. Outside a data-parallel run it is
+    /// [`ReidModel::forward`].
+    pub fn forward_batches(
+        &self,
+        x: &Tensor,
+        train: bool,
+        shards: &[&crate::dist::Shard],
+        maps: bool,
+    ) -> Result<Output> {
+        let Some(dp) = &self.parallel else {
+            return Ok(self.forward(x, train));
+        };
+        let mut norms = Norms {
+            train,
+            sync: dp.sync_bn.then_some(&*dp.group),
+            ..Norms::default()
+        };
+        let out = self.forward_impl(x, &mut norms);
+        if let Some(e) = norms.failed {
+            return Err(e.context("synchronised BatchNorm"));
+        }
+        let gather = |t: &Tensor| crate::dist::gather_rows(&dp.group, t, shards);
+        Ok(Output {
+            embedding: gather(&out.embedding)?,
+            global: gather(&out.global)?,
+            maps: match maps {
+                true => out.maps.iter().map(gather).collect::<Result<_>>()?,
+                false => Vec::new(),
+            },
+            logits: gather(&out.logits)?,
+        })
     }
 
     /// Forward that also returns every BatchNorm's input statistics, in module order
     /// (the 2-D layers of the backbone, then the embedding BatchNorm1d).
     pub fn forward_with_bn_stats(&self, x: &Tensor, train: bool) -> (Output, Vec<BnStat>) {
         let mut stats = Vec::new();
-        let out = self.forward_impl(x, train, Some(&mut stats));
+        let out = self.forward_impl(
+            x,
+            &mut Norms {
+                train,
+                stats: Some(&mut stats),
+                ..Norms::default()
+            },
+        );
         (out, stats)
     }
 

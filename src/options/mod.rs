@@ -166,7 +166,16 @@ impl DeviceOptions {
     /// The device, with `--deterministic` applied; the line to log about the latter (none
     /// without it).
     pub fn select(&self) -> anyhow::Result<(tch::Device, Option<String>)> {
-        let device = crate::device::select(&self.gpu)?;
+        self.select_for(None)
+    }
+
+    /// [`DeviceOptions::select`] for a data-parallel run's rank `local_rank` of its
+    /// machine ([`crate::device::select_for`]).
+    pub fn select_for(
+        &self,
+        local_rank: Option<usize>,
+    ) -> anyhow::Result<(tch::Device, Option<String>)> {
+        let device = crate::device::select_for(&self.gpu, local_rank)?;
         let note = self.deterministic.then(|| {
             let d = crate::device::set_deterministic(true);
             format!(

@@ -8,7 +8,9 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <c10/util/Logging.h>
+#include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -58,6 +60,47 @@ AgdGroup* group(c10::intrusive_ptr<c10d::Store> store, int rank, int world, int 
   return new AgdGroup{store, backend};
 }
 
+// Nanoseconds this process has spent in collectives (issuing them and waiting for the
+// other ranks), for the share of a step that exchanges take.
+std::atomic<int64_t> exchanging_ns{0};
+
+template <typename F>
+void timed(F&& f) {
+  auto start = std::chrono::steady_clock::now();
+  f();
+  auto spent = std::chrono::steady_clock::now() - start;
+  exchanging_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(spent).count();
+}
+
+void allreduce(AgdGroup* g, at::Tensor& t) {
+  timed([&] {
+    std::vector<at::Tensor> ts{t};
+    g->backend->allreduce(ts)->wait();
+  });
+}
+
+// The sum over ranks as an autograd function: its gradient is the sum over ranks of the
+// gradients, which is what synchronised BatchNorm needs. Each rank's loss reaches the
+// global statistics only through its own rows, so the whole gradient of a global sum is
+// every rank's part of it, summed (what torch's SyncBatchNorm backward all-reduces).
+struct SumOverRanks : public torch::autograd::Function<SumOverRanks> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            int64_t group) {
+    ctx->saved_data["group"] = group;
+    auto y = x.detach().contiguous().clone();
+    allreduce(reinterpret_cast<AgdGroup*>(group), y);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto g = reinterpret_cast<AgdGroup*>(ctx->saved_data["group"].toInt());
+    auto grad = grads[0].contiguous().clone();
+    allreduce(g, grad);
+    return {grad, at::Tensor()};
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -91,15 +134,20 @@ char* agd_dist_new_file(const char* path, int rank, int world, int timeout_ms, A
 
 // Sums `t` over the ranks, in place.
 char* agd_dist_allreduce(AgdGroup* g, at::Tensor* t) {
+  return guarded([&] { allreduce(g, *t); });
+}
+
+// `*out` becomes a new tensor: the sum of `in` over the ranks, through which gradients
+// flow back summed over the ranks (SumOverRanks). The group must outlive the graph.
+char* agd_dist_allreduce_differentiable(AgdGroup* g, at::Tensor* in, at::Tensor** out) {
   return guarded([&] {
-    std::vector<at::Tensor> ts{*t};
-    g->backend->allreduce(ts)->wait();
+    *out = new at::Tensor(SumOverRanks::apply(*in, reinterpret_cast<int64_t>(g)));
   });
 }
 
 // `out` (world × the size of `in`, along dimension 0) gets every rank's `in`, in rank order.
 char* agd_dist_allgather(AgdGroup* g, at::Tensor* out, at::Tensor* in) {
-  return guarded([&] { g->backend->_allgather_base(*out, *in)->wait(); });
+  return guarded([&] { timed([&] { g->backend->_allgather_base(*out, *in)->wait(); }); });
 }
 
 // Every rank's `t` becomes rank `root`'s.
@@ -108,7 +156,7 @@ char* agd_dist_broadcast(AgdGroup* g, at::Tensor* t, int root) {
     std::vector<at::Tensor> ts{*t};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    g->backend->broadcast(ts, opts)->wait();
+    timed([&] { g->backend->broadcast(ts, opts)->wait(); });
   });
 }
 
@@ -125,4 +173,6 @@ void agd_dist_free(AgdGroup* g) {
 }
 
 void agd_dist_free_error(char* e) { std::free(e); }
+
+int64_t agd_dist_exchanging_ns() { return exchanging_ns.load(); }
 }

@@ -32,15 +32,16 @@ impl Step for BaseStep {
         let device = model.device();
         let pids = batch.pids.to_device(device);
         let views = batch.views.len() as f64;
+        let shards = super::fit::shards(&[&batch]);
         opt.zero_grad();
         let mut last = Vec::new();
         for view in &batch.views {
-            let out = model.forward(&to_input(view, device), true);
+            let out = model.forward_batches(&to_input(view, device), true, &shards, false)?;
             let loss = BaseLoss::new(&out.logits, &out.global, &pids);
-            (loss.total() / views).backward();
+            (loss.total() / views).f_backward()?;
             last = reported(&[&loss.ce, &loss.triplet]);
         }
-        opt.step();
+        opt.step()?;
         Ok(last)
     }
 }

@@ -30,6 +30,12 @@ pub trait Step {
     ) -> Result<Vec<Tensor>>;
 }
 
+/// The splits of a step's batches among the ranks of a data-parallel run (none in one
+/// process), for [`ReidModel::forward_batches`].
+pub fn shards<'a>(batches: &[&'a crate::data::Batch]) -> Vec<&'a crate::dist::Shard> {
+    batches.iter().filter_map(|b| b.shard.as_ref()).collect()
+}
+
 /// A step's loss terms as [`Step::step`] returns them.
 pub fn reported(terms: &[&Tensor]) -> Vec<Tensor> {
     terms.iter().map(|t| t.detach()).collect()

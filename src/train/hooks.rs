@@ -7,6 +7,7 @@
 use super::fit::{EpochEval, FitConfig};
 use super::metrics_csv::{self, MetricsCsv};
 use super::optimizer::Optimizer;
+use super::parallel::{Ranks, Replicas};
 use crate::eval::{features::OutputFeature, TestSet};
 use crate::logging::Logger;
 use crate::model::ReidModel;
@@ -71,16 +72,41 @@ impl<'a> Hooks<'a> {
     /// What every training stage does: progress and the log, evaluation every
     /// `evaluate_every` epochs and at the last, a checkpoint every epoch (numbered every
     /// `save_freq`), a `metrics.csv` row, and `curves.png` redrawn.
-    pub fn standard(cfg: &'a FitConfig, test_sets: &'a [TestSet], log: &'a Logger) -> Self {
+    ///
+    /// In a data-parallel run (`ranks`), the ranks check that their models are still one
+    /// after every epoch and share the evaluation's feature extraction; rank 0 alone
+    /// shows progress, scores and writes (the others log to their own `log-rank<r>.txt`).
+    pub fn standard(
+        cfg: &'a FitConfig,
+        test_sets: &'a [TestSet],
+        log: &'a Logger,
+        ranks: Option<&'a Ranks>,
+    ) -> Self {
         let csv = cfg.logs_dir.join(metrics_csv::FILE);
-        Self(vec![
-            Box::new(Progressing { log, bar: None }),
-            Box::new(Evaluating {
-                test_sets,
-                every: cfg.evaluate_every,
-                batch_size: cfg.eval_batch_size,
+        let writes = ranks.is_none_or(|r| r.rank() == 0);
+        let mut hooks: Vec<Box<dyn Hook + 'a>> = vec![Box::new(Progressing {
+            log,
+            bar: None,
+            shows: writes,
+        })];
+        if let Some(ranks) = ranks {
+            hooks.push(Box::new(Replicas {
+                ranks,
                 log,
-            }),
+                exchanged: 0.0,
+            }));
+        }
+        hooks.push(Box::new(Evaluating {
+            test_sets,
+            every: cfg.evaluate_every,
+            batch_size: cfg.eval_batch_size,
+            log,
+            ranks: ranks.map(|r| &*r.group),
+        }));
+        if !writes {
+            return Self(hooks);
+        }
+        hooks.extend::<[Box<dyn Hook + 'a>; 3]>([
             Box::new(Checkpointing { cfg }),
             Box::new(Metrics {
                 csv: csv.clone(),
@@ -92,7 +118,8 @@ impl<'a> Hooks<'a> {
                 png: cfg.logs_dir.join("curves.png"),
                 log,
             }),
-        ])
+        ]);
+        Self(hooks)
     }
 
     /// Runs `f` on every hook, in order, stopping at the first error.
@@ -116,10 +143,15 @@ fn terms(names: &[&str], values: &[f64], decimals: usize) -> String {
 struct Progressing<'a> {
     log: &'a Logger,
     bar: Option<Progress<'a>>,
+    /// Whether the terminal shows the bar (the only process, or rank 0).
+    shows: bool,
 }
 
 impl Hook for Progressing<'_> {
     fn before_epoch(&mut self, epoch: usize, epochs: usize, steps: usize) -> Result<()> {
+        if !self.shows {
+            return Ok(());
+        }
         self.bar = Some(Progress::new(
             self.log,
             steps as u64,
@@ -167,6 +199,7 @@ struct Evaluating<'a> {
     every: usize,
     batch_size: usize,
     log: &'a Logger,
+    ranks: Option<&'a crate::dist::Group>,
 }
 
 impl Hook for Evaluating<'_> {
@@ -177,7 +210,10 @@ impl Hook for Evaluating<'_> {
         }
         let mut results = Vec::new();
         for t in self.test_sets {
-            let m = t.evaluate(e.model, self.batch_size, OutputFeature::Embedding)?;
+            let feature = OutputFeature::Embedding;
+            let Some(m) = t.evaluate_among(e.model, self.batch_size, feature, self.ranks)? else {
+                continue; // scored by rank 0
+            };
             self.log.line(format!(
                 "  {}: mAP {:.1}%  rank-1 {:.1}%  rank-5 {:.1}%  rank-10 {:.1}%  ({} queries)",
                 t.name,
@@ -189,7 +225,7 @@ impl Hook for Evaluating<'_> {
             ));
             results.push((t.name.clone(), m));
         }
-        e.eval = Some(results);
+        e.eval = (!results.is_empty()).then_some(results);
         Ok(())
     }
 }

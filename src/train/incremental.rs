@@ -8,9 +8,10 @@
 //! distillation from the teacher's view i (weight `cross_factor`) with the mean over the
 //! teacher's other views.
 
-use super::fit::Step;
+use super::fit::{shards, Step};
 use super::optimizer::Optimizer;
 use crate::data::Batch;
+use crate::dist::Shard;
 use crate::loss::distill::{DistillInput, Distillation};
 use crate::loss::BaseLoss;
 use crate::model::{to_input, Output, ReidModel};
@@ -91,9 +92,20 @@ pub struct IncrementalStep {
     pub views: Views,
 }
 
-/// The teacher's outputs on every view of `batch` (eval mode, no graph kept).
-fn teacher(old: &ReidModel, views: &[Tensor]) -> Vec<Output> {
-    tch::no_grad(|| views.iter().map(|x| old.forward(x, false)).collect())
+/// The teacher's outputs on every view of `batch` (eval mode, no graph kept), whole
+/// batches in a data-parallel run (`shards`).
+fn teacher(
+    old: &ReidModel,
+    views: &[Tensor],
+    shards: &[&Shard],
+    maps: bool,
+) -> Result<Vec<Output>> {
+    tch::no_grad(|| {
+        views
+            .iter()
+            .map(|x| old.forward_batches(x, false, shards, maps))
+            .collect()
+    })
 }
 
 /// A batch's views on `device`, each copied there once: the old model and the student
@@ -171,7 +183,9 @@ impl IncrementalStep {
         let pids = Tensor::cat(&[&new.pids, &dreamed_pids], 0).to_device(device);
         let t = Instant::now();
         let (new_views, dreamed_views) = (uploaded(&new, device), uploaded(&dreamed, device));
-        let teachers = teacher(&self.old, &dreamed_views);
+        let maps = self.distillation.reads_maps();
+        let teachers = teacher(&self.old, &dreamed_views, &shards(&[&dreamed]), maps)?;
+        let both = shards(&[&new, &dreamed]);
         phases.teacher = t.elapsed();
         let t = Instant::now();
         opt.zero_grad();
@@ -180,7 +194,7 @@ impl IncrementalStep {
         for (i, (x, x_dreamed)) in new_views.iter().zip(&dreamed_views).enumerate() {
             let t = Instant::now();
             let input = Tensor::cat(&[x, x_dreamed], 0);
-            let out = model.forward(&input, true);
+            let out = model.forward_batches(&input, true, &both, maps)?;
             let base = BaseLoss::new(&out.logits, &out.global, &pids);
             let student = rows(&out, n_new, n_dreamed);
             let distill = mixed_distill(
@@ -195,12 +209,12 @@ impl IncrementalStep {
             let loss = base.total() + &distill;
             phases.forward += t.elapsed();
             let t = Instant::now();
-            (loss / views as f64).backward();
+            (loss / views as f64).f_backward()?;
             phases.backward += t.elapsed();
             reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
         }
         let t = Instant::now();
-        opt.step();
+        opt.step()?;
         phases.optimizer += t.elapsed();
         Ok((reported, phases))
     }
@@ -271,11 +285,13 @@ impl Step for NewDataStep {
         let inputs = uploaded(&batch, device);
         // The residual pairs are listed from the host pids (no wait for the device).
         let host_pids = &batch.pids;
-        let teachers = teacher(&self.old, &inputs);
+        let maps = self.distillation.reads_maps();
+        let shards = shards(&[&batch]);
+        let teachers = teacher(&self.old, &inputs, &shards, maps)?;
         opt.zero_grad();
         let mut reported = Vec::new();
         for (i, x) in inputs.iter().enumerate() {
-            let out = model.forward(x, true);
+            let out = model.forward_batches(x, true, &shards, maps)?;
             let base = BaseLoss::new(&out.logits, &out.global, &pids);
             let distill = mixed_distill(
                 &self.distillation,
@@ -287,10 +303,10 @@ impl Step for NewDataStep {
                 host_pids,
             )?;
             let loss = base.total() + &distill;
-            (loss / views as f64).backward();
+            (loss / views as f64).f_backward()?;
             reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
         }
-        opt.step();
+        opt.step()?;
         Ok(reported)
     }
 }

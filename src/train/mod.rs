@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod incremental;
 pub mod metrics_csv;
 pub mod optimizer;
+pub mod parallel;
 pub mod plan;
 mod run;
 pub mod schedule;

@@ -83,6 +83,16 @@ pub struct Optimizer {
     base_lr: f64,
     /// Adam's step count (bias correction).
     steps: i64,
+    /// The ranks of a data-parallel run, whose gradients every step combines first.
+    pub ranks: Option<Reduce>,
+}
+
+/// How a data-parallel run combines its ranks' gradients before each step.
+pub struct Reduce {
+    pub group: std::sync::Arc<crate::dist::Group>,
+    /// The mean (each rank has its own loss: `--local-bn`), not the sum (each holds its
+    /// part of the global loss's gradient).
+    pub mean: bool,
 }
 
 impl Optimizer {
@@ -106,6 +116,7 @@ impl Optimizer {
             flat: Vec::new(),
             base_lr: 0.0,
             steps: 0,
+            ranks: None,
         }
     }
 
@@ -192,8 +203,46 @@ impl Optimizer {
         }
     }
 
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self) {
+    /// Sums (or averages) every gradient over the ranks: one all-reduce of one flat buffer
+    /// per parameter group. Each rank's backward pass reached its own rows of the batch
+    /// only, so the sum is the gradient of one process over the whole batch.
+    fn sum_gradients(&self, ranks: &Reduce) -> Result<()> {
+        for group in Group::ALL {
+            let grads: Vec<Tensor> = self
+                .slots
+                .iter()
+                .filter(|s| s.group == group)
+                .map(|s| s.param.grad())
+                .filter(Tensor::defined)
+                .collect();
+            if grads.is_empty() {
+                continue;
+            }
+            let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
+            let mut flat = Tensor::cat(&flat, 0);
+            ranks.group.all_reduce_sum(&mut flat)?;
+            if ranks.mean {
+                flat /= ranks.group.world() as f64;
+            }
+            tch::no_grad(|| {
+                let mut offset = 0;
+                for g in &grads {
+                    let n = g.numel() as i64;
+                    g.shallow_clone()
+                        .copy_(&flat.narrow(0, offset, n).view(g.size().as_slice()));
+                    offset += n;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// One update of every parameter that has a gradient (summed over the ranks first, in
+    /// a data-parallel run).
+    pub fn step(&mut self) -> Result<()> {
+        if let Some(ranks) = &self.ranks {
+            self.sum_gradients(ranks)?;
+        }
         self.steps += 1;
         let (kind, base, steps) = (self.kind, self.base_lr, self.steps);
         tch::no_grad(|| {
@@ -254,6 +303,7 @@ impl Optimizer {
                 s.started = true;
             }
         });
+        Ok(())
     }
 
     /// State tensors for a checkpoint: `optimizer.<first|second>.<param name>`, whatever

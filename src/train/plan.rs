@@ -81,6 +81,13 @@ pub struct LoopPlan {
     pub augment: AugmentOptions,
     #[command(flatten)]
     pub model: ModelChoice,
+    #[command(flatten)]
+    pub dist: crate::dist::DistOptions,
+    /// In a data-parallel run, BatchNorm statistics and the losses (hard mining, the
+    /// distillations) within each rank's share of the batch, and the gradients averaged:
+    /// fast-reid's cheaper way. By default they span the whole batch, as one process.
+    #[arg(long)]
+    pub local_bn: bool,
 }
 
 crate::default_from_flags!(LoopPlan);

@@ -7,6 +7,7 @@ use super::base::BaseStep;
 use super::fit::{fit, EpochEval, FitConfig, Hooks};
 use super::incremental::{IncrementalStep, NewDataStep, Views};
 use super::optimizer::Optimizer;
+use super::parallel::Ranks;
 use super::plan::{BasePlan, IncrementalPlan, Learning, LoopPlan, OldImages};
 use crate::bad_setting;
 use crate::data::{Dreamed, Exemplars, ImageStore, PairedLoader, Record, ReidDataset, TrainLoader};
@@ -19,18 +20,62 @@ use crate::model::ReidModel;
 use crate::stage::{open_log, Argv, StagePlan};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// What every training stage does once its inputs are read: pick the device, open the log
 /// (recording the command line), seed the run, keep freed memory.
-fn start<P: StagePlan>(r: &LoopPlan, plan: &P, adopt: bool) -> Result<(Device, Logger, u64)> {
-    let (device, determinism) = r.device.select()?;
-    let log = open_log(&r.logs_dir, plan, adopt, true)?;
+///
+/// In a data-parallel run rank 0 claims the logs folder and the others then log beside it
+/// (`log-rank<r>.txt`); a rank that fails here stops them all. Every rank takes rank 0's
+/// seed.
+fn start<P: StagePlan>(
+    r: &LoopPlan,
+    plan: &P,
+    adopt: bool,
+    ranks: Option<&Ranks>,
+) -> Result<(Device, Logger, u64)> {
+    let (device, determinism) = r.device.select_for(ranks.map(|r| r.local_rank))?;
+    let log = match ranks {
+        None => open_log(&r.logs_dir, plan, adopt, true)?,
+        Some(ranks) if ranks.rank() == 0 => {
+            ranks
+                .group
+                .all_ok(open_log(&r.logs_dir, plan, adopt, true))?
+        }
+        Some(ranks) => {
+            ranks.group.all_ok(Ok(()))?;
+            Logger::open_rank(&r.logs_dir, ranks.rank())?
+        }
+    };
     if let Some(note) = determinism {
         log.line(note);
     }
     crate::alloc::retain_freed_memory();
-    let seed = crate::stage::seed(r.seed, &log);
+    let seed = match (ranks, r.seed) {
+        (Some(ranks), None) => {
+            let mut drawn = Tensor::from_slice(&[rand::random::<u32>() as i64]);
+            ranks.group.broadcast(&mut drawn, 0)?;
+            let seed = drawn.int64_value(&[0]) as u64;
+            log.line(format!(
+                "no --seed given: every rank uses rank 0's seed {seed} (pass -s {seed} to repeat this run)"
+            ));
+            crate::stage::seed(Some(seed), &log)
+        }
+        (_, given) => crate::stage::seed(given, &log),
+    };
+    if let Some(ranks) = ranks {
+        log.line(format!(
+            "rank {} of {} (pid {}, {}, {})",
+            ranks.rank(),
+            ranks.group.world(),
+            std::process::id(),
+            crate::device::describe(device),
+            match ranks.synchronised {
+                true => "BatchNorm and losses over the whole batch",
+                false => "BatchNorm and losses within each rank (--local-bn)",
+            }
+        ));
+    }
     Ok((device, log, seed))
 }
 
@@ -107,12 +152,13 @@ impl<'a> Training<'a> {
         opt: &'a mut Optimizer,
         test_sets: &'a [TestSet],
         log: &'a Logger,
+        ranks: Option<&'a Ranks>,
     ) -> Self {
         Self {
             cfg,
             model,
             opt,
-            hooks: Hooks::standard(cfg, test_sets, log),
+            hooks: Hooks::standard(cfg, test_sets, log, ranks),
         }
     }
 
@@ -176,8 +222,16 @@ fn test_sets(r: &LoopPlan, datasets: &[&ReidDataset]) -> Result<Vec<TestSet>> {
 }
 
 /// What every training stage does last: the final evaluation as a table, and where the
-/// checkpoint is.
-fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Option<EpochEval> {
+/// checkpoint is; in a data-parallel run, every rank waits for the others to finish.
+fn finish(
+    r: &LoopPlan,
+    eval: Option<EpochEval>,
+    log: &Logger,
+    ranks: Option<&Ranks>,
+) -> Result<Option<EpochEval>> {
+    if let Some(ranks) = ranks {
+        ranks.group.close()?;
+    }
     if let Some(results) = &eval {
         let table = crate::report::table(
             ["dataset", "mAP", "rank-1", "rank-5", "rank-10", "rank-20"],
@@ -191,7 +245,7 @@ fn finish(r: &LoopPlan, eval: Option<EpochEval>, log: &Logger) -> Option<EpochEv
     }
     log.line(format!("checkpoint: {}", r.logs_dir.join(LATEST).display()));
     log.succeeded();
-    eval
+    Ok(eval)
 }
 
 fn all_done(r: &LoopPlan, log: &Logger) -> Option<EpochEval> {
@@ -201,10 +255,11 @@ fn all_done(r: &LoopPlan, log: &Logger) -> Option<EpochEval> {
 }
 
 /// A P×K training loader over `records`, its images decoded once at the run's size, its
-/// batches pinned for `device` when that is a GPU.
+/// batches pinned for `device` when that is a GPU, and split among the ranks of a
+/// data-parallel run.
 fn loader(
     r: &LoopPlan,
-    device: Device,
+    (device, ranks): (Device, Option<&Ranks>),
     records: &[Record],
     seed: u64,
     stream_id: u64,
@@ -213,6 +268,7 @@ fn loader(
     let store = ImageStore::load(records, r.data.size.height, r.data.size.width, what)?;
     let mut cfg = r.loader_config(seed);
     cfg.pin = Some(device).filter(|d| d.is_cuda());
+    cfg.share = ranks.map(Ranks::share);
     TrainLoader::new(Arc::new(records.to_vec()), Arc::new(store), cfg, stream_id)
 }
 
@@ -222,11 +278,13 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     let r = &plan.run;
     r.validate()?;
     let argv = plan.argv();
+    let ranks = Ranks::join(r, &argv)?;
+    let ranks = ranks.as_ref();
     let resumed = resumed(r)?;
     let continues = check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
-    let (device, log, seed) = start(r, plan, continues)?;
+    let (device, log, seed) = start(r, plan, continues, ranks)?;
     log.line(describe(&dataset, device));
     let classes = dataset.num_train_ids as i64;
     // A resumed run is the model its checkpoint holds, whatever the flags left out.
@@ -247,12 +305,16 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));
     }
-    let loader = loader(r, device, &dataset.train, seed, 0, "train")?;
+    if let Some(ranks) = ranks {
+        ranks.adopt(&mut model)?;
+        opt.ranks = Some(ranks.reduce());
+    }
+    let loader = loader(r, (device, ranks), &dataset.train, seed, 0, "train")?;
     let test_sets = test_sets(r, &[&dataset])?;
     let cfg = fit_config(r, start_epoch, &argv);
-    let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log);
+    let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log, ranks);
     let eval = training.fit(&mut BaseStep, |e| loader.epoch(e))?;
-    Ok(finish(r, eval, &log))
+    finish(r, eval, &log, ranks)
 }
 
 /// The distillation config and how views are mixed, checked before any data is read.
@@ -344,7 +406,7 @@ fn new_and_old_test_sets(
 /// error names both.
 fn old_loader(
     r: &LoopPlan,
-    device: Device,
+    on: (Device, Option<&Ranks>),
     source: &OldImages,
     exemplars: usize,
     old_classes: i64,
@@ -356,7 +418,7 @@ fn old_loader(
         OldImages::Dreamed(dir) => ("dreamed", Setting::InversionDir, dir.display().to_string()),
         OldImages::Real(name) => ("exemplars", Setting::ExemplarDataset, name.clone()),
     };
-    loader(r, device, &records, seed, 1, what).about_value(setting, value)
+    loader(r, on, &records, seed, 1, what).about_value(setting, value)
 }
 
 /// The images of the old identities that every new batch is paired with, labelled with the
@@ -416,13 +478,15 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let argv = plan.argv();
     let learning = plan.learning()?;
     let distill = distillation(plan, &learning)?;
+    let ranks = Ranks::join(r, &argv)?;
+    let ranks = ranks.as_ref();
     let previous = Checkpoint::load(&resolve(&plan.previous, Setting::Previous)?)?;
     let old_config = r.model.for_checkpoint(&previous).about(Setting::Previous)?;
     let resumed = resumed(r)?;
     let continues = check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
     let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
-    let (device, log, seed) = start(r, plan, continues)?;
+    let (device, log, seed) = start(r, plan, continues, ranks)?;
     for warning in &plan.warnings() {
         log.line(format!("warning: {warning}"));
     }
@@ -430,17 +494,23 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let compute = compute(r, device, &log);
     let new_classes = dataset.num_train_ids as i64;
     let on = (device, compute);
-    let (old, mut model) = old_and_student(&previous, old_config, on, new_classes, &log)?;
+    let (mut old, mut model) = old_and_student(&previous, old_config, on, new_classes, &log)?;
     let old_classes = old.config.classes;
     let mut opt = Optimizer::for_device(&model, r.optimizer);
     let start_epoch = resume(resumed.as_ref(), &mut model, &mut opt, &log)?;
     if start_epoch > r.epochs {
         return Ok(all_done(r, &log));
     }
+    if let Some(ranks) = ranks {
+        ranks.adopt(&mut model)?;
+        ranks.attach(&mut old);
+        opt.ranks = Some(ranks.reduce());
+    }
     let test_sets = new_and_old_test_sets(r, &dataset, plan.old_dataset.as_deref())?;
-    let new_loader = loader(r, device, &dataset.train, seed, 0, "train")?;
+    let on = (device, ranks);
+    let new_loader = loader(r, on, &dataset.train, seed, 0, "train")?;
     let cfg = fit_config(r, start_epoch, &argv);
-    let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log);
+    let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log, ranks);
     let eval = match (distill, &learning) {
         (
             Some((distillation, views)),
@@ -452,7 +522,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
         ) => {
             let paired = PairedLoader {
                 new: new_loader,
-                dreamed: old_loader(r, device, source, *exemplars, old_classes, seed, &log)?,
+                dreamed: old_loader(r, on, source, *exemplars, old_classes, seed, &log)?,
             };
             log_distillation(&log, &distillation, views);
             let mut step = IncrementalStep {
@@ -478,7 +548,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
             training.fit(&mut BaseStep, |e| new_loader.epoch(e))?
         }
     };
-    Ok(finish(r, eval, &log))
+    finish(r, eval, &log, ranks)
 }
 
 fn log_distillation(log: &Logger, distillation: &Distillation, views: Views) {

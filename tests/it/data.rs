@@ -433,6 +433,7 @@ fn loader_fixture(counts: &[usize], peers: usize, seed: u64, stream: u64) -> Tra
         seed,
         prefetch: 2,
         pin: None,
+        share: None,
     };
     TrainLoader::new(Arc::new(recs), store, cfg, stream).unwrap()
 }
@@ -531,7 +532,7 @@ fn every_epoch_pairs_new_batches_with_a_fresh_dreamed_pass() {
         for (b, (_, d)) in pairs.iter().enumerate() {
             assert_eq!(d.indices, pass[b], "epoch {epoch} batch {b}");
         }
-        let first = paired.dreamed.build(epoch, 0, pass[0].clone());
+        let first = paired.dreamed.build(epoch, 0, pass[0].clone()).unwrap();
         assert!(tensors_equal(&pairs[0].1.views[0], &first.views[0]));
         firsts.push(pairs[0].1.indices.clone());
     }
@@ -569,7 +570,7 @@ fn dreamed_passes_restart_within_an_epoch_and_a_resumed_run_sees_the_same_batche
         assert_eq!(got.len(), pairs.len());
         for ((_, d), (pass, b, idx)) in got.iter().zip(pairs) {
             assert_eq!(&d.indices, idx, "epoch {epoch}, pass {pass} batch {b}");
-            let built = paired.dreamed.build(*pass, *b, idx.clone());
+            let built = paired.dreamed.build(*pass, *b, idx.clone()).unwrap();
             assert!(tensors_equal(&d.views[0], &built.views[0]));
             assert_eq!(d.indices.len(), 8);
         }

@@ -188,6 +188,7 @@ fn clone_batch(b: &Batch) -> Batch {
         pids: b.pids.copy(),
         cameras: b.cameras.copy(),
         indices: b.indices.clone(),
+        shard: b.shard.clone(),
     }
 }
 

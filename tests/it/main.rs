@@ -13,6 +13,7 @@ mod invert;
 mod metrics;
 mod model;
 mod paddle;
+mod parallel;
 mod pipeline;
 mod plot;
 mod pth;

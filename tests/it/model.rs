@@ -286,7 +286,7 @@ fn sgd_steps_follow_pytorchs_nesterov_update() {
             .iter()
             .map(|n| model.params.get(n).unwrap().grad().copy())
             .collect();
-        opt.step();
+        opt.step().unwrap();
         for i in 0..3 {
             // torch.optim.SGD(momentum, nesterov, weight_decay), dampening 0.
             let d_p = &grads[i] + &before[i] * WEIGHT_DECAY;
@@ -450,7 +450,7 @@ fn the_flat_optimizer_equals_the_per_parameter_update_exactly() {
         agd::loss::BaseLoss::new(&out.logits, &out.global, &pids)
             .total()
             .backward();
-        opt.step();
+        opt.step().unwrap();
     };
     let same = |a: &ReidModel, b: &ReidModel, what: &str| {
         let names: Vec<String> = a.params.entries().iter().map(|e| e.name.clone()).collect();
@@ -532,7 +532,7 @@ fn neck_bias_trains_at_ten_times_the_rate_with_weight_decay() {
         g.abs().max().double_value(&[]) > 0.0,
         "no gradient on the bias"
     );
-    opt.step();
+    opt.step().unwrap();
 
     // torch.optim.SGD, nesterov, first step: buf = d_p = g + wd·p; p −= lr'·(d_p + μ·buf),
     // with lr' = 10·lr for the head group.
@@ -580,7 +580,13 @@ fn bn_input_moments_stay_accurate_when_the_mean_dwarfs_the_spread() {
                 + mean.view(&view[..]))
             .set_requires_grad(true);
             let mut stats = Vec::new();
-            let _ = bn.forward(&x, false, Some(&mut stats));
+            let _ = bn.forward(
+                &x,
+                &mut agd::model::Norms {
+                    stats: Some(&mut stats),
+                    ..Default::default()
+                },
+            );
             let stat = &stats[0];
 
             // Float64 two-pass reference on the same float32 values.

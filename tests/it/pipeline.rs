@@ -88,6 +88,11 @@ fn custom_loop() -> LoopPlan {
             preload: false,
         },
         model: every_model_value(),
+        dist: agd::dist::DistOptions {
+            nproc_per_node: 2,
+            dist_timeout: 30,
+        },
+        local_bn: true,
     }
 }
 

@@ -392,7 +392,7 @@ fn training_adam_follows_torch_optim_adam_in_every_group() {
             .map(|((_, p), w)| (p * w).sum(Kind::Float))
             .fold(Tensor::from(0f32), |a, b| a + b);
         loss.backward();
-        opt.step();
+        opt.step().unwrap();
         grads.push(ws);
     }
     assert_eq!(opt.steps(), 2);

@@ -200,6 +200,12 @@ pub struct Distillation {
 }
 
 impl Distillation {
+    /// Whether the term reads the feature maps (`podnet`): a data-parallel run then
+    /// exchanges them too.
+    pub fn reads_maps(&self) -> bool {
+        matches!(self.kind, DistillKind::Podnet { .. })
+    }
+
     /// The config's `type`.
     pub fn type_name(&self) -> &'static str {
         match self.kind {
