@@ -2,7 +2,8 @@
 //! (`--nproc-per-node 2`, Gloo on 127.0.0.1), each of one thread, on the CPU, with the
 //! share of the two-worker epoch that the exchanges between the ranks took (the gathered
 //! outputs, synchronised BatchNorm, the gradient all-reduce). One process on every core is
-//! measured too, as the run a user has without data parallelism.
+//! measured too, as the run a user has without data parallelism, and two workers with
+//! `--local-bn` (no outputs or BatchNorm statistics exchanged).
 //!
 //! Each run is `agd train` as a whole process (ResNet-34 at 64×32, batch 32 of synthetic
 //! people, two epochs); the second epoch's figures are read from its `log.txt`.
@@ -87,9 +88,14 @@ fn main() -> Result<()> {
         "agd train, ResNet-34 at 64×32, batch {batch}, epoch {epochs} of {epochs}; {cores} cores"
     );
     let cores_s = cores.to_string();
-    let runs: [(&str, &[&str], &str); 3] = [
+    let runs: [(&str, &[&str], &str); 4] = [
         ("1 worker, 1 thread", &[], "1"),
         ("2 workers, 1 thread each", &["--nproc-per-node", "2"], "1"),
+        (
+            "2 workers, --local-bn",
+            &["--nproc-per-node", "2", "--local-bn"],
+            "1",
+        ),
         ("1 worker, every core", &[], &cores_s),
     ];
     let mut single = None;

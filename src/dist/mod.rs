@@ -130,38 +130,52 @@ impl Group {
             .unwrap_or(c_int::MAX)
             .max(1);
         let (r, w) = (rank as c_int, world as c_int);
-        let mut raw: *mut AgdGroup = std::ptr::null_mut();
-        let error = match rendezvous {
-            Rendezvous::Tcp { host, port, serves } => {
-                let host = CString::new(host.as_str())
-                    .map_err(|_| anyhow!("the master address holds a NUL byte"))?;
-                // SAFETY: valid C string and out-pointer; the shim catches every exception.
-                unsafe {
-                    agd_dist_new_tcp(
-                        host.as_ptr(),
-                        *port as c_int,
-                        r,
-                        w,
-                        *serves as c_int,
-                        ms,
-                        &mut raw,
-                    )
-                }
-            }
-            Rendezvous::File(path) => {
-                let path = CString::new(path.to_string_lossy().as_bytes())
-                    .map_err(|_| anyhow!("{}: a path with a NUL byte", path.display()))?;
-                // SAFETY: as above.
-                unsafe { agd_dist_new_file(path.as_ptr(), r, w, ms, &mut raw) }
-            }
-        };
-        if let Some(message) = taken(error) {
-            bail!(
+        let failed = |message: String| {
+            anyhow!(
                 "rank {rank} of {world} could not join the run ({rendezvous}): {message} \
                  (are all {world} ranks started, meeting at the same store? --dist-timeout \
                  sets how long each waits)"
-            );
+            )
+        };
+        let names = match rendezvous {
+            Rendezvous::Tcp { host, .. } => CString::new(host.as_str())
+                .map_err(|_| anyhow!("the master address holds a NUL byte"))?,
+            Rendezvous::File(path) => CString::new(path.to_string_lossy().as_bytes())
+                .map_err(|_| anyhow!("{}: a path with a NUL byte", path.display()))?,
+        };
+        let tcp = match rendezvous {
+            Rendezvous::Tcp { port, serves, .. } => Some((*port as c_int, *serves as c_int)),
+            Rendezvous::File(_) => None,
+        };
+        // c10d bounds its own waits by the timeout, but for one: a store client whose
+        // address answers TCP without being a store (another service on the port) waits
+        // for its handshake forever. The join runs on a thread the caller stops waiting
+        // for after the timeout (and a margin); the process then ends with the error.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut raw: *mut AgdGroup = std::ptr::null_mut();
+            // SAFETY: valid C string and out-pointer; the shim catches every exception.
+            let error = unsafe {
+                match tcp {
+                    Some((port, serve)) => {
+                        agd_dist_new_tcp(names.as_ptr(), port, r, w, serve, ms, &mut raw)
+                    }
+                    None => agd_dist_new_file(names.as_ptr(), r, w, ms, &mut raw),
+                }
+            };
+            let _ = tx.send((taken(error), raw as usize));
+        });
+        let margin = Duration::from_secs(10);
+        let (error, raw) = rx.recv_timeout(timeout + margin).map_err(|_| {
+            failed(format!(
+                "no answer within {} s: is that address the run's store?",
+                (timeout + margin).as_secs()
+            ))
+        })?;
+        if let Some(message) = error {
+            return Err(failed(message));
         }
+        let raw = raw as *mut AgdGroup;
         let raw = NonNull::new(raw).ok_or_else(|| anyhow!("c10d returned no process group"))?;
         Ok(Self { raw, rank, world })
     }

@@ -233,31 +233,45 @@ impl BatchNorm {
     }
 
     /// Training-mode BatchNorm whose statistics are those of every rank's rows together
-    /// (synchronised BatchNorm): the mean and the biased variance of the global batch,
-    /// each a sum over ranks through which gradients flow back summed
-    /// ([`Group::sum_with_gradient`]), so forward and backward equal one process's over
-    /// the whole batch up to the order of summation. The variance is the global mean
-    /// square about the global mean (two exchanges, not E[x²] − E[x]², which cancels in
-    /// float32: see [`channel_moments`]). Running statistics move as PyTorch's do, with
-    /// the unbiased variance of the global batch.
+    /// (synchronised BatchNorm): the mean and the biased variance of the global batch, so
+    /// forward and backward equal one process's over the whole batch up to the order of
+    /// summation. Running statistics move as PyTorch's do, with the unbiased variance of
+    /// the global batch.
+    ///
+    /// One exchange each way, as torch's SyncBatchNorm: every rank contributes its count,
+    /// channel sums and sums of squares about its own mean (a two-pass variance, not
+    /// E[x²] − E[x]², which cancels in float32: see [`channel_moments`]) as its row of a
+    /// world × (2C + 1) table that a sum over ranks fills in ([`Group::sum_with_gradient`],
+    /// whose gradient is the sum of the ranks' gradients); the global variance is then
+    /// Chan's combination of the ranks' parts, stable whatever the means.
     fn synchronised(&self, x: &Tensor, group: &Group) -> anyhow::Result<Tensor> {
         let c = x.size()[1];
         let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
         let mut shape = vec![1i64; x.dim()];
         shape[1] = c;
         let local = (x.numel() as i64 / c.max(1)) as f64;
-        let count = Tensor::from_slice(&[local])
-            .to_kind(x.kind())
-            .to_device(x.device());
-        let sums = Tensor::cat(&[x.sum_dim_intlist(&dims[..], false, x.kind()), count], 0);
-        let sums = group.sum_with_gradient(&sums)?;
-        let n = sums.double_value(&[c]);
-        let mean = sums.narrow(0, 0, c) / n;
-        let centered = x - mean.view(shape.as_slice());
-        let squares = centered
+        let (kind, device) = (x.kind(), x.device());
+        let sums = x.sum_dim_intlist(&dims[..], false, kind);
+        let local_mean = &sums / local.max(1.0);
+        let squares = (x - local_mean.view(shape.as_slice()))
             .square()
-            .sum_dim_intlist(&dims[..], false, x.kind());
-        let var = group.sum_with_gradient(&squares)? / n;
+            .sum_dim_intlist(&dims[..], false, kind);
+        let count = Tensor::from_slice(&[local]).to_kind(kind).to_device(device);
+        let own = Tensor::cat(&[count, sums, squares], 0).unsqueeze(0);
+        let (world, rank) = (group.world() as i64, group.rank() as i64);
+        let mut rows: Vec<Tensor> = (0..world)
+            .map(|_| Tensor::zeros([1, 2 * c + 1], (kind, device)))
+            .collect();
+        rows[rank as usize] = own;
+        let table = group.sum_with_gradient(&Tensor::cat(&rows, 0))?;
+        let counts = table.narrow(1, 0, 1); // world × 1
+        let n = counts.sum(kind).double_value(&[]);
+        let rank_sums = table.narrow(1, 1, c);
+        let rank_squares = table.narrow(1, 1 + c, c);
+        let mean = rank_sums.sum_dim_intlist(&[0i64][..], false, kind) / n;
+        let rank_means = &rank_sums / counts.clamp_min(1.0);
+        let spread = (rank_means - mean.unsqueeze(0)).square() * &counts;
+        let var = (rank_squares + spread).sum_dim_intlist(&[0i64][..], false, kind) / n;
         let scale = (&var + Self::EPS).rsqrt() * &self.weight;
         tch::no_grad(|| {
             let m = Self::MOMENTUM;
@@ -267,6 +281,7 @@ impl BatchNorm {
             let _ = rm.g_mul_scalar_(1.0 - m).g_add_(&(mean.detach() * m));
             let _ = rv.g_mul_scalar_(1.0 - m).g_add_(&(unbiased * m));
         });
+        let centered = x - mean.view(shape.as_slice());
         Ok(centered * scale.view(shape.as_slice()) + self.bias.view(shape.as_slice()))
     }
 }

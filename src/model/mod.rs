@@ -219,14 +219,21 @@ impl ReidModel {
             return Err(e.context("synchronised BatchNorm"));
         }
         let gather = |t: &Tensor| crate::dist::gather_rows(&dp.group, t, shards);
+        // The three row outputs in one exchange.
+        let widths = [&out.embedding, &out.global, &out.logits].map(|t| t.size()[1]);
+        let rows = gather(&Tensor::cat(&[&out.embedding, &out.global, &out.logits], 1))?;
+        let [embedding, global, logits]: [Tensor; 3] = rows
+            .split_with_sizes(widths, 1)
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the gathered outputs do not split back"))?;
         Ok(Output {
-            embedding: gather(&out.embedding)?,
-            global: gather(&out.global)?,
+            embedding,
+            global,
             maps: match maps {
                 true => out.maps.iter().map(gather).collect::<Result<_>>()?,
                 false => Vec::new(),
             },
-            logits: gather(&out.logits)?,
+            logits,
         })
     }
 

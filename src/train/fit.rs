@@ -67,6 +67,9 @@ pub struct FitConfig {
     pub eval_batch_size: usize,
     /// Arguments of the run, stored in every checkpoint.
     pub args: String,
+    /// How many ranks' batches make one step's images (`--local-bn`: each rank's batch is
+    /// its own share; 1 otherwise), so that images/s is the whole run's.
+    pub batch_shares: usize,
 }
 
 /// Evaluation results of one epoch on the named test sets.
@@ -160,7 +163,7 @@ where
         let mut pending: Vec<Vec<Tensor>> = Vec::new();
         for (i, batch) in iter.enumerate() {
             let batch = batch?;
-            e.images += step.batch_images(&batch);
+            e.images += step.batch_images(&batch) * cfg.batch_shares.max(1);
             pending.push(step.step(model, opt, batch)?);
             if pending.len() < every && i + 1 < e.batches {
                 continue;

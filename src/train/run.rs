@@ -182,7 +182,7 @@ impl<'a> Training<'a> {
     }
 }
 
-fn fit_config(r: &LoopPlan, start_epoch: usize, argv: &Argv) -> FitConfig {
+fn fit_config(r: &LoopPlan, start_epoch: usize, argv: &Argv, ranks: Option<&Ranks>) -> FitConfig {
     FitConfig {
         logs_dir: r.logs_dir.clone(),
         epochs: r.epochs,
@@ -194,6 +194,10 @@ fn fit_config(r: &LoopPlan, start_epoch: usize, argv: &Argv) -> FitConfig {
         save_freq: r.save_freq,
         eval_batch_size: 128,
         args: argv.command_line(),
+        batch_shares: match ranks {
+            Some(r) if !r.synchronised => r.group.world(),
+            _ => 1,
+        },
     }
 }
 
@@ -311,7 +315,7 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     }
     let loader = loader(r, (device, ranks), &dataset.train, seed, 0, "train")?;
     let test_sets = test_sets(r, &[&dataset])?;
-    let cfg = fit_config(r, start_epoch, &argv);
+    let cfg = fit_config(r, start_epoch, &argv, ranks);
     let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log, ranks);
     let eval = training.fit(&mut BaseStep, |e| loader.epoch(e))?;
     finish(r, eval, &log, ranks)
@@ -509,7 +513,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let test_sets = new_and_old_test_sets(r, &dataset, plan.old_dataset.as_deref())?;
     let on = (device, ranks);
     let new_loader = loader(r, on, &dataset.train, seed, 0, "train")?;
-    let cfg = fit_config(r, start_epoch, &argv);
+    let cfg = fit_config(r, start_epoch, &argv, ranks);
     let mut training = Training::new(&cfg, &model, &mut opt, &test_sets, &log, ranks);
     let eval = match (distill, &learning) {
         (

@@ -82,6 +82,7 @@ impl Setup {
             save_freq: 1,
             eval_batch_size: 16,
             args: "test".into(),
+            batch_shares: 1,
         };
         save_checkpoint(
             &fit,

@@ -531,6 +531,23 @@ fn what_ranks_cannot_share_is_one_clear_error() {
         "{err}"
     );
 
+    // Rank 0 cannot host the store on a port in use; rank 1 finds no store to join.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let quick = stage("train", "c", 8, &dir.join("port"), &["--dist-timeout", "5"]);
+    for r in [0, 1] {
+        let (ok, err) = stderr_of(rank(r, port, &quick));
+        assert!(!ok, "rank {r} ran");
+        assert!(
+            err.contains(&format!(
+                "rank {r} of 2 could not join the run (TCP store at 127.0.0.1:{port})"
+            )),
+            "rank {r}: {err}"
+        );
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+    }
+    drop(taken);
+
     let port = free_port();
     let logs = dir.join("mismatch");
     let zero = rank(0, port, &stage("train", "c", 8, &logs, &[]));

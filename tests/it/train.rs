@@ -270,6 +270,7 @@ fn checkpoints_round_trip_and_mismatches_are_named() {
         save_freq: 0,
         eval_batch_size: 8,
         args: "test".into(),
+        batch_shares: 1,
     };
     let opt =
         agd::train::optimizer::Optimizer::new(&model, agd::train::optimizer::OptimizerKind::Sgd);
