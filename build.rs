@@ -62,20 +62,25 @@ fn shim(lib: &std::path::Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("agd_shim");
-    dist_shim(&include);
+    dist_shim(lib, &include);
 }
 
 /// Compiles src/shim/dist.cpp, the c10d process group of data-parallel runs (src/dist/),
 /// against the libtorch's c10d headers and gloo's (vendored: the wheel ships none), with
-/// the Gloo backend's class bodies compiled in (`USE_C10D_GLOO`).
-fn dist_shim(include: &std::path::Path) {
+/// the Gloo backend's class bodies compiled in (`USE_C10D_GLOO`); and src/shim/nccl.cpp,
+/// the NCCL backend, where the libtorch has CUDA ([`nccl_includes`]).
+fn dist_shim(lib: &std::path::Path, include: &std::path::Path) {
     let here = std::path::Path::new(file!())
         .parent()
         .unwrap_or(std::path::Path::new(""))
         .to_path_buf();
     let source = here.join("src/shim/dist.cpp");
-    println!("cargo:rerun-if-changed={}", source.display());
-    cc::Build::new()
+    let nccl_source = here.join("src/shim/nccl.cpp");
+    for s in [&source, &nccl_source] {
+        println!("cargo:rerun-if-changed={}", s.display());
+    }
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file(&source)
         .include(include)
@@ -85,8 +90,49 @@ fn dist_shim(include: &std::path::Path) {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .define("USE_C10D_GLOO", None)
         .warnings(false)
-        .flag_if_supported("-w")
-        .compile("agd_dist");
+        .flag_if_supported("-w");
+    if let Some(cuda) = nccl_includes(lib) {
+        build
+            .file(&nccl_source)
+            .define("USE_C10D_NCCL", None)
+            .define("AGD_NCCL", None);
+        for dir in cuda {
+            build.include(dir);
+        }
+        println!("cargo:rustc-cfg=agd_nccl");
+    }
+    println!("cargo::rustc-check-cfg=cfg(agd_nccl)");
+    build.compile("agd_dist");
+}
+
+/// The include folders c10d's NCCL header needs, when this libtorch can run NCCL: a CUDA
+/// libtorch (`libtorch_cuda.so`) from a wheel whose CUDA packages hold the runtime's and
+/// NCCL's headers, with `crt/host_config.h` and `nv/target` beside them (PyPI's
+/// `nvidia-cuda-crt` and `nvidia-cuda-cccl`, which scripts/with-libtorch installs).
+/// `None` builds agd without NCCL (`--dist-backend nccl` then says so).
+fn nccl_includes(lib: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
+    if !lib.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    // <site-packages>/torch/lib → <site-packages>/nvidia/{cu13,nccl}/include
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    let nccl = nvidia.join("nccl/include");
+    let cuda = std::fs::read_dir(&nvidia)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("include")))
+        .find(|d| d.join("cuda_runtime.h").exists())?;
+    let complete = nccl.join("nccl.h").exists()
+        && cuda.join("crt/host_config.h").exists()
+        && cuda.join("nv/target").exists();
+    if !complete {
+        println!(
+            "cargo:warning=building without NCCL: {} lacks nccl.h, crt/host_config.h or nv/target \
+             (scripts/with-libtorch installs them)",
+            nvidia.display()
+        );
+        return None;
+    }
+    Some(vec![cuda, nccl])
 }
 
 /// The version and CUDA version of the libtorch in `lib`: a PyPI torch's `version.py`

@@ -73,6 +73,7 @@ settings! {
     LogsDir => "logs folder", logs_dir;
     MainLossMultiplier => "main loss multiplier", main_loss_multiplier;
     NprocPerNode => "worker processes", nproc_per_node;
+    DistBackend => "distributed backend", dist_backend;
     Method => "method", method;
     Optimizer => "optimizer", optimizer;
     Out => "run folder", out;

@@ -28,13 +28,43 @@ pub struct DistOptions {
     /// forever.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub dist_timeout: u64,
+    /// The exchanges' engine in a data-parallel training run: `nccl` (GPUs, the default
+    /// there when agd is built with it) or `gloo` (the CPU's; on GPUs it goes through the
+    /// host).
+    #[arg(long, value_enum)]
+    pub dist_backend: Option<BackendKind>,
 }
+
+/// c10d's process groups that agd builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Nccl,
+    Gloo,
+}
+
+crate::named_values!(BackendKind { Nccl => "nccl", Gloo => "gloo" });
 
 crate::default_from_flags!(DistOptions);
 
 impl DistOptions {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.dist_timeout.max(1))
+    }
+
+    /// The process group for ranks on `device`: the one asked for, else NCCL on a GPU when
+    /// this agd has it, else Gloo. NCCL asked for on the CPU is an error.
+    pub fn backend(&self, device: tch::Device) -> Result<super::Backend> {
+        use super::Backend;
+        match (self.dist_backend, device) {
+            (Some(BackendKind::Nccl), tch::Device::Cuda(i)) => Ok(Backend::Nccl(i)),
+            (Some(BackendKind::Nccl), _) => crate::bad_setting!(
+                crate::error::Setting::DistBackend,
+                "nccl",
+                "NCCL exchanges GPU memory, and this run is on the CPU: use gloo"
+            ),
+            (None, tch::Device::Cuda(i)) if cfg!(agd_nccl) => Ok(Backend::Nccl(i)),
+            _ => Ok(Backend::Gloo),
+        }
     }
 }
 
@@ -103,9 +133,14 @@ impl World {
         }))
     }
 
-    /// Joins the run's process group.
+    /// Joins the run's process group (Gloo).
     pub fn join(&self, timeout: Duration) -> Result<Group> {
-        Group::join(&self.rendezvous, self.rank, self.size, timeout)
+        self.join_with(timeout, super::Backend::Gloo)
+    }
+
+    /// Joins the run's process group on `backend`.
+    pub fn join_with(&self, timeout: Duration, backend: super::Backend) -> Result<Group> {
+        Group::join_with(&self.rendezvous, self.rank, self.size, timeout, backend)
     }
 }
 

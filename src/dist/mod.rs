@@ -10,7 +10,7 @@
 mod launch;
 mod shard;
 
-pub use launch::{reports, spawn_workers, DistOptions, World};
+pub use launch::{reports, spawn_workers, BackendKind, DistOptions, World};
 pub use shard::{gather_rows, Shard};
 
 use anyhow::{anyhow, bail, Result};
@@ -33,6 +33,7 @@ extern "C" {
         world: c_int,
         serve: c_int,
         timeout_ms: c_int,
+        nccl: c_int,
         out: *mut *mut AgdGroup,
     ) -> *mut c_char;
     fn agd_dist_new_file(
@@ -40,6 +41,7 @@ extern "C" {
         rank: c_int,
         world: c_int,
         timeout_ms: c_int,
+        nccl: c_int,
         out: *mut *mut AgdGroup,
     ) -> *mut c_char;
     fn agd_dist_allreduce(g: *mut AgdGroup, t: *mut torch_sys::C_tensor) -> *mut c_char;
@@ -99,12 +101,33 @@ pub enum Rendezvous {
     File(PathBuf),
 }
 
+/// The c10d process group of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo: exchanges host memory (tensors elsewhere go through the host).
+    Gloo,
+    /// NCCL on this process's GPU (`cuda:i`): exchanges that GPU's memory.
+    Nccl(usize),
+}
+
+impl Backend {
+    /// Where the tensors of its exchanges live.
+    fn device(self) -> tch::Device {
+        match self {
+            Backend::Gloo => tch::Device::Cpu,
+            Backend::Nccl(i) => tch::Device::Cuda(i),
+        }
+    }
+}
+
 /// This process's place in a data-parallel run: its rank among `world` processes, and the
-/// Gloo process group they share.
+/// process group they share.
 pub struct Group {
     raw: NonNull<AgdGroup>,
     rank: usize,
     world: usize,
+    /// Where the group's exchanges take their tensors ([`Backend::device`]).
+    device: tch::Device,
 }
 
 // SAFETY: a group may move between threads, and c10d's Gloo backend queues the work of
@@ -123,6 +146,17 @@ impl Group {
         world: usize,
         timeout: Duration,
     ) -> Result<Self> {
+        Self::join_with(rendezvous, rank, world, timeout, Backend::Gloo)
+    }
+
+    /// [`Group::join`] on `backend`.
+    pub fn join_with(
+        rendezvous: &Rendezvous,
+        rank: usize,
+        world: usize,
+        timeout: Duration,
+        backend: Backend,
+    ) -> Result<Self> {
         if world == 0 || rank >= world {
             bail!("rank {rank} of {world}: a rank is 0 to the world size - 1");
         }
@@ -130,6 +164,7 @@ impl Group {
             .unwrap_or(c_int::MAX)
             .max(1);
         let (r, w) = (rank as c_int, world as c_int);
+        let nccl = matches!(backend, Backend::Nccl(_)) as c_int;
         let failed = |message: String| {
             anyhow!(
                 "rank {rank} of {world} could not join the run ({rendezvous}): {message} \
@@ -158,9 +193,9 @@ impl Group {
             let error = unsafe {
                 match tcp {
                     Some((port, serve)) => {
-                        agd_dist_new_tcp(names.as_ptr(), port, r, w, serve, ms, &mut raw)
+                        agd_dist_new_tcp(names.as_ptr(), port, r, w, serve, ms, nccl, &mut raw)
                     }
-                    None => agd_dist_new_file(names.as_ptr(), r, w, ms, &mut raw),
+                    None => agd_dist_new_file(names.as_ptr(), r, w, ms, nccl, &mut raw),
                 }
             };
             let _ = tx.send((taken(error), raw as usize));
@@ -177,7 +212,12 @@ impl Group {
         }
         let raw = raw as *mut AgdGroup;
         let raw = NonNull::new(raw).ok_or_else(|| anyhow!("c10d returned no process group"))?;
-        Ok(Self { raw, rank, world })
+        Ok(Self {
+            raw,
+            rank,
+            world,
+            device: backend.device(),
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -186,6 +226,21 @@ impl Group {
 
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// A tensor an exchange can take: contiguous, on the group's device.
+    fn contiguous(&self, t: &Tensor, what: &str) -> Result<()> {
+        if t.device() != self.device {
+            bail!(
+                "{what} of a {:?} tensor in a group on {:?}",
+                t.device(),
+                self.device
+            );
+        }
+        if !t.is_contiguous() {
+            bail!("{what} of a non-contiguous tensor");
+        }
+        Ok(())
     }
 
     fn check(&self, what: &str, error: *mut c_char) -> Result<()> {
@@ -201,13 +256,10 @@ impl Group {
 
     /// Sums `t` (contiguous) over the ranks, in place.
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
-        if t.device() != tch::Device::Cpu {
-            let mut host = t.to_device(tch::Device::Cpu);
-            self.all_reduce_sum(&mut host)?;
-            t.copy_(&host);
-            return Ok(());
+        if t.device() != self.device {
+            return in_place_via(self.device, t, |on| self.all_reduce_sum(on));
         }
-        contiguous_cpu(t, "all-reduce")?;
+        self.contiguous(t, "all-reduce")?;
         // SAFETY: the group is alive, and `t` a live tensor that outlives the call.
         let error = unsafe { agd_dist_allreduce(self.raw.as_ptr(), t.as_mut_ptr()) };
         self.check("all-reduce", error)
@@ -218,13 +270,11 @@ impl Group {
     /// rank's rows get the gradient that one process over the whole batch would give
     /// them. An error in the backward pass ends that `backward` with c10d's message.
     pub fn sum_with_gradient(&self, t: &Tensor) -> Result<Tensor> {
-        if t.device() != tch::Device::Cpu {
-            // Gloo sums host memory: through the host and back, gradients included.
-            let sum = self.sum_with_gradient(&t.to_device(tch::Device::Cpu))?;
-            return Ok(sum.to_device(t.device()));
+        if t.device() != self.device {
+            return via(self.device, t, |on| self.sum_with_gradient(on)); // gradients included
         }
         let mut input = t.contiguous();
-        contiguous_cpu(&input, "all-reduce")?;
+        self.contiguous(&input, "all-reduce")?;
         let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
         // SAFETY: the group outlives every graph of the run that holds it (it is dropped
         // after training); `input` is a live tensor; `out` receives a tensor we own.
@@ -271,12 +321,11 @@ impl Group {
 
     /// Every rank's `t`, stacked along dimension 0 in rank order (world × `t`'s rows).
     pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
-        if t.device() != tch::Device::Cpu {
-            let all = self.all_gather(&t.to_device(tch::Device::Cpu))?;
-            return Ok(all.to_device(t.device()));
+        if t.device() != self.device {
+            return via(self.device, t, |on| self.all_gather(on));
         }
         let mut input = t.contiguous();
-        contiguous_cpu(&input, "all-gather")?;
+        self.contiguous(&input, "all-gather")?;
         let mut size = input.size();
         if size.is_empty() {
             size.push(1);
@@ -293,13 +342,10 @@ impl Group {
 
     /// `t` becomes rank `root`'s on every rank.
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
-        if t.device() != tch::Device::Cpu {
-            let mut host = t.to_device(tch::Device::Cpu);
-            self.broadcast(&mut host, root)?;
-            t.copy_(&host);
-            return Ok(());
+        if t.device() != self.device {
+            return in_place_via(self.device, t, |on| self.broadcast(on, root));
         }
-        contiguous_cpu(t, "broadcast")?;
+        self.contiguous(t, "broadcast")?;
         // SAFETY: as in all_reduce_sum.
         let error = unsafe { agd_dist_broadcast(self.raw.as_ptr(), t.as_mut_ptr(), root as c_int) };
         self.check("broadcast", error)
@@ -326,18 +372,26 @@ impl Drop for Group {
     }
 }
 
-/// Gloo moves the memory of CPU tensors: a GPU's go through the host (NCCL, which would
-/// exchange them in place, is not built yet: docs/multi-gpu.md).
-fn contiguous_cpu(t: &Tensor, what: &str) -> Result<()> {
-    if t.device() != tch::Device::Cpu {
-        bail!(
-            "{what} of a {:?} tensor: Gloo exchanges CPU tensors",
-            t.device()
-        );
-    }
-    if !t.is_contiguous() {
-        bail!("{what} of a non-contiguous tensor");
-    }
+/// `f` of `t` copied to `device`, its result copied back to `t`'s: a group exchanges the
+/// memory of its backend's device (Gloo the host's, NCCL its GPU's); the copies are
+/// differentiable.
+fn via(
+    device: tch::Device,
+    t: &Tensor,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    Ok(f(&t.to_device(device))?.to_device(t.device()))
+}
+
+/// [`via`] for an exchange in place.
+fn in_place_via(
+    device: tch::Device,
+    t: &mut Tensor,
+    f: impl FnOnce(&mut Tensor) -> Result<()>,
+) -> Result<()> {
+    let mut on = t.to_device(device);
+    f(&mut on)?;
+    t.copy_(&on);
     Ok(())
 }
 
@@ -427,5 +481,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Without a GPU, an NCCL group is one error that says so (from c10d when agd is built
+    /// with NCCL, from agd when it is not), and the process goes on.
+    #[test]
+    fn an_nccl_group_without_a_gpu_is_an_error() {
+        if tch::Cuda::is_available() {
+            return; // this machine can run NCCL: nothing to refuse
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rdv = Rendezvous::File(dir.path().join("store"));
+        let nccl = Group::join_with(&rdv, 0, 1, Duration::from_secs(5), Backend::Nccl(0));
+        let e = nccl.err().expect("no GPU, no NCCL group").to_string();
+        assert!(e.contains("could not join") && e.contains("NCCL"), "{e}");
+        let built = cfg!(agd_nccl);
+        assert_eq!(e.contains("built without NCCL"), !built, "{e}");
     }
 }

@@ -16,6 +16,11 @@
 #include <cstring>
 #include <string>
 
+#ifdef AGD_NCCL
+c10::intrusive_ptr<c10d::Backend> agd_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                                   int rank, int world, int timeout_ms);
+#endif
+
 struct AgdGroup {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -52,9 +57,20 @@ void quiet() {
   }
 }
 
-AgdGroup* group(c10::intrusive_ptr<c10d::Store> store, int rank, int world, int timeout_ms) {
+// The process group: Gloo (backend 0) or NCCL (backend 1, when this agd was built with it).
+AgdGroup* group(c10::intrusive_ptr<c10d::Store> store, int rank, int world, int timeout_ms,
+                int nccl) {
   auto timeout = std::chrono::milliseconds(timeout_ms);
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>("agd", store);
+  if (nccl != 0) {
+#ifdef AGD_NCCL
+    return new AgdGroup{store, agd_nccl_backend(prefixed, rank, world, timeout_ms)};
+#else
+    throw std::runtime_error(
+        "this agd was built without NCCL (the CUDA headers c10d's NCCL group needs were not "
+        "found when it was built): use --dist-backend gloo");
+#endif
+  }
   auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
   auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world, options);
   return new AgdGroup{store, backend};
@@ -108,7 +124,7 @@ extern "C" {
 // A group whose rendezvous is the TCPStore at host:port, hosted by this process when
 // `serve` (rank 0, unless an agent hosts it, as torchrun's does).
 char* agd_dist_new_tcp(const char* host, int port, int rank, int world, int serve,
-                       int timeout_ms, AgdGroup** out) {
+                       int timeout_ms, int nccl, AgdGroup** out) {
   quiet();
   return guarded([&] {
     c10d::TCPStoreOptions opts;
@@ -118,17 +134,18 @@ char* agd_dist_new_tcp(const char* host, int port, int rank, int world, int serv
     opts.waitWorkers = true;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
-    *out = group(store, rank, world, timeout_ms);
+    *out = group(store, rank, world, timeout_ms, nccl);
   });
 }
 
 // A group whose rendezvous is the file `path` (every rank on one machine).
-char* agd_dist_new_file(const char* path, int rank, int world, int timeout_ms, AgdGroup** out) {
+char* agd_dist_new_file(const char* path, int rank, int world, int timeout_ms, int nccl,
+                        AgdGroup** out) {
   quiet();
   return guarded([&] {
     auto store = c10::make_intrusive<c10d::FileStore>(std::string(path), world);
     store->setTimeout(std::chrono::milliseconds(timeout_ms));
-    *out = group(store, rank, world, timeout_ms);
+    *out = group(store, rank, world, timeout_ms, nccl);
   });
 }
 

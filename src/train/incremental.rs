@@ -148,6 +148,30 @@ fn mixed_distill(
     Ok(term * distillation.factor)
 }
 
+/// One view's loss and the terms it reports: CE + triplet on `out` (labels `pids`) plus
+/// factor · the distillation of `student` (rows of `out`, labels `distill_pids`) from the
+/// teachers, mixed for the student's view `i` ([`mixed_distill`]).
+fn view_loss(
+    (distillation, views, old): (&Distillation, Views, &ReidModel),
+    (out, student): (&Output, &Output),
+    teachers: &[Output],
+    i: usize,
+    (pids, distill_pids): (&Tensor, &Tensor),
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let base = BaseLoss::new(&out.logits, &out.global, pids);
+    let distill = mixed_distill(
+        distillation,
+        views,
+        old.classifier(),
+        student,
+        teachers,
+        i,
+        distill_pids,
+    )?;
+    let reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
+    Ok((base.total() + distill, reported))
+}
+
 /// A batch's views fit the step's mix (the loader gives every sample `--peers` views).
 fn check_views(mix: Views, views: usize) -> Result<()> {
     Views::check(views, matches!(mix, Views::Augmented { .. }))
@@ -195,23 +219,15 @@ impl IncrementalStep {
             let t = Instant::now();
             let input = Tensor::cat(&[x, x_dreamed], 0);
             let out = model.forward_batches(&input, true, &both, maps)?;
-            let base = BaseLoss::new(&out.logits, &out.global, &pids);
             let student = rows(&out, n_new, n_dreamed);
-            let distill = mixed_distill(
-                &self.distillation,
-                self.views,
-                self.old.classifier(),
-                &student,
-                &teachers,
-                i,
-                &dreamed_pids,
-            )?;
-            let loss = base.total() + &distill;
+            let step = (&self.distillation, self.views, &self.old);
+            let labels = (&pids, &dreamed_pids);
+            let (loss, terms) = view_loss(step, (&out, &student), &teachers, i, labels)?;
             phases.forward += t.elapsed();
             let t = Instant::now();
             (loss / views as f64).f_backward()?;
             phases.backward += t.elapsed();
-            reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
+            reported = terms;
         }
         let t = Instant::now();
         opt.step()?;
@@ -292,19 +308,11 @@ impl Step for NewDataStep {
         let mut reported = Vec::new();
         for (i, x) in inputs.iter().enumerate() {
             let out = model.forward_batches(x, true, &shards, maps)?;
-            let base = BaseLoss::new(&out.logits, &out.global, &pids);
-            let distill = mixed_distill(
-                &self.distillation,
-                self.views,
-                self.old.classifier(),
-                &out,
-                &teachers,
-                i,
-                host_pids,
-            )?;
-            let loss = base.total() + &distill;
+            let step = (&self.distillation, self.views, &self.old);
+            let labels = (&pids, host_pids);
+            let (loss, terms) = view_loss(step, (&out, &out), &teachers, i, labels)?;
             (loss / views as f64).f_backward()?;
-            reported = super::fit::reported(&[&base.ce, &base.triplet, &distill]);
+            reported = terms;
         }
         opt.step()?;
         Ok(reported)

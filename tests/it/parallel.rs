@@ -531,6 +531,23 @@ fn what_ranks_cannot_share_is_one_clear_error() {
         "{err}"
     );
 
+    // NCCL exchanges GPU memory: asked for on the CPU, it is refused by name.
+    let mut args = stage(
+        "train",
+        "c",
+        8,
+        &dir.join("nccl"),
+        &["--nproc-per-node", "2"],
+    );
+    args.extend(strings(&["--dist-backend", "nccl"]));
+    let out = agd().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--dist-backend nccl") && err.contains("use gloo"),
+        "{err}"
+    );
+
     // Rank 0 cannot host the store on a port in use; rank 1 finds no store to join.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

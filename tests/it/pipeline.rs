@@ -91,6 +91,7 @@ fn custom_loop() -> LoopPlan {
         dist: agd::dist::DistOptions {
             nproc_per_node: 2,
             dist_timeout: 30,
+            dist_backend: Some(agd::dist::BackendKind::Gloo),
         },
         local_bn: true,
     }
