@@ -55,6 +55,37 @@ impl Ranks {
         self.group.rank()
     }
 
+    /// The run's seed on every rank: the given one, or rank 0's draw (logged so the run
+    /// can be repeated). Logs this rank's place, device and BatchNorm mode too.
+    pub fn seed(
+        &self,
+        given: Option<u64>,
+        log: &crate::logging::Logger,
+        device: tch::Device,
+    ) -> Result<u64> {
+        log.line(format!(
+            "rank {} of {} (pid {}, {}, {})",
+            self.rank(),
+            self.group.world(),
+            std::process::id(),
+            crate::device::describe(device),
+            match self.synchronised {
+                true => "BatchNorm and losses over the whole batch",
+                false => "BatchNorm and losses within each rank (--local-bn)",
+            }
+        ));
+        if given.is_some() {
+            return Ok(crate::stage::seed(given, log));
+        }
+        let mut drawn = Tensor::from_slice(&[rand::random::<u32>() as i64]);
+        self.group.broadcast(&mut drawn, 0)?;
+        let seed = drawn.int64_value(&[0]) as u64;
+        log.line(format!(
+            "no --seed given: every rank uses rank 0's seed {seed} (pass -s {seed} to repeat this run)"
+        ));
+        Ok(crate::stage::seed(Some(seed), log))
+    }
+
     /// How the loaders split every batch.
     pub fn share(&self) -> Share {
         Share {

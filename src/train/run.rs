@@ -20,7 +20,7 @@ use crate::model::ReidModel;
 use crate::stage::{open_log, Argv, StagePlan};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
-use tch::{Device, Tensor};
+use tch::Device;
 
 /// What every training stage does once its inputs are read: pick the device, open the log
 /// (recording the command line), seed the run, keep freed memory.
@@ -51,31 +51,10 @@ fn start<P: StagePlan>(
         log.line(note);
     }
     crate::alloc::retain_freed_memory();
-    let seed = match (ranks, r.seed) {
-        (Some(ranks), None) => {
-            let mut drawn = Tensor::from_slice(&[rand::random::<u32>() as i64]);
-            ranks.group.broadcast(&mut drawn, 0)?;
-            let seed = drawn.int64_value(&[0]) as u64;
-            log.line(format!(
-                "no --seed given: every rank uses rank 0's seed {seed} (pass -s {seed} to repeat this run)"
-            ));
-            crate::stage::seed(Some(seed), &log)
-        }
-        (_, given) => crate::stage::seed(given, &log),
+    let seed = match ranks {
+        Some(ranks) => ranks.seed(r.seed, &log, device)?,
+        None => crate::stage::seed(r.seed, &log),
     };
-    if let Some(ranks) = ranks {
-        log.line(format!(
-            "rank {} of {} (pid {}, {}, {})",
-            ranks.rank(),
-            ranks.group.world(),
-            std::process::id(),
-            crate::device::describe(device),
-            match ranks.synchronised {
-                true => "BatchNorm and losses over the whole batch",
-                false => "BatchNorm and losses within each rank (--local-bn)",
-            }
-        ));
-    }
     Ok((device, log, seed))
 }
 
