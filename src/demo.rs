@@ -19,7 +19,7 @@ use crate::inversion::{Coefficients, InvertPlan, Stages};
 use crate::logging::{Claim, Logger};
 use crate::model::checkpoint::Pretrained;
 use crate::model::{Depth, ModelChoice};
-use crate::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
+use crate::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize, Setup};
 use crate::plot::ResultRow;
 use crate::record::Recipe;
 use crate::sequence::{Engine, Method, Templates, PRESETS};
@@ -182,9 +182,11 @@ fn templates(plan: &DemoPlan, data_root: &Path) -> Templates {
         // lr × 0.1 for the last epoch (none in a one-epoch run).
         let decay = if epochs >= 2 { epochs } else { epochs + 1 };
         LoopPlan {
-            device: plan.device.clone(),
-            seed: Some(plan.seed),
-            data: data(),
+            setup: Setup {
+                device: plan.device.clone(),
+                seed: Some(plan.seed),
+                data: data(),
+            },
             batch_size: s.batch_size,
             epochs,
             epochs_decay: vec![decay],

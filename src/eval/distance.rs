@@ -65,6 +65,19 @@ pub fn distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Tensor {
     f_distances(query, gallery, kind).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Query and gallery features in the precision distances are computed in (float64 when
+/// either is, else float32), the gallery on the query's device.
+pub fn working_precision(query: &Tensor, gallery: &Tensor) -> Result<(Tensor, Tensor)> {
+    let work = if query.kind() == Kind::Double || gallery.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let q = query.f_to_kind(work)?;
+    let g = gallery.f_to_device(q.device())?.f_to_kind(work)?;
+    Ok((q, g))
+}
+
 /// [`distances`], with bad input as an error.
 ///
 /// Computes in float64 when either side is float64 (the golden values are float64), else
@@ -74,13 +87,8 @@ pub fn distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Tensor {
 /// would turn them into large negative distances and rank opposite features first.
 pub fn f_distances(query: &Tensor, gallery: &Tensor, kind: Distance) -> Result<Tensor> {
     feature_width(query, gallery)?;
-    let work = if query.kind() == Kind::Double || gallery.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    };
-    let q = query.f_to_kind(work)?;
-    let g = gallery.f_to_device(q.device())?.f_to_kind(work)?;
+    let (q, g) = working_precision(query, gallery)?;
+    let work = q.kind();
     let d = match kind {
         Distance::Cosine => {
             let cos = unit_rows(&q)?.f_mm(&unit_rows(&g)?.f_tr()?)?;

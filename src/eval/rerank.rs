@@ -30,7 +30,7 @@ use crate::progress;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::ops::Range;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Queries per re-ranking graph in the reference's evaluation loop.
 pub const REFERENCE_CHUNK: usize = 1024;
@@ -164,13 +164,7 @@ pub fn rerank_selecting(
         nq + ng
     );
 
-    let work = if q.kind() == Kind::Double || g.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    };
-    let qw = q.f_to_kind(work)?;
-    let gw = g.f_to_device(qw.device())?.f_to_kind(work)?;
+    let (qw, gw) = super::distance::working_precision(q, g)?;
     for (x, side) in [(&qw, "query"), (&gw, "gallery")] {
         let finite = x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
         ensure!(finite, "{side} features contain NaN or infinite values");

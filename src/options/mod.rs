@@ -201,6 +201,22 @@ pub struct ImageSize {
     pub width: usize,
 }
 
+/// What a stage that trains shares with the others: where its models run, the seed of
+/// its random streams, and the data it reads. One definition for `LoopPlan` (every
+/// training stage) and `SequencePlan` (which runs them).
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    #[command(flatten)]
+    pub device: DeviceOptions,
+    /// Seed of every random stream (of every stage); without it one is drawn and logged.
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub data: DataOptions,
+}
+
+crate::default_from_flags!(Setup);
+
 /// Where the datasets are and how their images are shaped.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataOptions {

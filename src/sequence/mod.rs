@@ -32,7 +32,7 @@ use crate::inversion::plan::Dreaming;
 use crate::inversion::InvertPlan;
 use crate::model::checkpoint::{Pretrained, LATEST};
 use crate::model::ModelChoice;
-use crate::options::{self, AugmentOptions, DataOptions, DeviceOptions};
+use crate::options::{self, AugmentOptions, Setup};
 use crate::stage::StagePlan;
 use crate::train::optimizer::OptimizerKind;
 use crate::train::plan::{reference, BasePlan, LoopPlan};
@@ -65,12 +65,7 @@ pub struct SequencePlan {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_LOGS_DIR)]
     pub logs_dir: PathBuf,
     #[command(flatten)]
-    pub device: DeviceOptions,
-    /// Seed of every stage; without it each stage draws and logs one.
-    #[arg(short = 's', long)]
-    pub seed: Option<u64>,
-    #[command(flatten)]
-    pub data: DataOptions,
+    pub setup: Setup,
     /// Epochs of the base model on the first dataset.
     #[arg(long, default_value_t = reference::EPOCHS)]
     pub base_epochs: usize,
@@ -144,9 +139,7 @@ impl SequencePlan {
     /// The plan templates of the stages, from the shared settings.
     pub fn templates(&self) -> Templates {
         let shared = |d: LoopPlan, epochs: usize, epochs_decay: &[usize]| LoopPlan {
-            device: self.device.clone(),
-            seed: self.seed,
-            data: self.data.clone(),
+            setup: self.setup.clone(),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             epochs,
             epochs_decay: epochs_decay.to_vec(),
@@ -177,15 +170,15 @@ impl SequencePlan {
             )
         };
         let invert = InvertPlan {
-            device: self.device.clone(),
-            seed: self.seed,
+            device: self.setup.device.clone(),
+            seed: self.setup.seed,
             dreaming: self.dreaming,
-            size: self.data.size,
+            size: self.setup.data.size,
             ..InvertPlan::default()
         };
         let eval = EvalPlan {
-            device: self.device.clone(),
-            data: self.data.clone(),
+            device: self.setup.device.clone(),
+            data: self.setup.data.clone(),
             ..EvalPlan::default()
         };
         Templates {
@@ -269,10 +262,10 @@ impl SequencePlan {
                 );
             }
         }
-        if !self.data.data_root.is_dir() {
+        if !self.setup.data.data_root.is_dir() {
             bad_setting!(
                 Setting::DataRoot,
-                self.data.data_root.display(),
+                self.setup.data.data_root.display(),
                 "folder not found (expected one folder per dataset inside it)"
             );
         }
@@ -282,7 +275,7 @@ impl SequencePlan {
             .map(|d| (Setting::Datasets, d))
             .chain(self.unseen.iter().map(|d| (Setting::Unseen, d)));
         for (setting, name) in named {
-            let dir = self.data.data_root.join(name);
+            let dir = self.setup.data.data_root.join(name);
             if name.is_empty() || !dir.is_dir() {
                 bad_setting!(
                     setting,
@@ -294,14 +287,14 @@ impl SequencePlan {
             // The listing only (no image is decoded): a malformed dataset fails now, not
             // after hours of training on the ones before it.
             // Its errors name the dataset; said of this plan's setting.
-            ReidDataset::load(&self.data.data_root, name).map_err(
-                |e| match Error::as_bad_setting(&e) {
+            ReidDataset::load(&self.setup.data.data_root, name).map_err(|e| {
+                match Error::as_bad_setting(&e) {
                     Some(b) if b.setting == Setting::Dataset => {
                         Error::bad_setting(setting, &b.value, b.reason.clone()).into()
                     }
                     _ => e,
-                },
-            )?;
+                }
+            })?;
         }
         let model = self.model.fresh(1);
         model.validate()?;
@@ -404,7 +397,7 @@ pub fn run(plan: &SequencePlan) -> Result<Vec<StepResult>> {
     let started = Instant::now();
     let method = plan.validate()?;
     // Checked before any folder is created: a typo leaves nothing behind.
-    plan.device.select()?;
+    plan.setup.device.select()?;
     let log = crate::stage::open_log(&plan.logs_dir, plan, false, true)?;
     let n = plan.datasets.len();
     log.line(format!(

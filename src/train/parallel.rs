@@ -40,7 +40,7 @@ impl Ranks {
         let Some(world) = World::from_env()? else {
             return Ok(None);
         };
-        let device = crate::device::select_for(&r.device.gpu, Some(world.local_rank))?;
+        let device = crate::device::select_for(&r.setup.device.gpu, Some(world.local_rank))?;
         let group = world.join_with(r.dist.timeout(), r.dist.backend(device)?)?;
         let recipe = format!("agd {} {}", env!("CARGO_PKG_VERSION"), argv.command_line());
         group.agree("agd version or command line", hash(&recipe))?;

@@ -9,7 +9,7 @@ use crate::data::{Erasing, LoaderConfig, TrainTransform};
 use crate::error::Setting;
 use crate::model::checkpoint::Pretrained;
 use crate::model::ModelChoice;
-use crate::options::{self, AugmentOptions, DataOptions, DeviceOptions};
+use crate::options::{self, AugmentOptions, Setup};
 use crate::stage::StagePlan;
 use anyhow::{Context, Result};
 use clap::{Args, Command};
@@ -36,12 +36,7 @@ pub mod reference {
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoopPlan {
     #[command(flatten)]
-    pub device: DeviceOptions,
-    /// Seed of every random stream; without it a seed is drawn and logged.
-    #[arg(short = 's', long)]
-    pub seed: Option<u64>,
-    #[command(flatten)]
-    pub data: DataOptions,
+    pub setup: Setup,
     /// Dataset name (a folder under --data-root).
     #[arg(long, default_value = "msmt17")]
     pub dataset: String,
@@ -134,7 +129,7 @@ impl LoopPlan {
                 "must be a positive number"
             );
         }
-        crate::model::validate_input_size(self.data.size.height, self.data.size.width)?;
+        crate::model::validate_input_size(self.setup.data.size.height, self.setup.data.size.width)?;
         let k = crate::data::INSTANCES;
         if self.batch_size == 0 || !self.batch_size.is_multiple_of(k) {
             bad_setting!(

@@ -34,7 +34,7 @@ fn start<P: StagePlan>(
     adopt: bool,
     ranks: Option<&Ranks>,
 ) -> Result<(Device, Logger, u64)> {
-    let (device, determinism) = r.device.select_for(ranks.map(|r| r.local_rank))?;
+    let (device, determinism) = r.setup.device.select_for(ranks.map(|r| r.local_rank))?;
     let log = match ranks {
         None => open_log(&r.logs_dir, plan, adopt, true)?,
         Some(ranks) if ranks.rank() == 0 => {
@@ -52,15 +52,15 @@ fn start<P: StagePlan>(
     }
     crate::alloc::retain_freed_memory();
     let seed = match ranks {
-        Some(ranks) => ranks.seed(r.seed, &log, device)?,
-        None => crate::stage::seed(r.seed, &log),
+        Some(ranks) => ranks.seed(r.setup.seed, &log, device)?,
+        None => crate::stage::seed(r.setup.seed, &log),
     };
     Ok((device, log, seed))
 }
 
 /// How the run's models compute, logged when it is not float32 NCHW.
 fn compute(r: &LoopPlan, device: Device, log: &Logger) -> crate::model::Compute {
-    let c = r.device.compute.on(device);
+    let c = r.setup.device.compute.on(device);
     if let Some(line) = c.describe() {
         log.line(line);
     }
@@ -200,7 +200,7 @@ fn test_sets(r: &LoopPlan, datasets: &[&ReidDataset]) -> Result<Vec<TestSet>> {
     }
     datasets
         .iter()
-        .map(|d| TestSet::load(d, r.data.size.height, r.data.size.width))
+        .map(|d| TestSet::load(d, r.setup.data.size.height, r.setup.data.size.width))
         .collect()
 }
 
@@ -248,7 +248,12 @@ fn loader(
     stream_id: u64,
     what: &str,
 ) -> Result<TrainLoader> {
-    let store = ImageStore::load(records, r.data.size.height, r.data.size.width, what)?;
+    let store = ImageStore::load(
+        records,
+        r.setup.data.size.height,
+        r.setup.data.size.width,
+        what,
+    )?;
     let mut cfg = r.loader_config(seed);
     cfg.pin = Some(device).filter(|d| d.is_cuda());
     cfg.share = ranks.map(Ranks::share);
@@ -266,7 +271,7 @@ pub fn run_base(plan: &BasePlan) -> Result<Option<EpochEval>> {
     let resumed = resumed(r)?;
     let continues = check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
-    let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
+    let dataset = ReidDataset::load(&r.setup.data.data_root, &r.dataset)?;
     let (device, log, seed) = start(r, plan, continues, ranks)?;
     log.line(describe(&dataset, device));
     let classes = dataset.num_train_ids as i64;
@@ -377,7 +382,7 @@ fn new_and_old_test_sets(
     old: Option<&str>,
 ) -> Result<Vec<TestSet>> {
     let old = old
-        .map(|name| ReidDataset::load(&r.data.data_root, name))
+        .map(|name| ReidDataset::load(&r.setup.data.data_root, name))
         .transpose()?;
     let mut evaluated = vec![dataset];
     evaluated.extend(old.as_ref());
@@ -427,7 +432,7 @@ fn old_images(
             Ok(dreamed.records)
         }
         OldImages::Real(name) => {
-            let real = Exemplars::load(&r.data.data_root, name, exemplars, seed)?;
+            let real = Exemplars::load(&r.setup.data.data_root, name, exemplars, seed)?;
             // Labels are the old classes only if the old model learnt this very dataset.
             if real.num_ids as i64 != old_classes {
                 bad_setting!(
@@ -468,7 +473,7 @@ pub fn run_incremental(plan: &IncrementalPlan) -> Result<Option<EpochEval>> {
     let resumed = resumed(r)?;
     let continues = check_logs_dir(r, resumed.as_ref())?;
     // Read before the logs folder is created: a mistyped dataset leaves no folder behind.
-    let dataset = ReidDataset::load(&r.data.data_root, &r.dataset)?;
+    let dataset = ReidDataset::load(&r.setup.data.data_root, &r.dataset)?;
     let (device, log, seed) = start(r, plan, continues, ranks)?;
     for warning in &plan.warnings() {
         log.line(format!("warning: {warning}"));

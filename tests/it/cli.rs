@@ -46,8 +46,8 @@ fn reference_defaults_per_script() {
     );
     assert_eq!(
         (
-            r.data.size.height,
-            r.data.size.width,
+            r.setup.data.size.height,
+            r.setup.data.size.width,
             r.augment.re,
             r.augment.re_area
         ),
@@ -64,7 +64,7 @@ fn reference_defaults_per_script() {
         ),
         (Depth::R50, 2, 2048, Pooling::Avg)
     );
-    assert_eq!(r.device.gpu, vec!["0".to_string()]);
+    assert_eq!(r.setup.device.gpu, vec!["0".to_string()]);
 
     let Command::Incremental(i) = try_parse_from(["agd", "incremental"]).unwrap().command else {
         panic!()
@@ -251,7 +251,7 @@ fn reference_readme_commands_parse_including_underscore_spellings() {
         panic!()
     };
     assert_eq!(t.run.epochs_decay, vec![30, 50]);
-    assert_eq!(t.run.data.data_root, std::path::PathBuf::from("/d"));
+    assert_eq!(t.run.setup.data.data_root, std::path::PathBuf::from("/d"));
 }
 
 #[test]

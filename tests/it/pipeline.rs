@@ -9,7 +9,7 @@ use agd::eval::EvalPlan;
 use agd::inversion::InvertPlan;
 use agd::model::checkpoint::{Checkpoint, Pretrained};
 use agd::model::{Depth, ModelChoice, Pooling};
-use agd::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
+use agd::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize, Setup};
 use agd::stage::StagePlan;
 use agd::train::optimizer::OptimizerKind;
 use agd::train::plan::{BasePlan, IncrementalPlan, LoopPlan};
@@ -61,13 +61,15 @@ fn every_device_value() -> DeviceOptions {
 /// A loop plan with every value off its default.
 fn custom_loop() -> LoopPlan {
     LoopPlan {
-        device: every_device_value(),
-        seed: Some(7),
-        data: DataOptions {
-            data_root: "/data with space/root".into(),
-            size: ImageSize {
-                height: 64,
-                width: 32,
+        setup: Setup {
+            device: every_device_value(),
+            seed: Some(7),
+            data: DataOptions {
+                data_root: "/data with space/root".into(),
+                size: ImageSize {
+                    height: 64,
+                    width: 32,
+                },
             },
         },
         dataset: "task-b".into(),

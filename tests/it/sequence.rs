@@ -12,7 +12,7 @@ use agd::inversion::store::DreamFormat;
 use agd::inversion::{Coefficients, Stages};
 use agd::model::checkpoint::Pretrained;
 use agd::model::{Depth, ModelChoice, Pooling};
-use agd::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize};
+use agd::options::{AugmentOptions, DataOptions, DeviceOptions, ImageSize, Setup};
 use agd::sequence::{forgetting, Method, SequencePlan, StepResult};
 use agd::stage::StagePlan;
 use agd::train::optimizer::OptimizerKind;
@@ -42,16 +42,18 @@ fn sequence_plan_renders_a_command_line_that_parses_back_to_it() {
         unseen: strings(&["cuhk03"]),
         method: "configs/my config.yaml".into(),
         logs_dir: "out/it's here".into(),
-        device: DeviceOptions {
-            gpu: strings(&["cpu"]),
-            ..DeviceOptions::default()
-        },
-        seed: Some(3),
-        data: DataOptions {
-            data_root: "/data root".into(),
-            size: ImageSize {
-                height: 64,
-                width: 32,
+        setup: Setup {
+            device: DeviceOptions {
+                gpu: strings(&["cpu"]),
+                ..DeviceOptions::default()
+            },
+            seed: Some(3),
+            data: DataOptions {
+                data_root: "/data root".into(),
+                size: ImageSize {
+                    height: 64,
+                    width: 32,
+                },
             },
         },
         base_epochs: 2,

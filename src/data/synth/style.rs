@@ -7,6 +7,7 @@
 use super::{stream, tag, Style, SynthConfig};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use std::ops::Range;
 
 /// A linear-ish RGB colour with channels in 0..1 (quantised to 8 bits only at the end).
 pub type Rgb = [f32; 3];
@@ -502,11 +503,11 @@ impl Scene {
         // One stream for both: the look is drawn first, then the scene.
         match cfg.style {
             Style::Street => {
-                let look = Look::street(&mut r);
+                let look = Look::draw(&mut r, &STREET_LOOK);
                 Scene::street(&mut r, look)
             }
             Style::Mall => {
-                let look = Look::mall(&mut r);
+                let look = Look::draw(&mut r, &MALL_LOOK);
                 Scene::mall(&mut r, look)
             }
         }
@@ -573,47 +574,57 @@ impl Scene {
     }
 }
 
-impl Look {
-    /// Daylight: warm, contrasty and saturated, with a strong side light and little noise.
-    fn street(r: &mut ChaCha8Rng) -> Look {
-        Look {
-            gain: r.gen_range(1.0..1.22),
-            cast: [
-                r.gen_range(1.0..1.08),
-                r.gen_range(0.98..1.03),
-                r.gen_range(0.86..0.97),
-            ],
-            contrast: r.gen_range(1.05..1.3),
-            saturation: r.gen_range(1.0..1.25),
-            blur: r.gen_range(0..=2),
-            noise: r.gen_range(1.5..5.0),
-            slope: r.gen_range(-0.25..0.25),
-            vignette: r.gen_range(0.0..0.1),
-            scale: r.gen_range(0.9..1.04),
-            facing: [
-                r.gen_range(0.5..2.0),
-                r.gen_range(0.5..2.0),
-                r.gen_range(0.3..1.2),
-            ],
-        }
-    }
+/// The ranges a style draws each camera's look from, field by field ([`Look::draw`]).
+struct LookRanges {
+    gain: Range<f32>,
+    cast: [Range<f32>; 3],
+    contrast: Range<f32>,
+    saturation: Range<f32>,
+    noise: Range<f32>,
+    slope: Range<f32>,
+    vignette: Range<f32>,
+    scale: Range<f32>,
+}
 
-    /// Artificial light: cool, flat and muted, evenly lit, noisier, with more vignetting.
-    fn mall(r: &mut ChaCha8Rng) -> Look {
+/// Daylight: warm, contrasty and saturated, with a strong side light and little noise.
+const STREET_LOOK: LookRanges = LookRanges {
+    gain: 1.0..1.22,
+    cast: [1.0..1.08, 0.98..1.03, 0.86..0.97],
+    contrast: 1.05..1.3,
+    saturation: 1.0..1.25,
+    noise: 1.5..5.0,
+    slope: -0.25..0.25,
+    vignette: 0.0..0.1,
+    scale: 0.9..1.04,
+};
+
+/// Artificial light: cool, flat and muted, evenly lit, noisier, with more vignetting.
+const MALL_LOOK: LookRanges = LookRanges {
+    gain: 0.85..1.05,
+    cast: [0.88..0.97, 0.97..1.05, 1.03..1.15],
+    contrast: 0.85..1.0,
+    saturation: 0.75..0.95,
+    noise: 3.0..8.0,
+    slope: -0.06..0.06,
+    vignette: 0.05..0.25,
+    scale: 0.88..1.04,
+};
+
+impl Look {
+    /// A camera's look drawn from a style's ranges (fields drawn in declaration order, so
+    /// a seed gives the same cameras it always gave); blur and the facing weights are the
+    /// same for every style.
+    fn draw(r: &mut ChaCha8Rng, k: &LookRanges) -> Look {
         Look {
-            gain: r.gen_range(0.85..1.05),
-            cast: [
-                r.gen_range(0.88..0.97),
-                r.gen_range(0.97..1.05),
-                r.gen_range(1.03..1.15),
-            ],
-            contrast: r.gen_range(0.85..1.0),
-            saturation: r.gen_range(0.75..0.95),
+            gain: r.gen_range(k.gain.clone()),
+            cast: k.cast.clone().map(|c| r.gen_range(c)),
+            contrast: r.gen_range(k.contrast.clone()),
+            saturation: r.gen_range(k.saturation.clone()),
             blur: r.gen_range(0..=2),
-            noise: r.gen_range(3.0..8.0),
-            slope: r.gen_range(-0.06..0.06),
-            vignette: r.gen_range(0.05..0.25),
-            scale: r.gen_range(0.88..1.04),
+            noise: r.gen_range(k.noise.clone()),
+            slope: r.gen_range(k.slope.clone()),
+            vignette: r.gen_range(k.vignette.clone()),
+            scale: r.gen_range(k.scale.clone()),
             facing: [
                 r.gen_range(0.5..2.0),
                 r.gen_range(0.5..2.0),
