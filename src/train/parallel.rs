@@ -21,8 +21,10 @@ pub struct Ranks {
     pub group: Arc<Group>,
     /// Outputs gathered and BatchNorm synchronised over the ranks (not `--local-bn`).
     pub synchronised: bool,
-    /// Its rank among the processes of its machine: the GPU it uses.
-    pub local_rank: usize,
+    /// The device of this rank (its local rank's GPU, or the CPU), chosen once when it
+    /// joins, and the line to log about `--deterministic` (none without it).
+    pub device: tch::Device,
+    pub determinism: Option<String>,
 }
 
 /// A stable hash of `text` (the same in every process of one agd build).
@@ -40,14 +42,15 @@ impl Ranks {
         let Some(world) = World::from_env()? else {
             return Ok(None);
         };
-        let device = crate::device::select_for(&r.setup.device.gpu, Some(world.local_rank))?;
+        let (device, determinism) = r.setup.device.select_for(Some(world.local_rank))?;
         let group = world.join_with(r.dist.timeout(), r.dist.backend(device)?)?;
         let recipe = format!("agd {} {}", env!("CARGO_PKG_VERSION"), argv.command_line());
         group.agree("agd version or command line", hash(&recipe))?;
         Ok(Some(Self {
             group: Arc::new(group),
             synchronised: !r.local_bn,
-            local_rank: world.local_rank,
+            device,
+            determinism,
         }))
     }
 

@@ -34,7 +34,10 @@ fn start<P: StagePlan>(
     adopt: bool,
     ranks: Option<&Ranks>,
 ) -> Result<(Device, Logger, u64)> {
-    let (device, determinism) = r.setup.device.select_for(ranks.map(|r| r.local_rank))?;
+    let (device, determinism) = match ranks {
+        Some(ranks) => (ranks.device, ranks.determinism.clone()),
+        None => r.setup.device.select()?,
+    };
     let log = match ranks {
         None => open_log(&r.logs_dir, plan, adopt, true)?,
         Some(ranks) if ranks.rank() == 0 => {
